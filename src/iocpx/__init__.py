@@ -1,0 +1,30 @@
+"""iocpx: the I/O completion port server model for Python.
+
+The kernel performs the I/O, finished operations land in one completion queue,
+and a small pool of worker threads, waiting with the GIL released, takes them
+off and runs the application's accept, receive and close callbacks.
+"""
+from iocpx._core import (
+    CompletionPort,
+    Connection,
+    ConnectionClosedError,
+    Engine,
+    Listener,
+    available_backends,
+    default_backend,
+)
+from iocpx._backend import live_io
+from iocpx._server import Server
+
+__all__ = [
+    "CompletionPort",
+    "Connection",
+    "ConnectionClosedError",
+    "Engine",
+    "Listener",
+    "Server",
+    "available_backends",
+    "default_backend",
+    "live_io",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,96 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Helpers shared by the engine and the backends: per-I/O context allocation
+with a live counter, errno -> OSError mapping, and the Backend base class."""
+import os
+
+from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
+from cpython.ref cimport Py_INCREF, Py_XDECREF
+from iocpx._sys cimport IOCPX_ADD_I64, IOCPX_LOAD_I64
+
+cdef int64_t _live_io = 0   # per-I/O contexts allocated and not yet freed (all engines)
+
+
+cdef IoCtx* io_alloc(uint8_t op, object owner, SchedNode* sched) except NULL:
+    """Allocate a zeroed context holding a strong ref to owner. The caller
+    frees it with io_free, on submit failure or at its final completion."""
+    cdef IoCtx* io = <IoCtx*>PyMem_RawCalloc(1, sizeof(IoCtx))
+    if io == NULL:
+        raise MemoryError()
+    io.op = op
+    io.fd = -1
+    if owner is not None:
+        Py_INCREF(owner)
+        io.owner = <PyObject*>owner
+    io.sched = sched
+    IOCPX_ADD_I64(&_live_io, 1)
+    return io
+
+
+cdef void io_set_obj(IoCtx* io, object obj) noexcept:
+    """Keep obj alive until the context is freed (replaces any previous one)."""
+    Py_XDECREF(io.obj)
+    if obj is None:
+        io.obj = NULL
+    else:
+        Py_INCREF(obj)
+        io.obj = <PyObject*>obj
+
+
+cdef void io_free(IoCtx* io) noexcept:
+    """Drop the references the context holds and free it. GIL held."""
+    Py_XDECREF(io.owner)
+    Py_XDECREF(io.obj)
+    if io.extra != NULL:
+        PyMem_RawFree(io.extra)
+    PyMem_RawFree(io)
+    IOCPX_ADD_I64(&_live_io, -1)
+
+
+cdef int64_t io_live() noexcept nogil:
+    return IOCPX_LOAD_I64(&_live_io)
+
+
+def live_io():
+    """Per-I/O contexts alive in this process (every engine and port)."""
+    return io_live()
+
+
+cdef object oserror(int err, str what=None):
+    """The OSError subclass Python picks for errno err (ConnectionResetError...)."""
+    msg = os.strerror(err)
+    if what:
+        msg = f"{what}: {msg}"
+    return OSError(err, msg)
+
+
+cdef class Backend:
+    """Abstract backend; each platform module subclasses it."""
+
+    cdef int submit_accept(self, IoCtx* io) except -1:
+        raise NotImplementedError
+    cdef int submit_recv(self, IoCtx* io) except -1:
+        raise NotImplementedError
+    cdef int submit_send(self, IoCtx* io) except -1:
+        raise NotImplementedError
+    cdef int submit_connect(self, IoCtx* io) except -1:
+        raise NotImplementedError
+    cdef int submit_splice(self, IoCtx* io, int fd_in, int64_t off_in, int fd_out, uint32_t nbytes) except -1:
+        raise NotImplementedError
+    cdef int submit_cancel_fd(self, IoCtx* io, int fd) except -1:
+        raise NotImplementedError
+    cdef int submit_cancel_op(self, IoCtx* io, IoCtx* target) except -1:
+        raise NotImplementedError
+    cdef int submit_post(self, IoCtx* io) except -1:
+        raise NotImplementedError
+    cdef int submit_timer(self, IoCtx* io, long ms) except -1:
+        raise NotImplementedError
+    cdef int flush(self) except -1:
+        raise NotImplementedError
+    cdef int wait(self, Event* out, int maxev, long timeout_ms) noexcept nogil:
+        return -38   # ENOSYS
+    cdef int buffer_group(self, uint32_t size) except -1:
+        raise NotImplementedError
+    cdef object recv_bytes(self, Event* ev):
+        raise NotImplementedError
+    cdef void release(self) noexcept:
+        pass

@@ -1,0 +1,1523 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The engine: the completion-port server model, written once for every backend.
+
+Threading layout (why one queue, not one ring per worker): the model's promise
+is that a callback that blocks stalls only its own connection. With a ring per
+worker, every connection that happens to share the blocked worker would stall
+too. So an Engine owns ONE completion queue (the "port") and N workers share
+it as leader/followers:
+
+  * the leader waits in the kernel with the GIL released, takes a batch of
+    completions and appends them to the run queue (a C array under `mu`);
+  * a dispatcher pops events one at a time and, with the GIL held, runs the
+    connection's handler. Each connection has a SchedNode: while one worker
+    runs its events, events for it that another worker pops go to its
+    backlog, which the running worker drains, so one connection's callbacks
+    never overlap and stay in completion order;
+  * by default a single dispatcher runs at a time (the GIL would serialize
+    more anyway); an idle worker turns into a second dispatcher only when the
+    queue has made no progress for STALL_MS (a callback that blocks).
+
+Sends made by a callback are queued as submissions and go to the kernel in
+one call at the end of the batch (or with the leader's next wait).
+"""
+import errno as _errno
+import logging
+import os
+import socket as _socket
+import threading
+import time
+import weakref
+import atexit
+from collections import deque
+
+cimport cython
+from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_RawMalloc, PyMem_RawRealloc, PyMem_RawFree
+from libc.errno cimport errno
+from libc.string cimport memcpy, memset
+from libc.stdint cimport uint16_t, uint32_t, uint64_t, int64_t
+
+from iocpx._sys cimport *
+from iocpx._backend cimport *
+
+cdef extern from "<sys/socket.h>" nogil:
+    int c_socket "socket"(int domain, int type, int protocol)
+    int setsockopt(int fd, int level, int optname, const void* optval, socklen_t optlen)
+    int getsockname(int fd, sockaddr* addr, socklen_t* addrlen)
+    int SOCK_STREAM, SOCK_CLOEXEC
+cdef extern from "<netinet/in.h>" nogil:
+    int IPPROTO_TCP
+cdef extern from "<netinet/tcp.h>" nogil:
+    int TCP_NODELAY
+cdef extern from "<unistd.h>" nogil:
+    int c_close "close"(int fd)
+    int pipe2(int* fds, int flags)
+cdef extern from "<fcntl.h>" nogil:
+    int fcntl(int fd, int cmd, ...)
+    int O_CLOEXEC, O_RDONLY
+    int F_SETPIPE_SZ, F_GETPIPE_SZ
+
+log = logging.getLogger("iocpx")
+
+cdef enum:
+    BATCH = 256             # completions a leader takes per wait
+    STALL_MS = 2            # queue idle this long while a dispatcher runs: help it
+    FLUSH_EVERY = 64        # submit queued sends at least every this many events
+    COALESCE = 65536        # join queued small sends up to this many bytes
+    PIPE_WANT = 1 << 20     # sendfile pipe size asked for
+
+cdef enum ConnState:
+    C_CONNECTING = 0
+    C_OPEN = 1
+    C_CLOSING = 2           # no more reading: finish queued sends, then close
+    C_ABORTING = 3          # cancel everything, then close
+    C_CLOSED = 4
+
+cdef enum EngState:
+    E_RUNNING = 0
+    E_CLOSING = 1
+    E_CLOSED = 2
+
+
+class ConnectionClosedError(ConnectionError):
+    """Raised on use of a closed connection, listener, engine or port."""
+
+
+def _closed_error(what):
+    return ConnectionClosedError(_errno.EPIPE, f"{what} is closed")
+
+
+# ---------------------------------------------------------------------------
+# backends
+
+_probe_cache = None
+
+
+def _probe_all():
+    """{backend name: None if usable else the reason}, computed once."""
+    global _probe_cache
+    if _probe_cache is None:
+        res = {}
+        try:
+            from iocpx import _io_uring
+            res["io_uring"] = _io_uring.probe()
+        except ImportError as e:
+            res["io_uring"] = f"not built for this platform ({e})"
+        _probe_cache = res
+    return _probe_cache
+
+
+def available_backends():
+    """Backends usable on this machine, best first."""
+    return [name for name, why in _probe_all().items() if why is None]
+
+
+def default_backend():
+    """The backend an Engine uses when none is named (IOCPX_BACKEND overrides)."""
+    env = os.environ.get("IOCPX_BACKEND")
+    if env:
+        return env
+    avail = available_backends()
+    if not avail:
+        reasons = "; ".join(f"{k}: {v}" for k, v in _probe_all().items())
+        raise OSError(_errno.ENOSYS, f"no iocpx backend works here ({reasons})")
+    return avail[0]
+
+
+cdef Backend _make_backend(object name):
+    if name is None:
+        name = default_backend()
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a str or None, not {type(name).__name__}")
+    probes = _probe_all()
+    if name not in probes:
+        raise ValueError(f"unknown backend {name!r}; known: {sorted(probes)}")
+    if probes[name] is not None:
+        raise OSError(_errno.ENOSYS, f"backend {name!r} is not available: {probes[name]}")
+    if name == "io_uring":
+        from iocpx._io_uring import UringBackend
+        return UringBackend()
+    raise ValueError(f"unknown backend {name!r}")
+
+
+# ---------------------------------------------------------------------------
+# addresses and sockets (the one place that touches the socket API directly)
+
+cdef tuple _check_address(object address):
+    if not isinstance(address, tuple) or len(address) < 2:
+        raise TypeError(f"address must be a (host, port) tuple, not {address!r}")
+    host, port = address[0], address[1]
+    if host is not None and not isinstance(host, str):
+        raise TypeError(f"host must be a str, not {type(host).__name__}")
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int, not {type(port).__name__}")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be in 0..65535, got {port}")
+    return host, port
+
+
+cdef tuple _resolve(object address, bint passive):
+    """(family, sockaddr tuple) of the first stream address for (host, port)."""
+    host, port = _check_address(address)
+    if host == "":
+        host = None
+    flags = _socket.AI_PASSIVE if passive else 0
+    infos = _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM, 0, flags)
+    for family, _t, _p, _c, sa in infos:
+        if family in (_socket.AF_INET, _socket.AF_INET6):
+            return family, sa
+    raise OSError(_errno.EAFNOSUPPORT, f"no IPv4/IPv6 address for {address!r}")
+
+
+cdef int _fill_addr(iocpx_addr_t* a, int family, tuple sa) except -1:
+    packed = _socket.inet_pton(family, sa[0])
+    cdef uint32_t flow = 0, scope = 0
+    if family == _socket.AF_INET6:
+        flow, scope = sa[2], sa[3]
+    return iocpx_addr_fill(a, family, <const char*>packed, sa[1], flow, scope)
+
+
+cdef tuple _addr_tuple(iocpx_addr_t* a):
+    cdef char ip[16]
+    cdef int family = 0
+    cdef unsigned port = 0
+    cdef int n = iocpx_addr_split(a, &family, ip, &port)
+    if n == 0:
+        return None
+    return (_socket.inet_ntop(family, ip[:n]), port)
+
+
+cdef inline int _sock_nodelay(int fd, bint on) noexcept nogil:
+    cdef int v = 1 if on else 0
+    return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, sizeof(v))
+
+
+cdef inline void _sock_close(int fd) noexcept nogil:
+    if fd >= 0:
+        c_close(fd)
+
+
+cdef object _check_callback(object fn, str name):
+    if fn is not None and not callable(fn):
+        raise TypeError(f"{name} must be callable or None, not {type(fn).__name__}")
+    return fn
+
+
+cdef uint32_t _check_buffer_size(object n) except 0:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"buffer_size must be an int, not {type(n).__name__}")
+    if n <= 0 or n > (1 << 20):
+        raise ValueError(f"buffer_size must be in 1..1048576, got {n}")
+    return <uint32_t>(((n + 4095) // 4096) * 4096)    # the model's 4 KiB multiples
+
+
+# ---------------------------------------------------------------------------
+# scheduling node helpers (called with the engine's mutex held)
+
+cdef int _backlog_push(SchedNode* s, Event* ev) noexcept nogil:
+    cdef int cap
+    cdef Event* nb
+    cdef int i
+    if s.bl_len == s.bl_cap:
+        cap = s.bl_cap * 2 if s.bl_cap else 8
+        nb = <Event*>PyMem_RawMalloc(cap * sizeof(Event))
+        if nb == NULL:
+            return -1
+        for i in range(s.bl_len):
+            nb[i] = s.backlog[(s.bl_head + i) % s.bl_cap]
+        PyMem_RawFree(s.backlog)
+        s.backlog = nb
+        s.bl_cap = cap
+        s.bl_head = 0
+    s.backlog[(s.bl_head + s.bl_len) % s.bl_cap] = ev[0]
+    s.bl_len += 1
+    return 0
+
+
+cdef inline Event _backlog_pop(SchedNode* s) noexcept nogil:
+    cdef Event ev = s.backlog[s.bl_head]
+    s.bl_head = (s.bl_head + 1) % s.bl_cap
+    s.bl_len -= 1
+    return ev
+
+
+# ---------------------------------------------------------------------------
+
+_engines = weakref.WeakSet()
+
+
+@atexit.register
+def _close_engines_at_exit():
+    for eng in list(_engines):
+        try:
+            eng.close(timeout=5)
+        except Exception:
+            log.exception("iocpx: engine did not close at exit")
+
+
+@cython.final
+cdef class Engine:
+    """One completion queue and a pool of worker threads that run callbacks.
+
+    Engine(workers=None, backend=None); workers=None means 2 * os.cpu_count().
+    """
+    cdef Backend be
+    cdef iocpx_mutex_t mu           # guards rq_*, leader, dispatchers, waiters, progress, SchedNodes
+    cdef iocpx_cond_t cv            # idle workers wait here
+    cdef Event* rq                  # owned: ring buffer of completions waiting for dispatch
+    cdef int rq_head, rq_len, rq_cap
+    cdef int leader, dispatchers, waiters
+    cdef uint64_t progress          # events popped so far (stall detection)
+    cdef readonly int workers
+    cdef int state
+    cdef list _threads
+    cdef dict _conns                # open connections by id (strong refs)
+    cdef set _listeners             # listeners not yet closed
+    cdef int64_t inflight           # ops in flight owned by connections/listeners
+    cdef int64_t next_id
+    cdef int64_t n_accepted, n_connected, n_closed, n_bytes_in, n_bytes_out
+    cdef int64_t n_msgs_in, n_errors, n_accept_errors
+    cdef int wait_errno
+    cdef object __weakref__
+
+    def __cinit__(self):
+        self.rq = NULL
+        self.state = E_CLOSED       # until __init__ finishes
+        iocpx_mutex_init(&self.mu)
+        iocpx_cond_init(&self.cv)
+
+    def __init__(self, workers=None, backend=None):
+        if workers is None:
+            workers = 2 * (os.cpu_count() or 1)
+        if isinstance(workers, bool) or not isinstance(workers, int):
+            raise TypeError(f"workers must be an int or None, not {type(workers).__name__}")
+        if not 1 <= workers <= 1024:
+            raise ValueError(f"workers must be in 1..1024, got {workers}")
+        self.be = _make_backend(backend)
+        self.workers = workers
+        self.rq_cap = 1024
+        self.rq = <Event*>PyMem_RawMalloc(self.rq_cap * sizeof(Event))
+        if self.rq == NULL:
+            raise MemoryError()
+        self._conns = {}
+        self._listeners = set()
+        self.next_id = 1
+        self.state = E_RUNNING
+        self._threads = []
+        for i in range(workers):
+            t = threading.Thread(target=self._worker_main, name=f"iocpx-worker-{i}", daemon=True)
+            self._threads.append(t)
+            t.start()
+        _engines.add(self)
+
+    def __dealloc__(self):
+        if self.rq != NULL:
+            PyMem_RawFree(self.rq)
+            self.rq = NULL
+        iocpx_cond_destroy(&self.cv)
+        iocpx_mutex_destroy(&self.mu)
+
+    def __enter__(self):
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def backend(self):
+        return self.be.name if self.be is not None else None
+
+    @property
+    def closed(self):
+        return self.state != E_RUNNING
+
+    def _in_worker(self):
+        """True on one of this engine's worker threads (inside a callback)."""
+        return iocpx_tls_get() == <void*>self
+
+    cdef int _check_open(self) except -1:
+        if self.state != E_RUNNING:
+            raise _closed_error("engine")
+        return 0
+
+    # ---- workers ----------------------------------------------------------
+
+    def _worker_main(self):
+        with nogil:
+            self._run()
+
+    cdef void _run(self) noexcept nogil:
+        cdef Event batch[BATCH]
+        cdef int n, exit_now = 0
+        cdef bint armed = 0             # saw a busy queue last round
+        cdef uint64_t seen = 0
+        cdef long tmo
+        iocpx_tls_set(<void*>self)
+        iocpx_mutex_lock(&self.mu)
+        while True:
+            if self.rq_len > 0 and (self.dispatchers == 0 or (armed and self.progress == seen)):
+                armed = 0
+                self.dispatchers += 1
+                iocpx_mutex_unlock(&self.mu)
+                with gil:
+                    exit_now = self._dispatch()
+                iocpx_mutex_lock(&self.mu)
+                self.dispatchers -= 1
+                if self.rq_len > 0 and self.waiters > 0:
+                    iocpx_cond_signal(&self.cv)
+                if exit_now:
+                    break
+                continue
+            if self.rq_len > 0:         # a dispatcher is on it: look again in STALL_MS
+                armed = 1
+                seen = self.progress
+                tmo = STALL_MS
+            else:
+                armed = 0
+                tmo = -1
+            if not self.leader:
+                self.leader = 1
+                iocpx_mutex_unlock(&self.mu)
+                n = self.be.wait(batch, BATCH, tmo)
+                iocpx_mutex_lock(&self.mu)
+                self.leader = 0
+                if n > 0:
+                    self._rq_push(batch, n)
+                elif n < 0:
+                    self.wait_errno = -n
+                    iocpx_mutex_unlock(&self.mu)
+                    with gil:
+                        log.error("iocpx: waiting for completions failed: %s", os.strerror(-n))
+                        time.sleep(0.01)
+                    iocpx_mutex_lock(&self.mu)
+                if self.waiters > 0:    # someone takes over waiting while we dispatch
+                    iocpx_cond_signal(&self.cv)
+                continue
+            self.waiters += 1
+            iocpx_cond_wait_ms(&self.cv, &self.mu, tmo)
+            self.waiters -= 1
+        iocpx_mutex_unlock(&self.mu)
+        iocpx_tls_set(NULL)
+
+    cdef void _rq_push(self, Event* evs, int n) noexcept nogil:
+        """Append n events to the run queue; mu held. Grows it (never drops)."""
+        cdef int cap, i
+        cdef Event* nq
+        while self.rq_len + n > self.rq_cap:
+            cap = self.rq_cap * 2
+            nq = <Event*>PyMem_RawMalloc(cap * sizeof(Event))
+            if nq == NULL:      # cannot drop completions: wait for memory
+                iocpx_mutex_unlock(&self.mu)
+                iocpx_sleep_ms(1)
+                iocpx_mutex_lock(&self.mu)
+                continue
+            for i in range(self.rq_len):
+                nq[i] = self.rq[(self.rq_head + i) % self.rq_cap]
+            PyMem_RawFree(self.rq)
+            self.rq = nq
+            self.rq_cap = cap
+            self.rq_head = 0
+        for i in range(n):
+            self.rq[(self.rq_head + self.rq_len) % self.rq_cap] = evs[i]
+            self.rq_len += 1
+
+    cdef int _dispatch(self) noexcept:
+        """Run queued events until the queue is empty; GIL held.
+        Returns 1 when this worker took an exit packet."""
+        cdef Event ev
+        cdef SchedNode* s
+        cdef int count = 0
+        cdef int r
+        while True:
+            iocpx_mutex_lock(&self.mu)
+            if self.rq_len == 0:
+                iocpx_mutex_unlock(&self.mu)
+                break
+            ev = self.rq[self.rq_head]
+            self.rq_head = (self.rq_head + 1) % self.rq_cap
+            self.rq_len -= 1
+            self.progress += 1
+            s = ev.io.sched
+            if s != NULL:
+                if s.running:
+                    r = _backlog_push(s, &ev)
+                    iocpx_mutex_unlock(&self.mu)
+                    if r < 0:       # out of memory: put it back and let the owner drain
+                        iocpx_mutex_lock(&self.mu)
+                        self._rq_push(&ev, 1)
+                        iocpx_mutex_unlock(&self.mu)
+                    continue
+                s.running = 1
+            iocpx_mutex_unlock(&self.mu)
+            if ev.io.op == OP_EXIT:
+                io_free(ev.io)
+                self._flush()
+                return 1
+            if s != NULL:
+                owner = <object>ev.io.owner     # keeps the SchedNode's object alive
+                self._handle(&ev)
+                self._drain(s)
+                owner = None
+            else:
+                self._handle(&ev)
+            count += 1
+            if count >= FLUSH_EVERY:
+                self._flush()
+                count = 0
+        self._flush()
+        return 0
+
+    cdef void _drain(self, SchedNode* s) noexcept:
+        """Run the events that queued up for s while it was running, then
+        release it. The caller holds a reference to s's owner."""
+        cdef Event ev
+        while True:
+            iocpx_mutex_lock(&self.mu)
+            if s.bl_len == 0:
+                s.running = 0
+                iocpx_mutex_unlock(&self.mu)
+                return
+            ev = _backlog_pop(s)
+            iocpx_mutex_unlock(&self.mu)
+            self._handle(&ev)
+
+    cdef void _flush(self) noexcept:
+        try:
+            self.be.flush()
+        except BaseException:
+            log.exception("iocpx: submitting queued operations failed")
+
+    cdef void _kick(self) except *:
+        """Submit now, unless this thread is one of our workers (then the
+        end of its batch submits everything in one call)."""
+        if iocpx_tls_get() != <void*>self:
+            self.be.flush()
+
+    cdef void _handle(self, Event* ev) noexcept:
+        cdef uint8_t op = ev.io.op
+        try:
+            if op == OP_RECV:
+                (<Connection>ev.io.owner)._on_recv(ev)
+            elif op == OP_SEND:
+                (<Connection>ev.io.owner)._on_send(ev)
+            elif op == OP_SPLICE_IN or op == OP_SPLICE_OUT:
+                (<Connection>ev.io.owner)._on_splice(ev)
+            elif op == OP_CONNECT:
+                (<Connection>ev.io.owner)._on_connect(ev)
+            elif op == OP_ACCEPT:
+                (<Listener>ev.io.owner)._on_accept(ev)
+            elif op == OP_TIMER:
+                (<Listener>ev.io.owner)._on_timer(ev)
+            elif op == OP_CANCEL or op == OP_NOP:
+                if ev.io.owner != NULL and type(<object>ev.io.owner) is Connection:
+                    (<Connection>ev.io.owner)._on_aux(ev)
+                elif ev.io.owner != NULL and type(<object>ev.io.owner) is Listener:
+                    (<Listener>ev.io.owner)._on_aux(ev)
+                else:
+                    io_free(ev.io)
+            else:
+                log.error("iocpx: completion with unknown op %d dropped", op)
+        except BaseException:
+            self.n_errors += 1
+            log.exception("iocpx: internal error while handling a completion (op %d)", op)
+
+    # ---- public API -------------------------------------------------------
+
+    def listen(self, address, *, on_accept=None, on_recv=None, on_close=None,
+               accepts=None, first_data=False, buffer_size=4096, backlog=None,
+               nodelay=True):
+        """Bind and listen on address ((host, port); port 0 picks one) and keep
+        `accepts` accepts pre-posted. Returns a Listener."""
+        self._check_open()
+        _check_callback(on_accept, "on_accept")
+        _check_callback(on_recv, "on_recv")
+        _check_callback(on_close, "on_close")
+        if accepts is None:
+            accepts = max(16, 2 * self.workers)
+        if isinstance(accepts, bool) or not isinstance(accepts, int):
+            raise TypeError(f"accepts must be an int or None, not {type(accepts).__name__}")
+        if not 1 <= accepts <= 4096:
+            raise ValueError(f"accepts must be in 1..4096, got {accepts}")
+        if backlog is None:
+            backlog = _socket.SOMAXCONN
+        if isinstance(backlog, bool) or not isinstance(backlog, int):
+            raise TypeError(f"backlog must be an int or None, not {type(backlog).__name__}")
+        if backlog < 0:
+            raise ValueError(f"backlog must be >= 0, got {backlog}")
+        size = _check_buffer_size(buffer_size)
+        cdef Listener lst
+        family, sa = _resolve(address, True)
+        s = _socket.socket(family, _socket.SOCK_STREAM)
+        try:
+            s.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+            s.bind(sa)
+            s.listen(backlog)
+            bound = s.getsockname()[:2]
+        except BaseException:
+            s.close()
+            raise
+        lst = Listener.__new__(Listener)
+        lst.eng = self
+        lst.fd = s.detach()
+        lst.address = bound
+        lst.on_accept = on_accept
+        lst.on_recv = on_recv
+        lst.on_close = on_close
+        lst.first_data = bool(first_data)
+        lst.nodelay = bool(nodelay)
+        lst.group = <uint16_t>self.be.buffer_group(size)
+        self._listeners.add(lst)
+        try:
+            for _ in range(accepts):
+                lst._arm_new()
+        except BaseException:
+            lst.close()
+            raise
+        self._kick()
+        return lst
+
+    def connect(self, address, *, on_connect=None, on_recv=None, on_close=None,
+                nodelay=True, buffer_size=4096):
+        """Start connecting to address; returns the Connection at once.
+        on_connect(conn) runs once connected; a failure arrives as
+        on_close(conn, exc). Data sent before that is queued."""
+        self._check_open()
+        _check_callback(on_connect, "on_connect")
+        _check_callback(on_recv, "on_recv")
+        _check_callback(on_close, "on_close")
+        size = _check_buffer_size(buffer_size)
+        family, sa = _resolve(address, False)
+        cdef int fd = c_socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0)
+        if fd < 0:
+            raise oserror(errno, "socket")
+        cdef Connection conn = Connection._new(self, fd, <uint16_t>self.be.buffer_group(size))
+        conn.state = C_CONNECTING
+        conn.surfaced = 1
+        conn.on_connect = on_connect
+        conn.on_recv = on_recv
+        conn.on_close = on_close
+        conn.nodelay = bool(nodelay)
+        cdef IoCtx* io = conn._new_io(OP_CONNECT)
+        io.addrlen = _fill_addr(&io.addr, family, sa)
+        try:
+            self.be.submit_connect(io)
+        except BaseException:
+            conn._io_done(io)
+            conn.state = C_CLOSED
+            _sock_close(fd)
+            conn.fd = -1
+            raise
+        self._conns[conn.id] = conn
+        self._kick()
+        return conn
+
+    def stats(self):
+        """Counters: connections, bytes, pending operations, live contexts."""
+        return {
+            "backend": self.be.name if self.be is not None else None,
+            "workers": self.workers,
+            "connections": len(self._conns) if self._conns is not None else 0,
+            "accepted": self.n_accepted,
+            "connected": self.n_connected,
+            "closed": self.n_closed,
+            "bytes_in": self.n_bytes_in,
+            "bytes_out": self.n_bytes_out,
+            "messages_in": self.n_msgs_in,
+            "pending_ops": self.inflight,
+            "live_io": io_live(),
+            "listeners": len(self._listeners) if self._listeners is not None else 0,
+            "accept_errors": self.n_accept_errors,
+            "internal_errors": self.n_errors,
+            "closing": self.state == E_CLOSING,
+            "closed_engine": self.state == E_CLOSED,
+        }
+
+    def close(self, timeout=None):
+        """Close every listener and connection, cancel and reap every pending
+        operation, wake each worker with an exit packet and join it.
+        Raises TimeoutError if that takes longer than timeout seconds (the
+        engine then stays closing; call close() again)."""
+        if self.state == E_CLOSED:
+            return
+        if iocpx_tls_get() == <void*>self:
+            raise RuntimeError("Engine.close() cannot run inside one of its own callbacks")
+        if timeout is not None and timeout < 0:
+            raise ValueError("timeout must be >= 0 or None")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.state = E_CLOSING
+        for lst in list(self._listeners):
+            (<Listener>lst)._close_async()
+        for conn in list(self._conns.values()):
+            (<Connection>conn)._abort(None)
+        self._kick()
+        delay = 0.0005
+        while self.inflight > 0 or self._conns or self._listeners:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"Engine.close(): {self.inflight} operations still pending")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+        cdef IoCtx* io
+        for _ in self._threads:         # the model's exit packets, one per worker
+            io = io_alloc(OP_EXIT, None, NULL)
+            try:
+                self.be.submit_post(io)
+            except BaseException:
+                io_free(io)
+                raise
+        self.be.flush()
+        for t in self._threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                raise TimeoutError("Engine.close(): a worker is still running a callback")
+        self._threads = []
+        self.be.release()
+        self.state = E_CLOSED
+        _engines.discard(self)
+
+    cdef int64_t _take_id(self):
+        cdef int64_t i = self.next_id
+        self.next_id += 1
+        return i
+
+
+@cython.final
+@cython.no_gc_clear
+cdef class Listener:
+    """A listening socket with pre-posted accepts. Made by Engine.listen()."""
+    cdef Engine eng
+    cdef int fd
+    cdef int state                  # 0 open, 1 closing, 2 closed
+    cdef int inflight
+    cdef readonly object address
+    cdef object on_accept, on_recv, on_close
+    cdef bint first_data, nodelay
+    cdef uint16_t group
+    cdef double last_warn
+
+    def __cinit__(self):
+        self.fd = -1
+
+    def __dealloc__(self):
+        _sock_close(self.fd)
+
+    @property
+    def closed(self):
+        return self.state != 0
+
+    cdef int _arm_new(self) except -1:
+        cdef IoCtx* io = io_alloc(OP_ACCEPT, self, NULL)
+        io.fd = self.fd
+        try:
+            self.eng.be.submit_accept(io)
+        except BaseException:
+            io_free(io)
+            raise
+        self.inflight += 1
+        self.eng.inflight += 1
+        return 0
+
+    cdef void _io_done(self, IoCtx* io) noexcept:
+        io_free(io)
+        self.inflight -= 1
+        self.eng.inflight -= 1
+
+    cdef int _rearm(self, IoCtx* io) except -1:
+        io.op = OP_ACCEPT
+        try:
+            self.eng.be.submit_accept(io)
+        except BaseException:
+            self._io_done(io)
+            raise
+        return 0
+
+    cdef void _on_accept(self, Event* ev) except *:
+        cdef IoCtx* io = ev.io
+        cdef int res = ev.res
+        cdef Engine eng = self.eng
+        if self.state != 0:
+            if res >= 0:
+                _sock_close(res)
+            self._io_done(io)
+            self._maybe_finish()
+            return
+        if res < 0:
+            err = -res
+            if err == _errno.ECANCELED:
+                self._io_done(io)
+                self._maybe_finish()
+                return
+            eng.n_accept_errors += 1
+            if err in (_errno.EMFILE, _errno.ENFILE, _errno.ENOBUFS, _errno.ENOMEM):
+                now = time.monotonic()
+                if now - self.last_warn > 1.0:
+                    self.last_warn = now
+                    log.warning("iocpx: accept on %s failed (%s); retrying in 100 ms",
+                                self.address, os.strerror(err))
+                io.op = OP_TIMER
+                try:
+                    eng.be.submit_timer(io, 100)
+                except BaseException:
+                    self._io_done(io)
+                    raise
+            else:
+                log.debug("iocpx: accept on %s failed: %s", self.address, os.strerror(err))
+                self._rearm(io)
+            return
+        eng.n_accepted += 1
+        cdef Connection conn = Connection._new(eng, res, self.group)
+        memcpy(&conn.peer_addr, &io.addr, sizeof(iocpx_addr_t))
+        conn.have_peer = 1
+        self._rearm(io)                 # the slot is free again: re-post it first
+        conn._start_accepted(self)
+
+    cdef void _on_timer(self, Event* ev) except *:
+        if self.state != 0:
+            self._io_done(ev.io)
+            self._maybe_finish()
+            return
+        self._rearm(ev.io)
+
+    cdef void _on_aux(self, Event* ev) except *:
+        self._io_done(ev.io)
+        self._maybe_finish()
+
+    cdef void _maybe_finish(self) noexcept:
+        if self.state == 1 and self.inflight == 0:
+            self.state = 2
+            _sock_close(self.fd)
+            self.fd = -1
+            self.eng._listeners.discard(self)
+
+    cdef int _close_async(self) except -1:
+        if self.state != 0:
+            return 0
+        self.state = 1
+        cdef IoCtx* io = io_alloc(OP_CANCEL, self, NULL)
+        try:
+            self.eng.be.submit_cancel_fd(io, self.fd)
+        except BaseException:
+            io_free(io)
+            raise
+        self.inflight += 1
+        self.eng.inflight += 1
+        return 0
+
+    def close(self):
+        """Stop accepting: cancel the pending accepts and close the socket.
+        Waits (outside callbacks) until the socket is really closed."""
+        if self.state != 0:
+            return
+        self._close_async()
+        self.eng._kick()
+        if iocpx_tls_get() == <void*>self.eng:
+            return
+        delay = 0.0002
+        while self.state != 2:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+
+    def __repr__(self):
+        return f"<iocpx.Listener {self.address} {'open' if self.state == 0 else 'closed'}>"
+
+
+@cython.final
+cdef class _FileJob:
+    """A queued sendfile: the kernel moves count bytes from fd at offset."""
+    cdef int fd
+    cdef bint owned                 # we opened fd (a path): close it when done
+    cdef object fileobj             # keeps a caller's file object alive while queued
+    cdef int64_t offset
+    cdef int64_t remaining
+
+    cdef void finish(self) noexcept:
+        if self.owned and self.fd >= 0:
+            c_close(self.fd)
+        self.fd = -1
+        self.fileobj = None
+
+
+@cython.final
+@cython.no_gc_clear
+cdef class Connection:
+    """One TCP connection. Made by the engine (accept or connect)."""
+    cdef Engine eng
+    cdef SchedNode sched            # serializes this connection's callbacks
+    cdef int fd
+    cdef int state
+    cdef int inflight               # I/O contexts alive that name this connection
+    cdef bint first_pending         # first_data: on_accept waits for the first bytes
+    cdef bint surfaced              # the user has seen it (on_accept ran / connect returned)
+    cdef bint user_closed
+    cdef bint nodelay
+    cdef bint have_peer
+    cdef IoCtx* recv_io             # the armed (multishot) receive, or NULL; kernel-owned
+    cdef IoCtx* send_io             # the one send/splice in flight, or NULL; kernel-owned
+    cdef object sendq               # deque of bytes / _FileJob not yet handed to the kernel
+    cdef readonly Py_ssize_t send_buffered  # bytes queued or in flight, not yet sent
+    cdef uint16_t group
+    cdef int pipe_r, pipe_w         # sendfile pipe, ours
+    cdef int64_t pipe_len           # bytes sitting in the pipe
+    cdef int pipe_size
+    cdef object on_accept, on_recv, on_close, on_connect
+    cdef object close_exc
+    cdef readonly int64_t id
+    cdef object _peer, _local
+    cdef iocpx_addr_t peer_addr
+
+    def __cinit__(self):
+        self.fd = -1
+        self.pipe_r = -1
+        self.pipe_w = -1
+        self.state = C_CLOSED
+
+    def __dealloc__(self):
+        if self.sched.backlog != NULL:
+            PyMem_RawFree(self.sched.backlog)
+        _sock_close(self.fd)
+        _sock_close(self.pipe_r)
+        _sock_close(self.pipe_w)
+
+    @staticmethod
+    cdef Connection _new(Engine eng, int fd, uint16_t group):
+        cdef Connection c = Connection.__new__(Connection)
+        c.eng = eng
+        c.fd = fd
+        c.group = group
+        c.sendq = deque()
+        c.id = eng._take_id()
+        c.state = C_OPEN
+        return c
+
+    # ---- contexts ---------------------------------------------------------
+
+    cdef IoCtx* _new_io(self, uint8_t op) except NULL:
+        cdef IoCtx* io = io_alloc(op, self, &self.sched)
+        io.fd = self.fd
+        self.inflight += 1
+        self.eng.inflight += 1
+        return io
+
+    cdef void _io_done(self, IoCtx* io) noexcept:
+        io_free(io)
+        self.inflight -= 1
+        self.eng.inflight -= 1
+
+    # ---- life cycle -------------------------------------------------------
+
+    cdef int _start_accepted(self, Listener lst) except -1:
+        """Runs in the listener's accept completion: this connection's events
+        are held back (running=1) until on_accept has run."""
+        cdef Engine eng = self.eng
+        self.on_accept = lst.on_accept
+        self.on_recv = lst.on_recv
+        self.on_close = lst.on_close
+        self.nodelay = lst.nodelay
+        self.first_pending = lst.first_data
+        eng._conns[self.id] = self
+        iocpx_mutex_lock(&eng.mu)
+        self.sched.running = 1
+        iocpx_mutex_unlock(&eng.mu)
+        try:
+            if self.nodelay:
+                _sock_nodelay(self.fd, 1)
+            try:
+                self._start_recv()
+            except BaseException as e:
+                self._abort(e)
+            if not self.first_pending:
+                self.surfaced = 1
+                if self.on_accept is not None:
+                    self._call(self.on_accept, b"")
+        finally:
+            eng._drain(&self.sched)
+        return 0
+
+    cdef int _start_recv(self) except -1:
+        cdef IoCtx* io = self._new_io(OP_RECV)
+        io.group = self.group
+        try:
+            self.eng.be.submit_recv(io)
+        except BaseException:
+            self._io_done(io)
+            raise
+        self.recv_io = io
+        return 0
+
+    cdef int _call(self, fn, arg) noexcept:
+        """Run a user callback; an exception is logged and closes this connection."""
+        try:
+            if arg is None:
+                fn(self)
+            else:
+                fn(self, arg)
+        except BaseException as e:
+            log.error("iocpx: %s raised; closing connection %d", getattr(fn, "__name__", fn),
+                      self.id, exc_info=e)
+            self._abort(e)
+            return -1
+        return 0
+
+    cdef void _on_connect(self, Event* ev) except *:
+        self._io_done(ev.io)
+        if ev.res < 0:
+            if ev.res != -_errno.ECANCELED:
+                self._abort(oserror(-ev.res, "connect"))
+        elif self.state == C_CONNECTING:
+            self.state = C_OPEN
+            self.eng.n_connected += 1
+            if self.nodelay:
+                _sock_nodelay(self.fd, 1)
+            try:
+                self._start_recv()
+            except BaseException as e:
+                self._abort(e)
+            if self.state == C_OPEN and self.on_connect is not None:
+                self._call(self.on_connect, None)
+            if self.state < C_ABORTING:
+                self._send_next()
+        self._maybe_finish()
+
+    cdef void _on_recv(self, Event* ev) except *:
+        cdef Engine eng = self.eng
+        data = eng.be.recv_bytes(ev)        # the buffer goes back to the kernel here
+        cdef int res = ev.res
+        if not (ev.flags & EV_MORE):
+            self.recv_io = NULL
+            self._io_done(ev.io)
+        if res > 0:
+            eng.n_bytes_in += res
+            eng.n_msgs_in += 1
+            if self.state == C_OPEN:
+                if self.first_pending:
+                    self.first_pending = 0
+                    self.surfaced = 1
+                    if self.on_accept is not None:
+                        self._call(self.on_accept, data)
+                elif self.on_recv is not None:
+                    self._call(self.on_recv, data)
+            if self.recv_io == NULL and self.state == C_OPEN:
+                self._rearm_recv()
+        elif res == 0:
+            self._on_eof()
+        else:
+            err = -res
+            if err == _errno.ENOBUFS:       # the buffer pool ran dry: arm again
+                if self.recv_io == NULL and self.state == C_OPEN:
+                    self._rearm_recv()
+            elif err != _errno.ECANCELED:
+                self._abort(oserror(err, "recv"))
+        self._maybe_finish()
+
+    cdef void _rearm_recv(self) noexcept:
+        try:
+            self._start_recv()
+        except BaseException as e:
+            self._abort(e)
+
+    cdef void _on_eof(self) except *:
+        """The peer shut down its side: finish sending what is queued, then close."""
+        if self.state != C_OPEN:
+            return
+        if self.first_pending:          # connected and closed without sending
+            self.first_pending = 0
+            self.surfaced = 1
+            if self.on_accept is not None:
+                self._call(self.on_accept, b"")
+        if self.state == C_OPEN:
+            self.state = C_CLOSING
+
+    cdef int _send_next(self) except -1:
+        """Hand the head of the send queue to the kernel unless a send is in
+        flight. Runs no Python code, so the GIL keeps it atomic."""
+        cdef IoCtx* io
+        cdef Py_ssize_t total, n
+        while self.send_io == NULL and self.sendq:
+            item = self.sendq[0]
+            if type(item) is _FileJob:
+                if self._splice_next(<_FileJob>item):
+                    return 0
+                self.sendq.popleft()
+                (<_FileJob>item).finish()
+                continue
+            n = PyBytes_GET_SIZE(item)
+            self.sendq.popleft()
+            if n < COALESCE and self.sendq and type(self.sendq[0]) is bytes:
+                parts = [item]
+                total = n
+                while self.sendq and type(self.sendq[0]) is bytes and \
+                        total + PyBytes_GET_SIZE(self.sendq[0]) <= COALESCE:
+                    nxt = self.sendq.popleft()
+                    total += PyBytes_GET_SIZE(nxt)
+                    parts.append(nxt)
+                if len(parts) > 1:
+                    item = b"".join(parts)
+                    n = total
+            io = self._new_io(OP_SEND)
+            io_set_obj(io, item)        # the kernel reads item's buffer until completion
+            io.buf = PyBytes_AS_STRING(item)
+            io.len = n
+            try:
+                self.eng.be.submit_send(io)
+            except BaseException as e:
+                self._io_done(io)
+                self._abort(e)
+                raise
+            self.send_io = io
+        return 0
+
+    cdef bint _splice_next(self, _FileJob job) except -1:
+        """Submit the next sendfile step; False when the job is complete."""
+        cdef IoCtx* io
+        cdef int fds[2]
+        cdef int64_t n
+        if self.pipe_len > 0:
+            io = self._new_io(OP_SPLICE_OUT)
+            n = self.pipe_len
+            try:
+                self.eng.be.submit_splice(io, self.pipe_r, -1, self.fd, <uint32_t>n)
+            except BaseException:
+                self._io_done(io)
+                raise
+            self.send_io = io
+            return True
+        if job.remaining <= 0:
+            return False
+        if self.pipe_r < 0:
+            if pipe2(fds, O_CLOEXEC) < 0:
+                raise oserror(errno, "pipe")
+            self.pipe_r = fds[0]
+            self.pipe_w = fds[1]
+            fcntl(self.pipe_w, F_SETPIPE_SZ, <int>PIPE_WANT)
+            self.pipe_size = fcntl(self.pipe_w, F_GETPIPE_SZ)
+            if self.pipe_size <= 0:
+                self.pipe_size = 65536
+        n = job.remaining if job.remaining < self.pipe_size else self.pipe_size
+        io = self._new_io(OP_SPLICE_IN)
+        try:
+            self.eng.be.submit_splice(io, job.fd, job.offset, self.pipe_w, <uint32_t>n)
+        except BaseException:
+            self._io_done(io)
+            raise
+        self.send_io = io
+        return True
+
+    cdef void _on_send(self, Event* ev) except *:
+        cdef IoCtx* io = ev.io
+        cdef int res = ev.res
+        if res > 0:
+            self.eng.n_bytes_out += res
+            self.send_buffered -= res
+            io.buf += res
+            io.len -= res
+            if io.len > 0 and self.state < C_ABORTING:      # partial send: the rest
+                try:
+                    self.eng.be.submit_send(io)
+                    return
+                except BaseException as e:
+                    self.send_io = NULL
+                    self._io_done(io)
+                    self._abort(e)
+                    self._maybe_finish()
+                    return
+        self.send_io = NULL
+        self._io_done(io)
+        if res < 0 and res != -_errno.ECANCELED:
+            self._abort(oserror(-res, "send"))
+        elif res == 0 and io.len > 0:
+            self._abort(oserror(_errno.EPIPE, "send"))
+        if self.state < C_ABORTING:
+            self._send_safe()
+        self._maybe_finish()
+
+    cdef void _send_safe(self) noexcept:
+        try:
+            self._send_next()
+        except BaseException as e:
+            self._abort(e)
+
+    cdef void _on_splice(self, Event* ev) except *:
+        cdef int res = ev.res
+        cdef uint8_t op = ev.io.op
+        self.send_io = NULL
+        self._io_done(ev.io)
+        if res < 0:
+            if res != -_errno.ECANCELED:
+                self._abort(oserror(-res, "sendfile"))
+        elif self.state < C_ABORTING and self.sendq:
+            job = <_FileJob>self.sendq[0]
+            if op == OP_SPLICE_IN:
+                if res == 0:
+                    self._abort(OSError(_errno.EIO, "sendfile: the file ended before count bytes"))
+                else:
+                    job.offset += res
+                    job.remaining -= res
+                    self.pipe_len += res
+            else:
+                self.pipe_len -= res
+                self.send_buffered -= res
+                self.eng.n_bytes_out += res
+        if self.state < C_ABORTING:
+            self._send_safe()
+        self._maybe_finish()
+
+    cdef void _on_aux(self, Event* ev) except *:
+        self._io_done(ev.io)
+        self._maybe_finish()
+
+    cdef void _abort(self, object exc) noexcept:
+        """Close now: drop queued data, cancel every op, report exc to on_close."""
+        if self.state >= C_ABORTING:
+            return
+        if self.close_exc is None:
+            self.close_exc = exc
+        self.state = C_ABORTING
+        self._drop_queue()
+        cdef IoCtx* io
+        try:
+            io = self._new_io(OP_CANCEL)
+        except BaseException:
+            return
+        try:
+            self.eng.be.submit_cancel_fd(io, self.fd)
+        except BaseException:
+            self._io_done(io)
+            log.exception("iocpx: could not cancel the operations of connection %d", self.id)
+
+    cdef void _drop_queue(self) noexcept:
+        for item in self.sendq:
+            if type(item) is _FileJob:
+                (<_FileJob>item).finish()
+        self.sendq.clear()
+        self.send_buffered = 0
+
+    cdef void _maybe_finish(self) noexcept:
+        """Close the socket and report on_close once nothing is pending."""
+        if self.state < C_CLOSING or self.state == C_CLOSED or self.inflight > 0:
+            return
+        if self.state == C_CLOSING and (self.send_io != NULL or self.sendq):
+            return
+        cdef Engine eng = self.eng
+        self.state = C_CLOSED
+        _sock_close(self.fd)
+        self.fd = -1
+        _sock_close(self.pipe_r)
+        _sock_close(self.pipe_w)
+        self.pipe_r = self.pipe_w = -1
+        self._drop_queue()
+        eng._conns.pop(self.id, None)
+        eng.n_closed += 1
+        cb = self.on_close
+        exc = self.close_exc
+        self.on_accept = self.on_recv = self.on_close = self.on_connect = None
+        self.close_exc = None
+        if cb is not None and self.surfaced:
+            try:
+                cb(self, exc)
+            except BaseException as e:
+                log.error("iocpx: on_close raised for connection %d", self.id, exc_info=e)
+
+    # ---- public API -------------------------------------------------------
+
+    def send(self, data):
+        """Queue data (bytes-like) to be sent in order; never blocks. Bytes are
+        kept alive until sent, other buffers are copied. Thread-safe."""
+        if type(data) is not bytes:
+            if isinstance(data, str):
+                raise TypeError("send() takes bytes-like data, not str (encode it first)")
+            try:
+                data = bytes(memoryview(data))
+            except TypeError:
+                raise TypeError(f"send() takes bytes-like data, not {type(data).__name__}") from None
+        if self.user_closed or self.state >= C_ABORTING:
+            raise _closed_error("connection")
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        if n == 0:
+            return
+        self.sendq.append(data)
+        self.send_buffered += n
+        if self.send_io == NULL and self.state != C_CONNECTING:
+            self._send_next()
+        self.eng._kick()
+
+    def sendfile(self, file, offset=0, count=None):
+        """Queue count bytes of file (a path, a file object or a descriptor)
+        from offset, sent by the kernel (splice) in order with send().
+        Returns the number of bytes queued."""
+        if self.user_closed or self.state >= C_ABORTING:
+            raise _closed_error("connection")
+        for name, v in (("offset", offset), ("count", count)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                raise TypeError(f"{name} must be an int, not {type(v).__name__}")
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}")
+        if count is not None and count < 0:
+            raise ValueError(f"count must be >= 0 or None, got {count}")
+        cdef _FileJob job = _FileJob.__new__(_FileJob)
+        job.fd = -1
+        if isinstance(file, (str, bytes, os.PathLike)):
+            job.fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC)
+            job.owned = 1
+        elif isinstance(file, int) and not isinstance(file, bool):
+            job.fd = file
+        elif hasattr(file, "fileno"):
+            job.fd = file.fileno()
+            job.fileobj = file
+        else:
+            raise TypeError(f"sendfile() takes a path, a file object or a descriptor, not {type(file).__name__}")
+        try:
+            size = os.fstat(job.fd).st_size
+            if count is None:
+                count = max(0, size - offset)
+        except BaseException:
+            job.finish()
+            raise
+        job.offset = offset
+        job.remaining = count
+        if count == 0:
+            job.finish()
+            return 0
+        self.sendq.append(job)
+        self.send_buffered += count
+        if self.send_io == NULL and self.state != C_CONNECTING:
+            self._send_next()
+        self.eng._kick()
+        return count
+
+    def close(self):
+        """Close gracefully: stop reading, send what is queued, then close;
+        on_close(conn, None) follows. Idempotent; thread-safe."""
+        if self.user_closed or self.state >= C_ABORTING:
+            return
+        self.user_closed = 1
+        if self.state == C_CONNECTING:
+            self._abort(None)
+            self.eng._kick()
+            return
+        self.state = C_CLOSING
+        cdef IoCtx* io
+        if self.recv_io != NULL:
+            io = self._new_io(OP_CANCEL)
+            try:
+                self.eng.be.submit_cancel_op(io, self.recv_io)
+            except BaseException:
+                self._io_done(io)
+                raise
+        else:
+            io = self._new_io(OP_NOP)   # a completion that brings us to _maybe_finish
+            try:
+                self.eng.be.submit_post(io)
+            except BaseException:
+                self._io_done(io)
+                raise
+        self.eng._kick()
+
+    def abort(self):
+        """Close at once, dropping queued data; on_close(conn, None) follows."""
+        if self.state >= C_ABORTING:
+            return
+        self.user_closed = 1
+        self._abort(None)
+        self.eng._kick()
+
+    @property
+    def closed(self):
+        """True once close()/abort() was called or the connection ended."""
+        return self.user_closed or self.state >= C_ABORTING or \
+            (self.state == C_CLOSING and not self.sendq and self.send_io == NULL)
+
+    @property
+    def peer(self):
+        """The remote (host, port)."""
+        if self._peer is None:
+            if not self.have_peer:
+                if self.fd < 0:
+                    raise _closed_error("connection")
+                s = _socket.socket(fileno=os.dup(self.fd))
+                try:
+                    self._peer = s.getpeername()[:2]
+                finally:
+                    s.close()
+            else:
+                self._peer = _addr_tuple(&self.peer_addr)
+        return self._peer
+
+    @property
+    def local(self):
+        """The local (host, port)."""
+        cdef iocpx_addr_t a
+        cdef socklen_t n = sizeof(a)
+        if self._local is None:
+            if self.fd < 0:
+                raise _closed_error("connection")
+            if getsockname(self.fd, &a.sa, &n) < 0:
+                raise oserror(errno, "getsockname")
+            self._local = _addr_tuple(&a)
+        return self._local
+
+    @property
+    def engine(self):
+        return self.eng
+
+    def __repr__(self):
+        states = ("connecting", "open", "closing", "aborting", "closed")
+        return f"<iocpx.Connection {self.id} {states[self.state]}>"
+
+
+@cython.final
+cdef class CompletionPort:
+    """The raw completion-port trio: post(key, nbytes=0, obj=None) from any
+    thread, get(timeout=None) -> (key, nbytes, obj) or None on timeout.
+    get() waits with the GIL released; several threads may wait at once."""
+    cdef Backend be
+    cdef iocpx_mutex_t mu           # guards buf_*, harvesting, closed
+    cdef iocpx_cond_t cv
+    cdef Event buf[64]              # completions taken from the kernel, not yet handed out
+    cdef int buf_head, buf_len
+    cdef int harvesting
+    cdef int closed
+    cdef int users                  # threads inside get()
+
+    def __cinit__(self, backend=None):
+        iocpx_mutex_init(&self.mu)
+        iocpx_cond_init(&self.cv)
+        self.closed = 1
+        self.be = _make_backend(backend)
+        self.closed = 0
+
+    def __dealloc__(self):
+        iocpx_cond_destroy(&self.cv)
+        iocpx_mutex_destroy(&self.mu)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def closed(self):
+        return bool(self.closed)
+
+    def post(self, key, nbytes=0, obj=None):
+        """Queue a completion packet (key, nbytes, obj)."""
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int):
+            raise TypeError(f"nbytes must be an int, not {type(nbytes).__name__}")
+        if nbytes < 0:
+            raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+        if self.closed:
+            raise _closed_error("completion port")
+        cdef IoCtx* io = io_alloc(OP_POST, key, NULL)
+        io.aux = nbytes
+        io_set_obj(io, obj)
+        try:
+            self.be.submit_post(io)
+        except BaseException:
+            io_free(io)
+            raise
+        self.be.flush()
+
+    def get(self, timeout=None):
+        """Wait for a packet; (key, nbytes, obj), or None after timeout seconds."""
+        cdef long ms
+        if timeout is None:
+            ms = -1
+        else:
+            if timeout < 0:
+                raise ValueError("timeout must be >= 0 or None")
+            ms = <long>(timeout * 1000 + 0.999)
+        if self.closed:
+            raise _closed_error("completion port")
+        cdef Event ev
+        cdef int r
+        self.users += 1
+        try:
+            with nogil:
+                r = self._get(&ev, ms)
+        finally:
+            self.users -= 1
+        if r == 0:
+            return None
+        if r < 0:
+            raise _closed_error("completion port") if r == -9 else oserror(-r, "completion port")
+        key = <object>ev.io.owner if ev.io.owner != NULL else None
+        obj = <object>ev.io.obj if ev.io.obj != NULL else None
+        n = ev.io.aux
+        io_free(ev.io)
+        return (key, n, obj)
+
+    cdef int _get(self, Event* out, long ms) noexcept nogil:
+        cdef uint64_t deadline = 0
+        cdef uint64_t now
+        cdef long left = ms
+        cdef int n, i
+        if ms >= 0:
+            deadline = iocpx_now_ns() + <uint64_t>ms * 1000000
+        iocpx_mutex_lock(&self.mu)
+        while True:
+            while self.buf_len > 0:
+                out[0] = self.buf[self.buf_head]
+                self.buf_head = (self.buf_head + 1) % 64
+                self.buf_len -= 1
+                if out[0].io.op == OP_POST:
+                    iocpx_mutex_unlock(&self.mu)
+                    return 1
+                with gil:               # a close() wake-up: not a packet
+                    io_free(out[0].io)
+            if self.closed:
+                iocpx_mutex_unlock(&self.mu)
+                return -9
+            if ms >= 0:
+                now = iocpx_now_ns()
+                if now >= deadline:
+                    iocpx_mutex_unlock(&self.mu)
+                    return 0
+                left = <long>((deadline - now + 999999) // 1000000)
+            if not self.harvesting:
+                self.harvesting = 1
+                iocpx_mutex_unlock(&self.mu)
+                n = self.be.wait(self.buf, 64, left)      # buf is empty: we own it now
+                iocpx_mutex_lock(&self.mu)
+                self.harvesting = 0
+                if n > 0:
+                    self.buf_head = 0
+                    self.buf_len = n
+                    iocpx_cond_broadcast(&self.cv)
+                elif n < 0:
+                    iocpx_mutex_unlock(&self.mu)
+                    return n
+            else:
+                iocpx_cond_wait_ms(&self.cv, &self.mu, left)
+
+    def close(self):
+        """Close the port; waiting get() calls raise; unread packets are dropped."""
+        if self.closed:
+            return
+        self.closed = 1
+        cdef IoCtx* io = io_alloc(OP_NOP, None, NULL)
+        try:
+            self.be.submit_post(io)     # wakes a get() that waits in the kernel
+        except BaseException:
+            io_free(io)
+        self.be.flush()
+        with nogil:
+            iocpx_mutex_lock(&self.mu)
+            iocpx_cond_broadcast(&self.cv)
+            iocpx_mutex_unlock(&self.mu)
+        while self.users > 0:
+            time.sleep(0.001)
+        cdef int n, i
+        while self.buf_len > 0:
+            io_free(self.buf[self.buf_head].io)
+            self.buf_head = (self.buf_head + 1) % 64
+            self.buf_len -= 1
+        while True:
+            with nogil:
+                n = self.be.wait(self.buf, 64, 0)
+            if n <= 0:
+                break
+            for i in range(n):
+                io_free(self.buf[i].io)
+        self.be.release()

@@ -1,0 +1,436 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The io_uring backend: one ring per Engine (the completion port), spoken to
+through the kernel ABI only (io_uring_setup/enter/register + mmap).
+
+Threading: every submit runs with the GIL held, so the GIL serializes the
+user-space side of the submission queue; the kernel consumes it concurrently
+(acquire/release on the ring indices). Only the engine's current leader reaps
+the completion queue, so that side needs no lock either. No SINGLE_ISSUER or
+DEFER_TASKRUN: any worker (or a foreign thread calling send) may submit, and
+completions must keep flowing while a callback sleeps in another thread.
+
+Receives are multishot into provided-buffer rings, so an idle connection pins
+no buffer; the data is copied into a bytes object at dispatch and the buffer
+goes straight back to the ring.
+"""
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.errno cimport errno, EINTR, ETIME, EBUSY, EAGAIN, EINVAL, ENOMEM
+from libc.string cimport memset
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from cpython.mem cimport PyMem_RawMalloc
+from posix.unistd cimport close as c_close
+
+from iocpx._sys cimport IOCPX_LOAD_ACQ_U32, IOCPX_STORE_REL_U32, IOCPX_STORE_REL_U16
+from iocpx._backend cimport (Backend, IoCtx, Event, oserror, EV_BUFFER, EV_BUFFER_SHIFT)
+from iocpx._uring cimport *
+
+cdef extern from "<sys/socket.h>" nogil:
+    int MSG_NOSIGNAL, MSG_WAITALL, SOCK_CLOEXEC
+cdef extern from "<fcntl.h>" nogil:
+    unsigned SPLICE_F_MOVE
+
+cdef enum:
+    MAX_GROUPS = 64
+    POOL_BYTES = 4 * 1024 * 1024    # receive pool per buffer size (touched lazily)
+
+cdef struct BufGroup:
+    char* mem               # owned: mmap'd nbufs * size bytes, the buffers themselves
+    size_t mem_sz
+    io_uring_buf* ring      # owned: mmap'd ring the kernel takes buffers from
+    size_t ring_sz
+    uint32_t size
+    uint32_t nbufs
+    uint16_t mask
+    uint16_t tail           # next free slot (published through ring[0].resv)
+
+
+cdef inline int sys_enter(int fd, unsigned to_submit, unsigned min_complete,
+                          unsigned flags, void* arg, size_t argsz) noexcept nogil:
+    cdef long r = syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags, arg, argsz)
+    if r < 0:
+        return -errno
+    return <int>r
+
+
+cdef class UringBackend(Backend):
+    cdef int ring_fd
+    cdef void* sq_ptr           # owned mmap of the SQ ring (and the CQ ring with SINGLE_MMAP)
+    cdef size_t sq_sz
+    cdef void* cq_ptr           # owned mmap of the CQ ring unless it is sq_ptr
+    cdef size_t cq_sz
+    cdef io_uring_sqe* sqes     # owned mmap of the SQE array
+    cdef size_t sqes_sz
+    cdef uint32_t* sq_khead     # kernel-shared ring indices (inside sq_ptr / cq_ptr)
+    cdef uint32_t* sq_ktail
+    cdef uint32_t sq_mask
+    cdef uint32_t sq_entries
+    cdef uint32_t sq_tail       # our producer index; GIL-protected
+    cdef uint32_t* cq_khead
+    cdef uint32_t* cq_ktail
+    cdef uint32_t cq_mask
+    cdef io_uring_cqe* cqes
+    cdef BufGroup groups[MAX_GROUPS]
+    cdef int ngroups
+
+    def __cinit__(self, unsigned entries=4096):
+        self.name = "io_uring"
+        self.ring_fd = -1
+        self.ngroups = 0
+        cdef io_uring_params p
+        memset(&p, 0, sizeof(p))
+        p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CLAMP
+        p.cq_entries = entries * 4
+        cdef long fd = syscall(__NR_io_uring_setup, entries, &p)
+        if fd < 0:
+            raise oserror(errno, "io_uring_setup")
+        self.ring_fd = <int>fd
+        if not (p.features & IORING_FEAT_NODROP) or not (p.features & IORING_FEAT_EXT_ARG):
+            self.release()
+            raise OSError(EINVAL, "io_uring: kernel too old (needs NODROP and EXT_ARG, Linux 5.11+)")
+        self.sq_sz = p.sq_off.array + p.sq_entries * sizeof(uint32_t)
+        self.cq_sz = p.cq_off.cqes + p.cq_entries * sizeof(io_uring_cqe)
+        if p.features & IORING_FEAT_SINGLE_MMAP:
+            if self.cq_sz > self.sq_sz:
+                self.sq_sz = self.cq_sz
+            self.cq_sz = self.sq_sz
+        self.sq_ptr = mmap(NULL, self.sq_sz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+                           self.ring_fd, IORING_OFF_SQ_RING)
+        if self.sq_ptr == MAP_FAILED:
+            self.sq_ptr = NULL
+            err = errno
+            self.release()
+            raise oserror(err, "io_uring mmap")
+        if p.features & IORING_FEAT_SINGLE_MMAP:
+            self.cq_ptr = self.sq_ptr
+        else:
+            self.cq_ptr = mmap(NULL, self.cq_sz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+                               self.ring_fd, IORING_OFF_CQ_RING)
+            if self.cq_ptr == MAP_FAILED:
+                self.cq_ptr = NULL
+                err = errno
+                self.release()
+                raise oserror(err, "io_uring mmap")
+        self.sqes_sz = p.sq_entries * sizeof(io_uring_sqe)
+        self.sqes = <io_uring_sqe*>mmap(NULL, self.sqes_sz, PROT_READ | PROT_WRITE,
+                                        MAP_SHARED | MAP_POPULATE, self.ring_fd, IORING_OFF_SQES)
+        if <void*>self.sqes == MAP_FAILED:
+            self.sqes = NULL
+            err = errno
+            self.release()
+            raise oserror(err, "io_uring mmap")
+        cdef char* sq = <char*>self.sq_ptr
+        cdef char* cq = <char*>self.cq_ptr
+        self.sq_khead = <uint32_t*>(sq + p.sq_off.head)
+        self.sq_ktail = <uint32_t*>(sq + p.sq_off.tail)
+        self.sq_mask = (<uint32_t*>(sq + p.sq_off.ring_mask))[0]
+        self.sq_entries = p.sq_entries
+        cdef uint32_t* arr = <uint32_t*>(sq + p.sq_off.array)
+        cdef uint32_t i
+        for i in range(p.sq_entries):
+            arr[i] = i          # identity map: SQE slot i is array slot i
+        self.sq_tail = self.sq_ktail[0]
+        self.cq_khead = <uint32_t*>(cq + p.cq_off.head)
+        self.cq_ktail = <uint32_t*>(cq + p.cq_off.tail)
+        self.cq_mask = (<uint32_t*>(cq + p.cq_off.ring_mask))[0]
+        self.cqes = <io_uring_cqe*>(cq + p.cq_off.cqes)
+
+    def __dealloc__(self):
+        self.release()
+
+    cdef void release(self) noexcept:
+        """Unmap everything and close the ring. Only once no op is pending."""
+        cdef int i
+        cdef io_uring_buf_reg reg
+        for i in range(self.ngroups):
+            if self.ring_fd >= 0:
+                memset(&reg, 0, sizeof(reg))
+                reg.bgid = <uint16_t>i
+                syscall(__NR_io_uring_register, self.ring_fd, IORING_UNREGISTER_PBUF_RING, &reg, 1)
+            if self.groups[i].ring != NULL:
+                munmap(self.groups[i].ring, self.groups[i].ring_sz)
+            if self.groups[i].mem != NULL:
+                munmap(self.groups[i].mem, self.groups[i].mem_sz)
+        self.ngroups = 0
+        if self.sqes != NULL:
+            munmap(self.sqes, self.sqes_sz)
+            self.sqes = NULL
+        if self.cq_ptr != NULL and self.cq_ptr != self.sq_ptr:
+            munmap(self.cq_ptr, self.cq_sz)
+        self.cq_ptr = NULL
+        if self.sq_ptr != NULL:
+            munmap(self.sq_ptr, self.sq_sz)
+            self.sq_ptr = NULL
+        if self.ring_fd >= 0:
+            c_close(self.ring_fd)
+            self.ring_fd = -1
+
+    # ---- submission side (GIL held) ---------------------------------------
+
+    cdef io_uring_sqe* _sqe(self) except NULL:
+        """A zeroed SQE slot; commit it with _push. Flushes when the ring is full."""
+        cdef uint32_t head
+        cdef int tries = 0
+        if self.sqes == NULL:
+            raise OSError(EBUSY, "io_uring backend is closed")
+        while True:
+            head = IOCPX_LOAD_ACQ_U32(self.sq_khead)
+            if self.sq_tail - head < self.sq_entries:
+                break
+            self.flush()
+            tries += 1
+            if tries > 1000:
+                raise OSError(EBUSY, "io_uring submission queue stays full")
+        cdef io_uring_sqe* sqe = &self.sqes[self.sq_tail & self.sq_mask]
+        memset(sqe, 0, sizeof(io_uring_sqe))
+        return sqe
+
+    cdef inline void _push(self, io_uring_sqe* sqe, IoCtx* io) noexcept:
+        sqe.user_data = <uint64_t><size_t>io
+        self.sq_tail += 1
+        IOCPX_STORE_REL_U32(self.sq_ktail, self.sq_tail)
+
+    cdef int flush(self) except -1:
+        cdef uint32_t pending
+        cdef int r
+        while True:
+            pending = self.sq_tail - IOCPX_LOAD_ACQ_U32(self.sq_khead)
+            if pending == 0:
+                return 0
+            r = sys_enter(self.ring_fd, pending, 0, 0, NULL, 0)
+            if r >= 0 or r == -EINTR:
+                continue
+            if r == -EAGAIN or r == -EBUSY:
+                return 0        # completion backlog: the next wait submits them
+            raise oserror(-r, "io_uring_enter")
+
+    cdef int submit_accept(self, IoCtx* io) except -1:
+        cdef io_uring_sqe* sqe = self._sqe()
+        sqe.opcode = IORING_OP_ACCEPT
+        sqe.fd = io.fd
+        io.addrlen = sizeof(io.addr)
+        sqe.addr = <uint64_t><size_t>&io.addr
+        sqe.addr2 = <uint64_t><size_t>&io.addrlen
+        sqe.accept_flags = SOCK_CLOEXEC
+        self._push(sqe, io)
+        return 0
+
+    cdef int submit_recv(self, IoCtx* io) except -1:
+        cdef io_uring_sqe* sqe = self._sqe()
+        sqe.opcode = IORING_OP_RECV
+        sqe.fd = io.fd
+        sqe.ioprio = IORING_RECV_MULTISHOT
+        sqe.flags = IOSQE_BUFFER_SELECT
+        sqe.buf_group = io.group
+        self._push(sqe, io)
+        return 0
+
+    cdef int submit_send(self, IoCtx* io) except -1:
+        cdef io_uring_sqe* sqe = self._sqe()
+        sqe.opcode = IORING_OP_SEND
+        sqe.fd = io.fd
+        sqe.addr = <uint64_t><size_t>io.buf
+        sqe.len = <uint32_t>(io.len if io.len < 0x7fff0000 else 0x7fff0000)
+        sqe.msg_flags = MSG_NOSIGNAL | MSG_WAITALL
+        self._push(sqe, io)
+        return 0
+
+    cdef int submit_connect(self, IoCtx* io) except -1:
+        cdef io_uring_sqe* sqe = self._sqe()
+        sqe.opcode = IORING_OP_CONNECT
+        sqe.fd = io.fd
+        sqe.addr = <uint64_t><size_t>&io.addr
+        sqe.off = io.addrlen
+        self._push(sqe, io)
+        return 0
+
+    cdef int submit_splice(self, IoCtx* io, int fd_in, int64_t off_in, int fd_out, uint32_t nbytes) except -1:
+        cdef io_uring_sqe* sqe = self._sqe()
+        sqe.opcode = IORING_OP_SPLICE
+        sqe.fd = fd_out
+        sqe.off = <uint64_t>-1
+        sqe.splice_fd_in = fd_in
+        sqe.splice_off_in = <uint64_t>off_in if off_in >= 0 else <uint64_t>-1
+        sqe.len = nbytes
+        sqe.splice_flags = SPLICE_F_MOVE
+        self._push(sqe, io)
+        return 0
+
+    cdef int submit_cancel_fd(self, IoCtx* io, int fd) except -1:
+        cdef io_uring_sqe* sqe = self._sqe()
+        sqe.opcode = IORING_OP_ASYNC_CANCEL
+        sqe.fd = fd
+        sqe.cancel_flags = IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL
+        self._push(sqe, io)
+        return 0
+
+    cdef int submit_cancel_op(self, IoCtx* io, IoCtx* target) except -1:
+        cdef io_uring_sqe* sqe = self._sqe()
+        sqe.opcode = IORING_OP_ASYNC_CANCEL
+        sqe.addr = <uint64_t><size_t>target
+        self._push(sqe, io)
+        return 0
+
+    cdef int submit_post(self, IoCtx* io) except -1:
+        cdef io_uring_sqe* sqe = self._sqe()
+        sqe.opcode = IORING_OP_NOP
+        self._push(sqe, io)
+        return 0
+
+    cdef int submit_timer(self, IoCtx* io, long ms) except -1:
+        cdef __kernel_timespec* ts
+        if io.extra == NULL:
+            io.extra = PyMem_RawMalloc(sizeof(__kernel_timespec))   # freed by io_free
+            if io.extra == NULL:
+                raise MemoryError()
+        ts = <__kernel_timespec*>io.extra
+        ts.tv_sec = ms // 1000
+        ts.tv_nsec = (ms % 1000) * 1000000
+        cdef io_uring_sqe* sqe = self._sqe()
+        sqe.opcode = IORING_OP_TIMEOUT
+        sqe.addr = <uint64_t><size_t>ts
+        sqe.len = 1
+        self._push(sqe, io)
+        return 0
+
+    # ---- completion side (leader thread, no GIL) --------------------------
+
+    cdef int wait(self, Event* out, int maxev, long timeout_ms) noexcept nogil:
+        """Submit what is queued, wait for at least one completion (or the
+        timeout; < 0 means none) and copy up to maxev of them into out."""
+        cdef int n, r
+        cdef uint32_t pending
+        cdef unsigned flags
+        cdef io_uring_getevents_arg arg
+        cdef __kernel_timespec ts
+        while True:
+            n = self._harvest(out, maxev)
+            pending = IOCPX_LOAD_ACQ_U32(self.sq_ktail) - IOCPX_LOAD_ACQ_U32(self.sq_khead)
+            if n > 0:
+                if pending:
+                    sys_enter(self.ring_fd, pending, 0, 0, NULL, 0)
+                return n
+            flags = IORING_ENTER_GETEVENTS
+            if timeout_ms >= 0:
+                memset(&arg, 0, sizeof(arg))
+                ts.tv_sec = timeout_ms // 1000
+                ts.tv_nsec = (timeout_ms % 1000) * 1000000
+                arg.ts = <uint64_t><size_t>&ts
+                r = sys_enter(self.ring_fd, pending, 1, flags | IORING_ENTER_EXT_ARG, &arg, sizeof(arg))
+            else:
+                r = sys_enter(self.ring_fd, pending, 1, flags, NULL, 0)
+            if r < 0:
+                if r == -ETIME:
+                    return self._harvest(out, maxev)
+                if r != -EINTR and r != -EAGAIN and r != -EBUSY:
+                    return r
+            elif r < <int>pending:
+                continue      # another thread submitted part of it: we did not wait
+            if timeout_ms >= 0:
+                return self._harvest(out, maxev)
+
+    cdef inline int _harvest(self, Event* out, int maxev) noexcept nogil:
+        cdef uint32_t head = self.cq_khead[0]
+        cdef uint32_t tail = IOCPX_LOAD_ACQ_U32(self.cq_ktail)
+        cdef int n = 0
+        cdef io_uring_cqe* c
+        while head != tail and n < maxev:
+            c = &self.cqes[head & self.cq_mask]
+            out[n].io = <IoCtx*><size_t>c.user_data
+            out[n].res = c.res
+            out[n].flags = c.flags
+            n += 1
+            head += 1
+        if n:
+            IOCPX_STORE_REL_U32(self.cq_khead, head)
+        return n
+
+    # ---- provided receive buffers -----------------------------------------
+
+    cdef int buffer_group(self, uint32_t size) except -1:
+        """The id of a receive buffer pool of `size`-byte buffers, created on first use."""
+        cdef int i
+        for i in range(self.ngroups):
+            if self.groups[i].size == size:
+                return i
+        if self.ngroups >= MAX_GROUPS:
+            raise ValueError(f"too many distinct buffer sizes (at most {MAX_GROUPS})")
+        cdef uint32_t nbufs = 64
+        while nbufs < 4096 and <uint64_t>nbufs * 2 * size <= POOL_BYTES:
+            nbufs *= 2
+        cdef BufGroup* g = &self.groups[self.ngroups]
+        memset(g, 0, sizeof(BufGroup))
+        g.size = size
+        g.nbufs = nbufs
+        g.mask = <uint16_t>(nbufs - 1)
+        g.ring_sz = nbufs * sizeof(io_uring_buf)
+        g.ring = <io_uring_buf*>mmap(NULL, g.ring_sz, PROT_READ | PROT_WRITE,
+                                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if <void*>g.ring == MAP_FAILED:
+            g.ring = NULL
+            raise oserror(errno, "mmap buffer ring")
+        g.mem_sz = <size_t>nbufs * size
+        g.mem = <char*>mmap(NULL, g.mem_sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if <void*>g.mem == MAP_FAILED:
+            g.mem = NULL
+            munmap(g.ring, g.ring_sz)
+            g.ring = NULL
+            raise oserror(errno, "mmap receive buffers")
+        cdef uint32_t b
+        for b in range(nbufs):
+            g.ring[b].addr = <uint64_t><size_t>(g.mem + <size_t>b * size)
+            g.ring[b].len = size
+            g.ring[b].bid = <uint16_t>b
+        g.tail = <uint16_t>nbufs
+        IOCPX_STORE_REL_U16(&g.ring[0].resv, g.tail)   # the ring's tail overlays bufs[0].resv
+        cdef io_uring_buf_reg reg
+        memset(&reg, 0, sizeof(reg))
+        reg.ring_addr = <uint64_t><size_t>g.ring
+        reg.ring_entries = nbufs
+        reg.bgid = <uint16_t>self.ngroups
+        cdef long r = syscall(__NR_io_uring_register, self.ring_fd, IORING_REGISTER_PBUF_RING, &reg, 1)
+        if r < 0:
+            err = errno
+            munmap(g.ring, g.ring_sz)
+            munmap(g.mem, g.mem_sz)
+            g.ring = NULL
+            g.mem = NULL
+            raise oserror(err, "io_uring provided buffer ring (needs Linux 5.19+)")
+        self.ngroups += 1
+        return self.ngroups - 1
+
+    cdef object recv_bytes(self, Event* ev):
+        """The bytes a receive completion carried (None if none) and the buffer
+        given back to the kernel at once. Must be called for every recv event."""
+        if not (ev.flags & EV_BUFFER):
+            return None
+        cdef BufGroup* g = &self.groups[ev.io.group]
+        cdef uint16_t bid = <uint16_t>(ev.flags >> EV_BUFFER_SHIFT)
+        cdef char* p = g.mem + <size_t>bid * g.size
+        data = None
+        if ev.res > 0:
+            data = PyBytes_FromStringAndSize(p, ev.res)
+        cdef io_uring_buf* slot = &g.ring[g.tail & g.mask]
+        slot.addr = <uint64_t><size_t>p
+        slot.len = g.size
+        slot.bid = bid
+        g.tail += 1
+        IOCPX_STORE_REL_U16(&g.ring[0].resv, g.tail)
+        return data
+
+
+def probe():
+    """None if this kernel runs the io_uring backend, else the reason why not."""
+    import os
+    try:
+        b = UringBackend(8)
+        b.buffer_group(4096)
+    except OSError as e:
+        return f"io_uring unavailable: {e}"
+    release = os.uname().release.split(".")
+    try:
+        major, minor = int(release[0]), int(release[1].split("-")[0])
+    except (ValueError, IndexError):
+        return None
+    if (major, minor) < (6, 0):
+        return f"io_uring backend needs Linux 6.0+ (multishot receive), kernel is {os.uname().release}"
+    return None

@@ -1,0 +1,135 @@
+/* Small platform layer shared by every iocpx module: atomics, a mutex and a
+ * condition variable, a monotonic clock, a thread-local slot and the head of a
+ * per-I/O context (an OVERLAPPED on Windows, nothing on Linux).
+ * Header-only; declarations for Cython are in _sys.pxd. */
+#ifndef IOCPX_SYS_H
+#define IOCPX_SYS_H
+
+#include <stdint.h>
+#include <string.h>
+
+#ifdef _WIN32
+#  include <winsock2.h>
+#  include <ws2tcpip.h>
+#  include <windows.h>
+typedef OVERLAPPED iocpx_ovl_t;           /* must be the first member of an IoCtx */
+typedef SRWLOCK iocpx_mutex_t;
+typedef CONDITION_VARIABLE iocpx_cond_t;
+static inline int iocpx_mutex_init(iocpx_mutex_t *m) { InitializeSRWLock(m); return 0; }
+static inline void iocpx_mutex_destroy(iocpx_mutex_t *m) { (void)m; }
+static inline void iocpx_mutex_lock(iocpx_mutex_t *m) { AcquireSRWLockExclusive(m); }
+static inline void iocpx_mutex_unlock(iocpx_mutex_t *m) { ReleaseSRWLockExclusive(m); }
+static inline int iocpx_cond_init(iocpx_cond_t *c) { InitializeConditionVariable(c); return 0; }
+static inline void iocpx_cond_destroy(iocpx_cond_t *c) { (void)c; }
+static inline void iocpx_cond_signal(iocpx_cond_t *c) { WakeConditionVariable(c); }
+static inline void iocpx_cond_broadcast(iocpx_cond_t *c) { WakeAllConditionVariable(c); }
+/* ms < 0 waits without limit; returns 0 when woken, 1 on timeout */
+static inline int iocpx_cond_wait_ms(iocpx_cond_t *c, iocpx_mutex_t *m, long ms) {
+    if (SleepConditionVariableSRW(c, m, ms < 0 ? INFINITE : (DWORD)ms, 0)) return 0;
+    return 1;
+}
+static inline uint64_t iocpx_now_ns(void) {
+    LARGE_INTEGER f, t; QueryPerformanceFrequency(&f); QueryPerformanceCounter(&t);
+    return (uint64_t)((double)t.QuadPart * 1e9 / (double)f.QuadPart);
+}
+static inline void iocpx_sleep_ms(long ms) { Sleep((DWORD)ms); }
+#  define IOCPX_TLS __declspec(thread)
+#else
+#  include <sys/socket.h>
+#  include <netinet/in.h>
+#  include <arpa/inet.h>
+#  include <pthread.h>
+#  include <time.h>
+#  include <errno.h>
+typedef struct { char _unused; } iocpx_ovl_t;   /* no OVERLAPPED on Linux */
+typedef pthread_mutex_t iocpx_mutex_t;
+typedef pthread_cond_t iocpx_cond_t;
+static inline int iocpx_mutex_init(iocpx_mutex_t *m) { return pthread_mutex_init(m, NULL); }
+static inline void iocpx_mutex_destroy(iocpx_mutex_t *m) { pthread_mutex_destroy(m); }
+static inline void iocpx_mutex_lock(iocpx_mutex_t *m) { pthread_mutex_lock(m); }
+static inline void iocpx_mutex_unlock(iocpx_mutex_t *m) { pthread_mutex_unlock(m); }
+static inline int iocpx_cond_init(iocpx_cond_t *c) {
+    pthread_condattr_t a; int r;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    r = pthread_cond_init(c, &a);
+    pthread_condattr_destroy(&a);
+    return r;
+}
+static inline void iocpx_cond_destroy(iocpx_cond_t *c) { pthread_cond_destroy(c); }
+static inline void iocpx_cond_signal(iocpx_cond_t *c) { pthread_cond_signal(c); }
+static inline void iocpx_cond_broadcast(iocpx_cond_t *c) { pthread_cond_broadcast(c); }
+static inline uint64_t iocpx_now_ns(void) {
+    struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+/* ms < 0 waits without limit; returns 0 when woken (or spuriously), 1 on timeout */
+static inline int iocpx_cond_wait_ms(iocpx_cond_t *c, iocpx_mutex_t *m, long ms) {
+    struct timespec ts;
+    if (ms < 0) { pthread_cond_wait(c, m); return 0; }
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) { ts.tv_sec += 1; ts.tv_nsec -= 1000000000L; }
+    return pthread_cond_timedwait(c, m, &ts) == ETIMEDOUT;
+}
+static inline void iocpx_sleep_ms(long ms) {
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    nanosleep(&ts, NULL);
+}
+#  define IOCPX_TLS __thread
+#endif
+
+/* A socket address big enough for IPv4 and IPv6 (the only families iocpx serves). */
+typedef union {
+    struct sockaddr sa;
+    struct sockaddr_in v4;
+    struct sockaddr_in6 v6;
+} iocpx_addr_t;
+
+/* Fill an address from its family, packed IP (4 or 16 bytes) and port;
+ * returns its length. */
+static inline int iocpx_addr_fill(iocpx_addr_t *a, int family, const char *ip,
+                                  unsigned port, uint32_t flowinfo, uint32_t scope_id) {
+    memset(a, 0, sizeof(*a));
+    if (family == AF_INET6) {
+        a->v6.sin6_family = AF_INET6;
+        a->v6.sin6_port = htons((uint16_t)port);
+        a->v6.sin6_flowinfo = htonl(flowinfo);
+        a->v6.sin6_scope_id = scope_id;
+        memcpy(&a->v6.sin6_addr, ip, 16);
+        return (int)sizeof(a->v6);
+    }
+    a->v4.sin_family = AF_INET;
+    a->v4.sin_port = htons((uint16_t)port);
+    memcpy(&a->v4.sin_addr, ip, 4);
+    return (int)sizeof(a->v4);
+}
+
+/* Split an address into family, packed IP (into ip, 16 bytes room) and port;
+ * returns the IP length (4 or 16), or 0 for another family. */
+static inline int iocpx_addr_split(const iocpx_addr_t *a, int *family, char *ip, unsigned *port) {
+    *family = a->sa.sa_family;
+    if (a->sa.sa_family == AF_INET6) {
+        memcpy(ip, &a->v6.sin6_addr, 16); *port = ntohs(a->v6.sin6_port); return 16;
+    }
+    if (a->sa.sa_family == AF_INET) {
+        memcpy(ip, &a->v4.sin_addr, 4); *port = ntohs(a->v4.sin_port); return 4;
+    }
+    return 0;
+}
+
+/* Acquire/release accessors for memory shared with the kernel or other threads. */
+#define IOCPX_LOAD_ACQ_U32(p)      __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define IOCPX_STORE_REL_U32(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define IOCPX_STORE_REL_U16(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define IOCPX_ADD_I64(p, v)        __atomic_add_fetch((p), (v), __ATOMIC_RELAXED)
+#define IOCPX_LOAD_I64(p)          __atomic_load_n((p), __ATOMIC_RELAXED)
+
+/* The engine whose worker runs on this thread (NULL elsewhere): lets send()
+ * defer its submit to the end of the worker's batch instead of a syscall each. */
+static IOCPX_TLS void *iocpx_tls_engine = NULL;
+static inline void *iocpx_tls_get(void) { return iocpx_tls_engine; }
+static inline void iocpx_tls_set(void *e) { iocpx_tls_engine = e; }
+
+#endif

@@ -1,0 +1,38 @@
+# Declarations of iocpx/_sys.h: the small platform layer every module shares.
+from libc.stdint cimport uint16_t, uint32_t, uint64_t, int64_t
+
+cdef extern from "_sys.h" nogil:
+    ctypedef struct iocpx_ovl_t:
+        pass
+    ctypedef struct iocpx_mutex_t:
+        pass
+    ctypedef struct iocpx_cond_t:
+        pass
+    int iocpx_mutex_init(iocpx_mutex_t* m)
+    void iocpx_mutex_destroy(iocpx_mutex_t* m)
+    void iocpx_mutex_lock(iocpx_mutex_t* m)
+    void iocpx_mutex_unlock(iocpx_mutex_t* m)
+    int iocpx_cond_init(iocpx_cond_t* c)
+    void iocpx_cond_destroy(iocpx_cond_t* c)
+    void iocpx_cond_signal(iocpx_cond_t* c)
+    void iocpx_cond_broadcast(iocpx_cond_t* c)
+    int iocpx_cond_wait_ms(iocpx_cond_t* c, iocpx_mutex_t* m, long ms)
+    uint64_t iocpx_now_ns()
+    void iocpx_sleep_ms(long ms)
+    uint32_t IOCPX_LOAD_ACQ_U32(uint32_t* p)
+    void IOCPX_STORE_REL_U32(uint32_t* p, uint32_t v)
+    void IOCPX_STORE_REL_U16(uint16_t* p, uint16_t v)
+    int64_t IOCPX_ADD_I64(int64_t* p, int64_t v)
+    int64_t IOCPX_LOAD_I64(int64_t* p)
+    void* iocpx_tls_get()
+    void iocpx_tls_set(void* e)
+
+cdef extern from "_sys.h":
+    ctypedef struct sockaddr:
+        unsigned short sa_family
+    ctypedef struct iocpx_addr_t:
+        sockaddr sa
+    ctypedef unsigned int socklen_t
+    int iocpx_addr_fill(iocpx_addr_t* a, int family, const char* ip, unsigned port,
+                        uint32_t flowinfo, uint32_t scope_id) nogil
+    int iocpx_addr_split(const iocpx_addr_t* a, int* family, char* ip, unsigned* port) nogil

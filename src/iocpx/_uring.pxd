@@ -1,0 +1,121 @@
+# The Linux io_uring kernel ABI, declared straight from <linux/io_uring.h>, plus
+# the three syscalls and the mmap calls that set a ring up. Declarations only;
+# no liburing: a built wheel needs nothing at run time but the kernel.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
+
+cdef extern from "<sys/syscall.h>" nogil:
+    long __NR_io_uring_setup
+    long __NR_io_uring_enter
+    long __NR_io_uring_register
+
+cdef extern from "<unistd.h>" nogil:
+    long syscall(long number, ...)
+
+cdef extern from "<sys/mman.h>" nogil:
+    void* mmap(void* addr, size_t length, int prot, int flags, int fd, long offset)
+    int munmap(void* addr, size_t length)
+    void* MAP_FAILED
+    int PROT_READ, PROT_WRITE, MAP_SHARED, MAP_POPULATE, MAP_PRIVATE, MAP_ANONYMOUS
+
+cdef extern from "<linux/time_types.h>" nogil:
+    struct __kernel_timespec:
+        long long tv_sec
+        long long tv_nsec
+
+cdef extern from "<linux/io_uring.h>" nogil:
+    struct io_uring_sqe:
+        uint8_t opcode
+        uint8_t flags
+        uint16_t ioprio
+        int32_t fd
+        uint64_t off             # union: off / addr2
+        uint64_t addr2
+        uint64_t addr            # union: addr / splice_off_in
+        uint64_t splice_off_in
+        uint32_t len
+        uint32_t rw_flags        # union of the per-op flag words
+        uint32_t msg_flags
+        uint32_t timeout_flags
+        uint32_t accept_flags
+        uint32_t cancel_flags
+        uint32_t splice_flags
+        uint64_t user_data
+        uint16_t buf_group
+        uint16_t personality
+        int32_t splice_fd_in
+        uint64_t addr3
+
+    struct io_uring_cqe:
+        uint64_t user_data
+        int32_t res
+        uint32_t flags
+
+    struct io_sqring_offsets:
+        uint32_t head, tail, ring_mask, ring_entries, flags, dropped, array
+
+    struct io_cqring_offsets:
+        uint32_t head, tail, ring_mask, ring_entries, overflow, cqes, flags
+
+    struct io_uring_params:
+        uint32_t sq_entries
+        uint32_t cq_entries
+        uint32_t flags
+        uint32_t sq_thread_cpu
+        uint32_t sq_thread_idle
+        uint32_t features
+        uint32_t wq_fd
+        io_sqring_offsets sq_off
+        io_cqring_offsets cq_off
+
+    struct io_uring_buf:
+        uint64_t addr
+        uint32_t len
+        uint16_t bid
+        uint16_t resv
+
+    struct io_uring_buf_reg:
+        uint64_t ring_addr
+        uint32_t ring_entries
+        uint16_t bgid
+        uint16_t pad
+
+    struct io_uring_getevents_arg:
+        uint64_t sigmask
+        uint32_t sigmask_sz
+        uint32_t pad
+        uint64_t ts
+
+    enum:
+        IORING_OP_NOP
+        IORING_OP_SENDMSG
+        IORING_OP_TIMEOUT
+        IORING_OP_ACCEPT
+        IORING_OP_ASYNC_CANCEL
+        IORING_OP_CONNECT
+        IORING_OP_SEND
+        IORING_OP_RECV
+        IORING_OP_SPLICE
+        IORING_OP_SHUTDOWN
+        IORING_REGISTER_PBUF_RING
+        IORING_UNREGISTER_PBUF_RING
+
+    unsigned IORING_SETUP_CQSIZE
+    unsigned IORING_SETUP_SUBMIT_ALL
+    unsigned IORING_SETUP_CLAMP
+    unsigned IORING_FEAT_SINGLE_MMAP
+    unsigned IORING_FEAT_NODROP
+    unsigned IORING_FEAT_EXT_ARG
+    unsigned IORING_ENTER_GETEVENTS
+    unsigned IORING_ENTER_EXT_ARG
+    unsigned IOSQE_BUFFER_SELECT
+    unsigned IOSQE_IO_LINK
+    unsigned IORING_CQE_F_BUFFER
+    unsigned IORING_CQE_F_MORE
+    unsigned IORING_CQE_BUFFER_SHIFT
+    unsigned IORING_RECV_MULTISHOT
+    unsigned IORING_ASYNC_CANCEL_ALL
+    unsigned IORING_ASYNC_CANCEL_FD
+    unsigned IORING_ASYNC_CANCEL_ANY
+    long long IORING_OFF_SQ_RING
+    long long IORING_OFF_CQ_RING
+    long long IORING_OFF_SQES

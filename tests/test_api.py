@@ -1,0 +1,217 @@
+"""Outbound connections, Server, stats, and what misuse of the API gets."""
+import os
+import socket
+import threading
+
+import pytest
+
+import iocpx
+from conftest import BACKENDS, Recorder, client, echo, recv_exact, wait_for
+
+
+def test_connect_roundtrip_on_same_engine(engine):
+    """An iocpx client and an iocpx server on one engine."""
+    rec = Recorder()
+    lst = engine.listen(("127.0.0.1", 0), on_recv=echo)
+    got = bytearray()
+    done = threading.Event()
+    payload = os.urandom(200_000)
+
+    def on_recv(conn, data):
+        got.extend(data)
+        if len(got) >= len(payload):
+            conn.close()
+
+    def on_connect(conn):
+        rec.add("connect", conn.id, conn.peer)
+
+    conn = engine.connect(lst.address, on_connect=on_connect, on_recv=on_recv,
+                          on_close=rec.on_close)
+    conn.send(payload)              # queued before the connect completes
+    rec.wait(lambda r: r.closed, timeout=20)
+    assert bytes(got) == payload
+    assert rec.events[0][0] == "connect" and rec.events[0][2] == lst.address
+    assert list(rec.closed.values()) == [None]
+    st = engine.stats()
+    assert st["connected"] == 1 and st["accepted"] == 1
+
+
+def test_connect_refused_reports_on_close(engine):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    addr = s.getsockname()
+    s.close()                       # nothing listens there now
+    rec = Recorder()
+    engine.connect(addr, on_connect=lambda c: rec.add("connect"), on_close=rec.on_close)
+    rec.wait(lambda r: r.closed)
+    exc = list(rec.closed.values())[0]
+    assert isinstance(exc, ConnectionRefusedError)
+    assert exc.errno is not None
+    assert not [e for e in rec.events if e[0] == "connect"]
+
+
+def test_server_context_manager_and_stats(backend):
+    with iocpx.Server(("127.0.0.1", 0), on_recv=echo, backend=backend, workers=2) as srv:
+        s = client(srv.address)
+        s.sendall(b"ping")
+        assert recv_exact(s, 4) == b"ping"
+        st = srv.stats()
+        for key in ("connections", "accepted", "bytes_in", "bytes_out", "pending_ops",
+                    "live_io", "backend", "workers"):
+            assert key in st
+        assert st["backend"] == backend and st["workers"] == 2
+        assert st["accepted"] == 1 and st["bytes_in"] == 4
+        wait_for(lambda: srv.stats()["bytes_out"] == 4)
+        s.close()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(srv.address, timeout=5)
+
+
+def test_server_serve_forever_stops(backend):
+    srv = iocpx.Server(("127.0.0.1", 0), on_recv=echo, backend=backend, workers=1)
+    t = threading.Thread(target=srv.serve_forever)
+    t.start()
+    wait_for(lambda: srv.engine is not None and srv._listener is not None)
+    s = client(srv.address)
+    s.sendall(b"x")
+    assert recv_exact(s, 1) == b"x"
+    s.close()
+    srv.stop()
+    t.join(10)
+    assert not t.is_alive()
+
+
+def test_default_workers_and_backend_names():
+    assert iocpx.default_backend() in iocpx.available_backends()
+    with iocpx.Engine() as eng:
+        assert eng.workers == 2 * os.cpu_count()
+        assert eng.backend == iocpx.default_backend()
+
+
+@pytest.mark.parametrize("kwargs, exc", [
+    (dict(workers=0), ValueError),
+    (dict(workers=-3), ValueError),
+    (dict(workers="4"), TypeError),
+    (dict(workers=2.0), TypeError),
+    (dict(backend="nonesuch"), ValueError),
+    (dict(backend=5), TypeError),
+])
+def test_engine_bad_arguments(kwargs, exc):
+    with pytest.raises(exc):
+        iocpx.Engine(**kwargs)
+
+
+@pytest.mark.parametrize("address, kwargs, exc", [
+    ("127.0.0.1:80", {}, TypeError),
+    (("127.0.0.1",), {}, TypeError),
+    (("127.0.0.1", "80"), {}, TypeError),
+    (("127.0.0.1", 70000), {}, ValueError),
+    ((b"127.0.0.1", 0), {}, TypeError),
+    (("127.0.0.1", 0), dict(on_recv=5), TypeError),
+    (("127.0.0.1", 0), dict(on_accept="f"), TypeError),
+    (("127.0.0.1", 0), dict(accepts=0), ValueError),
+    (("127.0.0.1", 0), dict(accepts=1.5), TypeError),
+    (("127.0.0.1", 0), dict(buffer_size=0), ValueError),
+    (("127.0.0.1", 0), dict(buffer_size=-4096), ValueError),
+    (("127.0.0.1", 0), dict(buffer_size="4k"), TypeError),
+    (("127.0.0.1", 0), dict(backlog=-1), ValueError),
+    (("no-such-host.invalid", 0), {}, OSError),
+])
+def test_listen_bad_arguments(engine, address, kwargs, exc):
+    with pytest.raises(exc):
+        engine.listen(address, **kwargs)
+
+
+def test_listen_port_in_use_by_another_listener(engine):
+    lst = engine.listen(("127.0.0.1", 0))
+    with pytest.raises(OSError) as ei:
+        engine.listen(lst.address)
+    assert ei.value.errno is not None
+
+
+def test_buffer_size_is_rounded_to_4k_and_delivers_everything(engine):
+    got = []
+    lst = engine.listen(("127.0.0.1", 0), buffer_size=5000,
+                        on_recv=lambda c, d: got.append(len(d)))
+    s = client(lst.address)
+    s.sendall(b"z" * 100_000)
+    wait_for(lambda: sum(got) == 100_000)
+    assert max(got) <= 8192
+    s.close()
+
+
+def test_send_misuse_and_use_after_close(engine):
+    conns = []
+    rec = Recorder()
+    lst = engine.listen(("127.0.0.1", 0), on_accept=lambda c, d: conns.append(c),
+                        on_close=rec.on_close)
+    s = client(lst.address)
+    wait_for(lambda: conns)
+    c = conns[0]
+    with pytest.raises(TypeError):
+        c.send("text")
+    with pytest.raises(TypeError):
+        c.send(12)
+    with pytest.raises(TypeError):
+        c.send(None)
+    c.send(b"")                         # nothing to do, not an error
+    c.close()
+    rec.wait(lambda r: r.closed)
+    assert c.closed
+    with pytest.raises(iocpx.ConnectionClosedError) as ei:
+        c.send(b"x")
+    assert isinstance(ei.value, OSError) and ei.value.errno is not None
+    with pytest.raises(iocpx.ConnectionClosedError):
+        c.sendfile(__file__)
+    with pytest.raises(OSError):
+        c.local
+    c.close()
+    c.abort()
+    s.close()
+
+
+def test_use_after_engine_close(backend):
+    eng = iocpx.Engine(workers=1, backend=backend)
+    eng.close()
+    eng.close()                         # idempotent
+    assert eng.closed
+    with pytest.raises(iocpx.ConnectionClosedError):
+        eng.listen(("127.0.0.1", 0))
+    with pytest.raises(iocpx.ConnectionClosedError):
+        eng.connect(("127.0.0.1", 1))
+    with pytest.raises(iocpx.ConnectionClosedError):
+        with eng:
+            pass
+    assert eng.stats()["closed_engine"]
+
+
+def test_close_timeout_validation(engine):
+    with pytest.raises(ValueError):
+        engine.close(timeout=-1)
+
+
+def test_abort_drops_queue_and_reports(engine):
+    rec = Recorder()
+    conns = []
+    lst = engine.listen(("127.0.0.1", 0), on_accept=lambda c, d: conns.append(c),
+                        on_close=rec.on_close)
+    s = client(lst.address)
+    wait_for(lambda: conns)
+    conns[0].send(os.urandom(1 << 20))
+    conns[0].abort()
+    rec.wait(lambda r: r.closed)
+    assert list(rec.closed.values()) == [None]
+    s.close()
+
+
+def test_server_stop_from_a_callback(backend):
+    srv = iocpx.Server(("127.0.0.1", 0), backend=backend, workers=2,
+                       on_recv=lambda c, d: srv.stop() if d == b"quit" else c.send(d))
+    t = threading.Thread(target=srv.serve_forever)
+    t.start()
+    wait_for(lambda: srv._listener is not None)
+    s = client(srv.address)
+    s.sendall(b"quit")
+    t.join(10)
+    assert not t.is_alive()
+    s.close()

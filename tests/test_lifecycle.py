@@ -1,0 +1,200 @@
+"""Resets, raising callbacks, blocking callbacks, shutdown with traffic in flight."""
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+import iocpx
+from conftest import Recorder, client, echo, recv_exact, recv_until_eof, wait_for
+
+
+def test_peer_reset_mid_stream(engine):
+    """The server streams; the client resets. on_close gets the error and the
+    server keeps serving others."""
+    rec = Recorder()
+    blob = os.urandom(1 << 20)
+
+    def on_accept(conn, data):
+        if data == b"stream":
+            for _ in range(64):
+                conn.send(blob)
+        else:
+            conn.send(data)
+
+    lst = engine.listen(("127.0.0.1", 0), first_data=True, on_accept=on_accept,
+                        on_recv=echo, on_close=rec.on_close)
+    s = client(lst.address)
+    s.sendall(b"stream")
+    recv_exact(s, 100_000)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()                           # RST
+    rec.wait(lambda r: r.closed, timeout=20)
+    exc = list(rec.closed.values())[0]
+    assert isinstance(exc, (ConnectionResetError, BrokenPipeError)), exc
+    s2 = client(lst.address)
+    s2.sendall(b"still here")
+    assert recv_exact(s2, 10) == b"still here"
+    s2.close()
+
+
+def test_callback_that_raises_closes_only_its_connection(engine, caplog):
+    rec = Recorder()
+
+    def on_recv(conn, data):
+        if data.startswith(b"boom"):
+            raise ValueError("bad request")
+        conn.send(data)
+
+    lst = engine.listen(("127.0.0.1", 0), on_recv=on_recv, on_close=rec.on_close)
+    good = client(lst.address)
+    bad = client(lst.address)
+    with caplog.at_level(logging.ERROR, logger="iocpx"):
+        bad.sendall(b"boom")
+        assert recv_until_eof(bad) == b""          # the server closed it
+        rec.wait(lambda r: r.closed)
+    exc = list(rec.closed.values())[0]
+    assert isinstance(exc, ValueError) and str(exc) == "bad request"
+    assert any("bad request" in (r.exc_text or "") or r.exc_info for r in caplog.records
+               if r.name == "iocpx")
+    good.sendall(b"fine")
+    assert recv_exact(good, 4) == b"fine"
+    good.close()
+    bad.close()
+
+
+def test_close_with_traffic_in_flight(backend):
+    eng = iocpx.Engine(workers=4, backend=backend)
+    lst = eng.listen(("127.0.0.1", 0), on_recv=echo)
+    stop = threading.Event()
+    socks = [client(lst.address) for _ in range(50)]
+
+    def pump(s):
+        data = os.urandom(65536)
+        try:
+            while not stop.is_set():
+                s.sendall(data)
+                s.recv(65536)
+        except OSError:
+            pass
+
+    ths = [threading.Thread(target=pump, args=(s,), daemon=True) for s in socks]
+    for t in ths:
+        t.start()
+    time.sleep(0.5)
+    assert eng.stats()["bytes_in"] > 0
+    eng.close(timeout=30)
+    st = eng.stats()
+    assert st["pending_ops"] == 0
+    assert st["connections"] == 0
+    stop.set()
+    for s in socks:
+        s.close()
+    for t in ths:
+        t.join(10)
+    assert iocpx.live_io() == 0
+    with pytest.raises(iocpx.ConnectionClosedError):
+        eng.listen(("127.0.0.1", 0))
+
+
+def test_blocking_callback_stalls_only_its_connection(backend):
+    """One callback sleeps 1 s; 50 other connections keep echoing meanwhile."""
+    eng = iocpx.Engine(workers=4, backend=backend)
+    sleeping = threading.Event()
+
+    def on_recv(conn, data):
+        if data == b"sleep":
+            sleeping.set()
+            time.sleep(1.0)
+        conn.send(data)
+
+    try:
+        lst = eng.listen(("127.0.0.1", 0), on_recv=on_recv)
+        others = [client(lst.address) for _ in range(50)]
+        sleeper = client(lst.address)
+        sleeper.sendall(b"sleep")
+        assert sleeping.wait(5)
+        t0 = time.monotonic()
+        rounds = 0
+        worst = 0.0
+        while time.monotonic() - t0 < 0.7:
+            for i, s in enumerate(others):
+                t1 = time.monotonic()
+                msg = b"m%05d" % i
+                s.sendall(msg)
+                assert recv_exact(s, len(msg), timeout=5) == msg
+                worst = max(worst, time.monotonic() - t1)
+            rounds += 1
+        assert rounds >= 3, f"only {rounds} rounds of 50 echoes while one callback slept"
+        assert worst < 0.3, f"an echo took {worst:.3f} s while another connection slept"
+        assert recv_exact(sleeper, 5, timeout=5) == b"sleep"
+        for s in others + [sleeper]:
+            s.close()
+    finally:
+        eng.close(timeout=30)
+
+
+def test_close_inside_callback_and_on_close_order(engine):
+    rec = Recorder()
+
+    def on_recv(conn, data):
+        rec.add("recv", conn.id, data)
+        conn.send(b"bye")
+        conn.close()
+        conn.close()        # idempotent
+        with pytest.raises(iocpx.ConnectionClosedError):
+            conn.send(b"late")
+
+    lst = engine.listen(("127.0.0.1", 0), on_recv=on_recv, on_close=rec.on_close)
+    s = client(lst.address)
+    s.sendall(b"hi")
+    assert recv_until_eof(s) == b"bye"
+    rec.wait(lambda r: r.closed)
+    assert [e[0] for e in rec.events] == ["recv", "close"]
+    s.close()
+
+
+def test_half_close_server_finishes_sending(engine):
+    """The client shuts down its write side; queued replies still arrive."""
+    payload = os.urandom(3 << 20)
+    lst = engine.listen(("127.0.0.1", 0), on_recv=lambda c, d: c.send(payload) if d == b"go" else None)
+    s = client(lst.address)
+    s.sendall(b"go")
+    s.shutdown(socket.SHUT_WR)
+    assert recv_until_eof(s) == payload
+    s.close()
+
+
+def test_engine_close_from_callback_is_refused(engine):
+    errors = []
+
+    def on_recv(conn, data):
+        try:
+            engine.close()
+        except RuntimeError as e:
+            errors.append(e)
+        conn.send(b"ok")
+
+    lst = engine.listen(("127.0.0.1", 0), on_recv=on_recv)
+    s = client(lst.address)
+    s.sendall(b"x")
+    assert recv_exact(s, 2) == b"ok"
+    assert errors and "callback" in str(errors[0])
+    s.close()
+
+
+def test_listener_close_frees_port(engine):
+    lst = engine.listen(("127.0.0.1", 0), on_recv=echo)
+    addr = lst.address
+    lst.close()
+    assert lst.closed
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(addr, timeout=5)
+    lst2 = engine.listen(addr, on_recv=echo)       # the same port again
+    s = client(lst2.address)
+    s.sendall(b"again")
+    assert recv_exact(s, 5) == b"again"
+    s.close()
