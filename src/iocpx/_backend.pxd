@@ -18,6 +18,7 @@ cpdef enum OpType:
     OP_POST = 8         # CompletionPort.post packet
     OP_EXIT = 9         # one per worker at shutdown
     OP_TIMER = 10       # delayed re-arm (accept back-off)
+    OP_SENDFILE = 11    # file -> socket in one op (TransmitFile; backends with direct_sendfile)
 
 # Event.flags bits, backend-neutral (the values are io_uring's, so that
 # backend passes its cqe flags through unchanged).
@@ -28,8 +29,10 @@ cdef enum:
 
 cdef struct Event:
     IoCtx* io           # the context the completion belongs to
-    int32_t res         # >= 0 result, < 0 -errno
-    uint32_t flags      # backend flags (io_uring cqe flags)
+    int32_t res         # >= 0 result, < 0 -errno (backends translate their own codes)
+    uint32_t flags      # EV_* bits (io_uring passes its cqe flags through)
+    void* data          # backend-owned bytes of this completion, if it carries any;
+                        # the backend frees it in recv_bytes()/accept_data()
 
 # Serializes one connection's callbacks across workers (guarded by the
 # engine's run-queue mutex). Lives inside the owning Python object.
@@ -66,11 +69,17 @@ cdef int64_t io_live() noexcept nogil
 
 cdef object oserror(int err, str what=*)
 
-# The interface every backend implements. Submit calls run with the GIL held
+# The interface every backend implements. Accept completions: res is the new
+# socket, io.addr the peer. When the engine wants first data with the accept
+# it sets io.len to the buffer size before submit_accept; a backend that can
+# receive it with the accept (AcceptEx) hands it over in accept_data(). Submit calls run with the GIL held
 # and may be called from any thread; wait() runs without the GIL in at most
 # one thread at a time per backend instance (the engine's leader).
 cdef class Backend:
     cdef readonly str name
+    cdef readonly bint direct_sendfile  # True: OP_SENDFILE; False: the engine splices via a pipe
+    cdef int socket_open(self, int family) except -1       # a new stream socket for connect()
+    cdef int adopt(self, int fd) except -1                 # a listening socket joins the port
     cdef int submit_accept(self, IoCtx* io) except -1
     cdef int submit_recv(self, IoCtx* io) except -1
     cdef int submit_send(self, IoCtx* io) except -1
@@ -80,8 +89,11 @@ cdef class Backend:
     cdef int submit_cancel_op(self, IoCtx* io, IoCtx* target) except -1
     cdef int submit_post(self, IoCtx* io) except -1
     cdef int submit_timer(self, IoCtx* io, long ms) except -1
+    cdef int submit_sendfile(self, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1
     cdef int flush(self) except -1
     cdef int wait(self, Event* out, int maxev, long timeout_ms) noexcept nogil
     cdef int buffer_group(self, uint32_t size) except -1
     cdef object recv_bytes(self, Event* ev)
+    cdef object accept_data(self, Event* ev)    # first data an accept carried (AcceptEx), or None
+    cdef object error(self, int err, str what)  # the OSError for a backend error code
     cdef void release(self) noexcept

@@ -66,6 +66,10 @@ cdef object oserror(int err, str what=None):
 cdef class Backend:
     """Abstract backend; each platform module subclasses it."""
 
+    cdef int socket_open(self, int family) except -1:
+        raise NotImplementedError
+    cdef int adopt(self, int fd) except -1:
+        return 0
     cdef int submit_accept(self, IoCtx* io) except -1:
         raise NotImplementedError
     cdef int submit_recv(self, IoCtx* io) except -1:
@@ -84,6 +88,8 @@ cdef class Backend:
         raise NotImplementedError
     cdef int submit_timer(self, IoCtx* io, long ms) except -1:
         raise NotImplementedError
+    cdef int submit_sendfile(self, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1:
+        raise NotImplementedError
     cdef int flush(self) except -1:
         raise NotImplementedError
     cdef int wait(self, Event* out, int maxev, long timeout_ms) noexcept nogil:
@@ -92,5 +98,9 @@ cdef class Backend:
         raise NotImplementedError
     cdef object recv_bytes(self, Event* ev):
         raise NotImplementedError
+    cdef object accept_data(self, Event* ev):
+        return None
+    cdef object error(self, int err, str what):
+        return oserror(err, what)
     cdef void release(self) noexcept:
         pass

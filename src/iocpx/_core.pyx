@@ -35,29 +35,11 @@ cimport cython
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_RawMalloc, PyMem_RawRealloc, PyMem_RawFree
-from libc.errno cimport errno
 from libc.string cimport memcpy, memset
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, int64_t
 
 from iocpx._sys cimport *
 from iocpx._backend cimport *
-
-cdef extern from "<sys/socket.h>" nogil:
-    int c_socket "socket"(int domain, int type, int protocol)
-    int setsockopt(int fd, int level, int optname, const void* optval, socklen_t optlen)
-    int getsockname(int fd, sockaddr* addr, socklen_t* addrlen)
-    int SOCK_STREAM, SOCK_CLOEXEC
-cdef extern from "<netinet/in.h>" nogil:
-    int IPPROTO_TCP
-cdef extern from "<netinet/tcp.h>" nogil:
-    int TCP_NODELAY
-cdef extern from "<unistd.h>" nogil:
-    int c_close "close"(int fd)
-    int pipe2(int* fds, int flags)
-cdef extern from "<fcntl.h>" nogil:
-    int fcntl(int fd, int cmd, ...)
-    int O_CLOEXEC, O_RDONLY
-    int F_SETPIPE_SZ, F_GETPIPE_SZ
 
 log = logging.getLogger("iocpx")
 
@@ -189,14 +171,8 @@ cdef tuple _addr_tuple(iocpx_addr_t* a):
     return (_socket.inet_ntop(family, ip[:n]), port)
 
 
-cdef inline int _sock_nodelay(int fd, bint on) noexcept nogil:
-    cdef int v = 1 if on else 0
-    return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, sizeof(v))
-
-
 cdef inline void _sock_close(int fd) noexcept nogil:
-    if fd >= 0:
-        c_close(fd)
+    iocpx_sock_close(fd)
 
 
 cdef object _check_callback(object fn, str name):
@@ -503,7 +479,7 @@ cdef class Engine:
                 (<Connection>ev.io.owner)._on_recv(ev)
             elif op == OP_SEND:
                 (<Connection>ev.io.owner)._on_send(ev)
-            elif op == OP_SPLICE_IN or op == OP_SPLICE_OUT:
+            elif op == OP_SPLICE_IN or op == OP_SPLICE_OUT or op == OP_SENDFILE:
                 (<Connection>ev.io.owner)._on_splice(ev)
             elif op == OP_CONNECT:
                 (<Connection>ev.io.owner)._on_connect(ev)
@@ -562,6 +538,7 @@ cdef class Engine:
         lst = Listener.__new__(Listener)
         lst.eng = self
         lst.fd = s.detach()
+        self.be.adopt(lst.fd)
         lst.address = bound
         lst.on_accept = on_accept
         lst.on_recv = on_recv
@@ -569,6 +546,7 @@ cdef class Engine:
         lst.first_data = bool(first_data)
         lst.nodelay = bool(nodelay)
         lst.group = <uint16_t>self.be.buffer_group(size)
+        lst.buffer_size = size
         self._listeners.add(lst)
         try:
             for _ in range(accepts):
@@ -590,9 +568,7 @@ cdef class Engine:
         _check_callback(on_close, "on_close")
         size = _check_buffer_size(buffer_size)
         family, sa = _resolve(address, False)
-        cdef int fd = c_socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0)
-        if fd < 0:
-            raise oserror(errno, "socket")
+        cdef int fd = self.be.socket_open(family)
         cdef Connection conn = Connection._new(self, fd, <uint16_t>self.be.buffer_group(size))
         conn.state = C_CONNECTING
         conn.surfaced = 1
@@ -695,6 +671,7 @@ cdef class Listener:
     cdef object on_accept, on_recv, on_close
     cdef bint first_data, nodelay
     cdef uint16_t group
+    cdef uint32_t buffer_size
     cdef double last_warn
 
     def __cinit__(self):
@@ -710,6 +687,8 @@ cdef class Listener:
     cdef int _arm_new(self) except -1:
         cdef IoCtx* io = io_alloc(OP_ACCEPT, self, NULL)
         io.fd = self.fd
+        if self.first_data:
+            io.len = self.buffer_size     # a backend that can take data with the accept does
         try:
             self.eng.be.submit_accept(io)
         except BaseException:
@@ -767,11 +746,12 @@ cdef class Listener:
                 self._rearm(io)
             return
         eng.n_accepted += 1
+        data = eng.be.accept_data(ev)
         cdef Connection conn = Connection._new(eng, res, self.group)
         memcpy(&conn.peer_addr, &io.addr, sizeof(iocpx_addr_t))
         conn.have_peer = 1
         self._rearm(io)                 # the slot is free again: re-post it first
-        conn._start_accepted(self)
+        conn._start_accepted(self, data)
 
     cdef void _on_timer(self, Event* ev) except *:
         if self.state != 0:
@@ -834,7 +814,7 @@ cdef class _FileJob:
 
     cdef void finish(self) noexcept:
         if self.owned and self.fd >= 0:
-            c_close(self.fd)
+            os.close(self.fd)
         self.fd = -1
         self.fileobj = None
 
@@ -907,9 +887,10 @@ cdef class Connection:
 
     # ---- life cycle -------------------------------------------------------
 
-    cdef int _start_accepted(self, Listener lst) except -1:
+    cdef int _start_accepted(self, Listener lst, object data) except -1:
         """Runs in the listener's accept completion: this connection's events
-        are held back (running=1) until on_accept has run."""
+        are held back (running=1) until on_accept has run. data: the first
+        bytes if the backend received them with the accept, else None."""
         cdef Engine eng = self.eng
         self.on_accept = lst.on_accept
         self.on_recv = lst.on_recv
@@ -922,15 +903,19 @@ cdef class Connection:
         iocpx_mutex_unlock(&eng.mu)
         try:
             if self.nodelay:
-                _sock_nodelay(self.fd, 1)
+                iocpx_sock_nodelay(self.fd, 1)
             try:
                 self._start_recv()
             except BaseException as e:
                 self._abort(e)
-            if not self.first_pending:
+            if not self.first_pending or data is not None:
+                self.first_pending = 0
                 self.surfaced = 1
+                if data:
+                    eng.n_bytes_in += len(data)
+                    eng.n_msgs_in += 1
                 if self.on_accept is not None:
-                    self._call(self.on_accept, b"")
+                    self._call(self.on_accept, data if data is not None else b"")
         finally:
             eng._drain(&self.sched)
         return 0
@@ -964,12 +949,12 @@ cdef class Connection:
         self._io_done(ev.io)
         if ev.res < 0:
             if ev.res != -_errno.ECANCELED:
-                self._abort(oserror(-ev.res, "connect"))
+                self._abort(self.eng.be.error(-ev.res, "connect"))
         elif self.state == C_CONNECTING:
             self.state = C_OPEN
             self.eng.n_connected += 1
             if self.nodelay:
-                _sock_nodelay(self.fd, 1)
+                iocpx_sock_nodelay(self.fd, 1)
             try:
                 self._start_recv()
             except BaseException as e:
@@ -1008,7 +993,7 @@ cdef class Connection:
                 if self.recv_io == NULL and self.state == C_OPEN:
                     self._rearm_recv()
             elif err != _errno.ECANCELED:
-                self._abort(oserror(err, "recv"))
+                self._abort(eng.be.error(err, "recv"))
         self._maybe_finish()
 
     cdef void _rearm_recv(self) noexcept:
@@ -1073,6 +1058,18 @@ cdef class Connection:
         cdef IoCtx* io
         cdef int fds[2]
         cdef int64_t n
+        if self.eng.be.direct_sendfile:
+            if job.remaining <= 0:
+                return False
+            n = job.remaining if job.remaining < 0x40000000 else 0x40000000
+            io = self._new_io(OP_SENDFILE)
+            try:
+                self.eng.be.submit_sendfile(io, job.fd, job.offset, <uint32_t>n)
+            except BaseException:
+                self._io_done(io)
+                raise
+            self.send_io = io
+            return True
         if self.pipe_len > 0:
             io = self._new_io(OP_SPLICE_OUT)
             n = self.pipe_len
@@ -1086,14 +1083,11 @@ cdef class Connection:
         if job.remaining <= 0:
             return False
         if self.pipe_r < 0:
-            if pipe2(fds, O_CLOEXEC) < 0:
-                raise oserror(errno, "pipe")
+            self.pipe_size = iocpx_pipe_open(fds, PIPE_WANT)
+            if self.pipe_size < 0:
+                raise oserror(iocpx_last_error(), "pipe")
             self.pipe_r = fds[0]
             self.pipe_w = fds[1]
-            fcntl(self.pipe_w, F_SETPIPE_SZ, <int>PIPE_WANT)
-            self.pipe_size = fcntl(self.pipe_w, F_GETPIPE_SZ)
-            if self.pipe_size <= 0:
-                self.pipe_size = 65536
         n = job.remaining if job.remaining < self.pipe_size else self.pipe_size
         io = self._new_io(OP_SPLICE_IN)
         try:
@@ -1125,7 +1119,7 @@ cdef class Connection:
         self.send_io = NULL
         self._io_done(io)
         if res < 0 and res != -_errno.ECANCELED:
-            self._abort(oserror(-res, "send"))
+            self._abort(self.eng.be.error(-res, "send"))
         elif res == 0 and io.len > 0:
             self._abort(oserror(_errno.EPIPE, "send"))
         if self.state < C_ABORTING:
@@ -1145,10 +1139,18 @@ cdef class Connection:
         self._io_done(ev.io)
         if res < 0:
             if res != -_errno.ECANCELED:
-                self._abort(oserror(-res, "sendfile"))
+                self._abort(self.eng.be.error(-res, "sendfile"))
         elif self.state < C_ABORTING and self.sendq:
             job = <_FileJob>self.sendq[0]
-            if op == OP_SPLICE_IN:
+            if op == OP_SENDFILE:
+                if res == 0:
+                    self._abort(OSError(_errno.EIO, "sendfile: the file ended before count bytes"))
+                else:
+                    job.offset += res
+                    job.remaining -= res
+                    self.send_buffered -= res
+                    self.eng.n_bytes_out += res
+            elif op == OP_SPLICE_IN:
                 if res == 0:
                     self._abort(OSError(_errno.EIO, "sendfile: the file ended before count bytes"))
                 else:
@@ -1258,7 +1260,7 @@ cdef class Connection:
         cdef _FileJob job = _FileJob.__new__(_FileJob)
         job.fd = -1
         if isinstance(file, (str, bytes, os.PathLike)):
-            job.fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC)
+            job.fd = os.open(file, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
             job.owned = 1
         elif isinstance(file, int) and not isinstance(file, bool):
             job.fd = file
@@ -1331,15 +1333,14 @@ cdef class Connection:
     @property
     def peer(self):
         """The remote (host, port)."""
+        cdef iocpx_addr_t a
         if self._peer is None:
             if not self.have_peer:
                 if self.fd < 0:
                     raise _closed_error("connection")
-                s = _socket.socket(fileno=os.dup(self.fd))
-                try:
-                    self._peer = s.getpeername()[:2]
-                finally:
-                    s.close()
+                if iocpx_sock_peer(self.fd, &a) < 0:
+                    raise oserror(iocpx_last_error(), "getpeername")
+                self._peer = _addr_tuple(&a)
             else:
                 self._peer = _addr_tuple(&self.peer_addr)
         return self._peer
@@ -1348,12 +1349,11 @@ cdef class Connection:
     def local(self):
         """The local (host, port)."""
         cdef iocpx_addr_t a
-        cdef socklen_t n = sizeof(a)
         if self._local is None:
             if self.fd < 0:
                 raise _closed_error("connection")
-            if getsockname(self.fd, &a.sa, &n) < 0:
-                raise oserror(errno, "getsockname")
+            if iocpx_sock_name(self.fd, &a) < 0:
+                raise oserror(iocpx_last_error(), "getsockname")
             self._local = _addr_tuple(&a)
         return self._local
 

@@ -25,7 +25,8 @@ from iocpx._backend cimport (Backend, IoCtx, Event, oserror, EV_BUFFER, EV_BUFFE
 from iocpx._uring cimport *
 
 cdef extern from "<sys/socket.h>" nogil:
-    int MSG_NOSIGNAL, MSG_WAITALL, SOCK_CLOEXEC
+    int c_socket "socket"(int domain, int type, int protocol)
+    int MSG_NOSIGNAL, MSG_WAITALL, SOCK_CLOEXEC, SOCK_STREAM
 cdef extern from "<fcntl.h>" nogil:
     unsigned SPLICE_F_MOVE
 
@@ -163,6 +164,12 @@ cdef class UringBackend(Backend):
         if self.ring_fd >= 0:
             c_close(self.ring_fd)
             self.ring_fd = -1
+
+    cdef int socket_open(self, int family) except -1:
+        cdef int fd = c_socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0)
+        if fd < 0:
+            raise oserror(errno, "socket")
+        return fd
 
     # ---- submission side (GIL held) ---------------------------------------
 
@@ -338,6 +345,7 @@ cdef class UringBackend(Backend):
             out[n].io = <IoCtx*><size_t>c.user_data
             out[n].res = c.res
             out[n].flags = c.flags
+            out[n].data = NULL
             n += 1
             head += 1
         if n:

@@ -119,6 +119,45 @@ static inline int iocpx_addr_split(const iocpx_addr_t *a, int *family, char *ip,
     return 0;
 }
 
+/* ---- sockets: the few calls the engine makes itself, per platform ---- */
+#ifdef _WIN32
+static inline int iocpx_last_error(void) { return WSAGetLastError(); }
+static inline void iocpx_sock_close(int s) { if (s >= 0) closesocket((SOCKET)s); }
+/* Linux's splice pipe for sendfile does not exist here (TransmitFile does it) */
+static inline int iocpx_pipe_open(int fds[2], int want) { (void)fds; (void)want; return -1; }
+#else
+#  include <unistd.h>
+#  include <fcntl.h>
+#  include <netinet/tcp.h>
+static inline int iocpx_last_error(void) { return errno; }
+static inline void iocpx_sock_close(int s) { if (s >= 0) close(s); }
+/* A pipe for splice-based sendfile, asked to hold `want` bytes; returns the
+ * size it got, or -1 with errno set. */
+static inline int iocpx_pipe_open(int fds[2], int want) {
+    int n;
+    if (pipe2(fds, O_CLOEXEC) < 0) return -1;
+#  ifdef F_SETPIPE_SZ
+    fcntl(fds[1], F_SETPIPE_SZ, want);
+    n = fcntl(fds[1], F_GETPIPE_SZ);
+    return n > 0 ? n : 65536;
+#  else
+    (void)want; return 65536;
+#  endif
+}
+#endif
+static inline int iocpx_sock_nodelay(int s, int on) {
+    int v = on;
+    return setsockopt(s, IPPROTO_TCP, TCP_NODELAY, (const char *)&v, sizeof(v));
+}
+static inline int iocpx_sock_name(int s, iocpx_addr_t *a) {
+    socklen_t n = (socklen_t)sizeof(*a);
+    return getsockname(s, &a->sa, &n);
+}
+static inline int iocpx_sock_peer(int s, iocpx_addr_t *a) {
+    socklen_t n = (socklen_t)sizeof(*a);
+    return getpeername(s, &a->sa, &n);
+}
+
 /* Acquire/release accessors for memory shared with the kernel or other threads. */
 #define IOCPX_LOAD_ACQ_U32(p)      __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define IOCPX_STORE_REL_U32(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELEASE)

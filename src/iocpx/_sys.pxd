@@ -36,3 +36,9 @@ cdef extern from "_sys.h":
     int iocpx_addr_fill(iocpx_addr_t* a, int family, const char* ip, unsigned port,
                         uint32_t flowinfo, uint32_t scope_id) nogil
     int iocpx_addr_split(const iocpx_addr_t* a, int* family, char* ip, unsigned* port) nogil
+    int iocpx_last_error() nogil
+    void iocpx_sock_close(int s) nogil
+    int iocpx_pipe_open(int* fds, int want) nogil
+    int iocpx_sock_nodelay(int s, int on) nogil
+    int iocpx_sock_name(int s, iocpx_addr_t* a) nogil
+    int iocpx_sock_peer(int s, iocpx_addr_t* a) nogil
