@@ -23,7 +23,7 @@ def ext(name, libraries=()):
 
 modules = [ext("_backend"), ext("_core")]
 if sys.platform.startswith("linux"):
-    modules.append(ext("_io_uring"))
+    modules += [ext("_io_uring"), ext("_epoll")]
 elif sys.platform == "win32":
     modules.append(ext("_iocp", libraries=["ws2_32", "mswsock"]))
 

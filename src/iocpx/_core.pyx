@@ -75,6 +75,11 @@ def _closed_error(what):
 # backends
 
 _probe_cache = None
+_fallback_logged = False
+
+# (name, module) best first; each module has probe() and one Backend class.
+_BACKEND_MODULES = (("io_uring", "_io_uring"), ("iocp", "_iocp"), ("epoll", "_epoll"))
+_BACKEND_CLASSES = {"io_uring": "UringBackend", "iocp": "IocpBackend", "epoll": "EpollBackend"}
 
 
 def _probe_all():
@@ -82,11 +87,12 @@ def _probe_all():
     global _probe_cache
     if _probe_cache is None:
         res = {}
-        try:
-            from iocpx import _io_uring
-            res["io_uring"] = _io_uring.probe()
-        except ImportError as e:
-            res["io_uring"] = f"not built for this platform ({e})"
+        for name, module in _BACKEND_MODULES:
+            try:
+                mod = __import__(f"iocpx.{module}", fromlist=["probe"])
+                res[name] = mod.probe()
+            except ImportError as e:
+                res[name] = f"not built for this platform ({e})"
         _probe_cache = res
     return _probe_cache
 
@@ -97,7 +103,9 @@ def available_backends():
 
 
 def default_backend():
-    """The backend an Engine uses when none is named (IOCPX_BACKEND overrides)."""
+    """The backend an Engine uses when none is named (IOCPX_BACKEND overrides).
+    Falls back from io_uring to epoll with one logged warning."""
+    global _fallback_logged
     env = os.environ.get("IOCPX_BACKEND")
     if env:
         return env
@@ -105,6 +113,10 @@ def default_backend():
     if not avail:
         reasons = "; ".join(f"{k}: {v}" for k, v in _probe_all().items())
         raise OSError(_errno.ENOSYS, f"no iocpx backend works here ({reasons})")
+    probes = _probe_all()
+    if avail[0] == "epoll" and probes.get("io_uring") is not None and not _fallback_logged:
+        _fallback_logged = True
+        log.warning("iocpx: using the epoll backend: %s", probes["io_uring"])
     return avail[0]
 
 
@@ -118,10 +130,9 @@ cdef Backend _make_backend(object name):
         raise ValueError(f"unknown backend {name!r}; known: {sorted(probes)}")
     if probes[name] is not None:
         raise OSError(_errno.ENOSYS, f"backend {name!r} is not available: {probes[name]}")
-    if name == "io_uring":
-        from iocpx._io_uring import UringBackend
-        return UringBackend()
-    raise ValueError(f"unknown backend {name!r}")
+    module = dict(_BACKEND_MODULES)[name]
+    mod = __import__(f"iocpx.{module}", fromlist=[_BACKEND_CLASSES[name]])
+    return getattr(mod, _BACKEND_CLASSES[name])()
 
 
 # ---------------------------------------------------------------------------

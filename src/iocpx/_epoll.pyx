@@ -1,0 +1,633 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The epoll backend: completion emulation for kernels or containers where
+io_uring is switched off (kernel.io_uring_disabled, seccomp profiles).
+
+The engine sees the same completions as with io_uring: the leader's wait()
+turns readiness into finished operations (accept4, a read into a fresh
+buffer, send, sendfile, connect's SO_ERROR) and hands them over as Events.
+Sends, connects and sendfiles are tried at once when submitted (like
+uvloop's try-write); only what would block waits for EPOLLOUT.
+
+Locking: `mu` guards the per-descriptor table, the ready list and the timers.
+Submitters hold the GIL and take `mu`; the leader takes `mu` without the GIL.
+The I/O done under `mu` is non-blocking and short.
+
+Bounded reads: a receive stops reading once MAX_UNREAD of its data events
+wait for dispatch (EPOLLIN is dropped until recv_bytes() consumes one), so a
+slow callback throttles its own peer instead of growing memory.
+"""
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.mem cimport PyMem_RawMalloc, PyMem_RawCalloc, PyMem_RawRealloc, PyMem_RawFree
+from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, ENOENT, EEXIST
+cdef extern from "<errno.h>" nogil:
+    int ECANCELED, EWOULDBLOCK
+from libc.string cimport memset
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from posix.unistd cimport close as c_close, read as c_read, write as c_write
+
+from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy, iocpx_mutex_lock,
+                         iocpx_mutex_unlock, iocpx_now_ns, sockaddr, socklen_t)
+from iocpx._backend cimport Backend, IoCtx, Event, oserror, EV_MORE
+
+cdef extern from "<sys/epoll.h>" nogil:
+    union epoll_data:
+        void* ptr
+        int fd
+        uint32_t u32
+        uint64_t u64
+    struct epoll_event:
+        uint32_t events
+        epoll_data data
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event* ev)
+    int epoll_wait(int epfd, epoll_event* evs, int maxevents, int timeout)
+    int EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CTL_DEL
+    uint32_t EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    int EFD_CLOEXEC, EFD_NONBLOCK
+
+cdef extern from "<sys/sendfile.h>" nogil:
+    ssize_t c_sendfile "sendfile"(int out_fd, int in_fd, long* offset, size_t count)
+
+cdef extern from "<sys/socket.h>" nogil:
+    int c_socket "socket"(int domain, int type, int protocol)
+    int accept4(int fd, sockaddr* addr, socklen_t* addrlen, int flags)
+    ssize_t recv(int fd, void* buf, size_t n, int flags)
+    ssize_t send(int fd, const void* buf, size_t n, int flags)
+    int connect(int fd, const sockaddr* addr, socklen_t len)
+    int getsockopt(int fd, int level, int name, void* val, socklen_t* len)
+    int SOCK_STREAM, SOCK_NONBLOCK, SOCK_CLOEXEC, MSG_NOSIGNAL, MSG_DONTWAIT, SOL_SOCKET, SO_ERROR
+
+cdef extern from "<fcntl.h>" nogil:
+    int fcntl(int fd, int cmd, ...)
+    int F_GETFL, F_SETFL, O_NONBLOCK
+
+cdef enum:
+    MAX_UNREAD = 8          # data events of one receive waiting for dispatch
+    MAX_GROUPS = 64
+    WAKE_TAG = 0xFFFFFFFF   # epoll data of the wake-up eventfd
+
+# Per-descriptor state: the operations armed on it. Accepts queue up through
+# IoCtx.aux (the next accept's address), since a listener has many.
+cdef struct FdState:
+    IoCtx* recv             # armed receive (kernel-side: ours until its final event)
+    IoCtx* send             # armed send or sendfile
+    IoCtx* conn             # armed connect
+    IoCtx* acc_head         # queued accepts, linked through aux
+    IoCtx* acc_tail
+    uint32_t mask           # interest registered with epoll (0: not registered)
+
+cdef struct FileSend:       # IoCtx.extra of a sendfile op (freed by io_free)
+    int file_fd
+    long offset
+    uint32_t nbytes
+
+
+cdef class EpollBackend(Backend):
+    cdef int ep                     # epoll descriptor, ours
+    cdef int wake_fd                # eventfd that interrupts epoll_wait, ours
+    cdef iocpx_mutex_t mu
+    cdef FdState* fds               # owned: indexed by descriptor
+    cdef int nfds
+    cdef Event* ready               # owned: completions made outside wait(), FIFO
+    cdef int r_head, r_len, r_cap
+    cdef IoCtx** timers             # owned: pending timer ops (deadline in aux)
+    cdef int n_timers, cap_timers
+    cdef int in_wait                # the leader sleeps in epoll_wait
+    cdef int wake_pending           # an eventfd write is outstanding
+    cdef uint32_t sizes[MAX_GROUPS]
+    cdef int ngroups
+
+    def __cinit__(self):
+        self.name = "epoll"
+        self.direct_sendfile = True
+        self.ep = -1
+        self.wake_fd = -1
+        iocpx_mutex_init(&self.mu)
+        self.ep = epoll_create1(EPOLL_CLOEXEC)
+        if self.ep < 0:
+            raise oserror(errno, "epoll_create1")
+        self.wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
+        if self.wake_fd < 0:
+            raise oserror(errno, "eventfd")
+        cdef epoll_event ev
+        ev.events = EPOLLIN
+        ev.data.u64 = WAKE_TAG
+        if epoll_ctl(self.ep, EPOLL_CTL_ADD, self.wake_fd, &ev) < 0:
+            raise oserror(errno, "epoll_ctl")
+        self.r_cap = 256
+        self.ready = <Event*>PyMem_RawMalloc(self.r_cap * sizeof(Event))
+        if self.ready == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        self.release()
+        iocpx_mutex_destroy(&self.mu)
+
+    cdef void release(self) noexcept:
+        if self.ep >= 0:
+            c_close(self.ep)
+            self.ep = -1
+        if self.wake_fd >= 0:
+            c_close(self.wake_fd)
+            self.wake_fd = -1
+        PyMem_RawFree(self.fds)
+        self.fds = NULL
+        self.nfds = 0
+        PyMem_RawFree(self.ready)
+        self.ready = NULL
+        PyMem_RawFree(self.timers)
+        self.timers = NULL
+
+    # ---- helpers (mu held) ------------------------------------------------
+
+    cdef FdState* _state(self, int fd) noexcept nogil:
+        """The state slot of fd, growing the table; NULL when out of memory."""
+        cdef int n
+        cdef FdState* t
+        if fd < 0:
+            return NULL
+        if fd >= self.nfds:
+            n = self.nfds * 2 if self.nfds else 1024
+            while n <= fd:
+                n *= 2
+            t = <FdState*>PyMem_RawRealloc(self.fds, n * sizeof(FdState))
+            if t == NULL:
+                return NULL
+            memset(t + self.nfds, 0, (n - self.nfds) * sizeof(FdState))
+            self.fds = t
+            self.nfds = n
+        return &self.fds[fd]
+
+    cdef void _interest(self, int fd, FdState* st) noexcept nogil:
+        """Register with epoll exactly what the armed ops need."""
+        cdef uint32_t want = 0
+        cdef epoll_event ev
+        cdef int r
+        if st.acc_head != NULL or (st.recv != NULL and st.recv.aux < MAX_UNREAD):
+            want |= EPOLLIN
+        if st.send != NULL or st.conn != NULL:
+            want |= EPOLLOUT
+        if want == st.mask:
+            return
+        ev.events = want
+        ev.data.u64 = <uint64_t>fd
+        if want == 0:
+            epoll_ctl(self.ep, EPOLL_CTL_DEL, fd, &ev)
+        elif st.mask == 0:
+            r = epoll_ctl(self.ep, EPOLL_CTL_ADD, fd, &ev)
+            if r < 0 and errno == EEXIST:
+                epoll_ctl(self.ep, EPOLL_CTL_MOD, fd, &ev)
+        else:
+            r = epoll_ctl(self.ep, EPOLL_CTL_MOD, fd, &ev)
+            if r < 0 and errno == ENOENT:
+                epoll_ctl(self.ep, EPOLL_CTL_ADD, fd, &ev)
+        st.mask = want
+
+    cdef int _ready(self, IoCtx* io, int res, uint32_t flags) noexcept nogil:
+        """Queue a completion made outside wait(); wakes a sleeping leader."""
+        cdef Event* nr
+        cdef int i
+        if self.r_len == self.r_cap:
+            nr = <Event*>PyMem_RawMalloc(self.r_cap * 2 * sizeof(Event))
+            if nr == NULL:
+                return -1
+            for i in range(self.r_len):
+                nr[i] = self.ready[(self.r_head + i) % self.r_cap]
+            PyMem_RawFree(self.ready)
+            self.ready = nr
+            self.r_head = 0
+            self.r_cap *= 2
+        cdef Event* ev = &self.ready[(self.r_head + self.r_len) % self.r_cap]
+        ev.io = io
+        ev.res = res
+        ev.flags = flags
+        ev.data = NULL
+        self.r_len += 1
+        self._wake()
+        return 0
+
+    cdef void _wake(self) noexcept nogil:
+        cdef uint64_t one = 1
+        if self.in_wait and not self.wake_pending:
+            self.wake_pending = 1
+            c_write(self.wake_fd, &one, 8)
+
+    cdef int _ready_or_raise(self, IoCtx* io, int res) except -1:
+        if self._ready(io, res, 0) < 0:
+            raise MemoryError()
+        return 0
+
+    # ---- submission (GIL held, any thread) --------------------------------
+
+    cdef int socket_open(self, int family) except -1:
+        cdef int fd = c_socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+        if fd < 0:
+            raise oserror(errno, "socket")
+        return fd
+
+    cdef int adopt(self, int fd) except -1:
+        cdef int fl = fcntl(fd, F_GETFL)
+        if fl < 0 or fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0:
+            raise oserror(errno, "fcntl")
+        return 0
+
+    cdef int submit_accept(self, IoCtx* io) except -1:
+        cdef FdState* st
+        iocpx_mutex_lock(&self.mu)
+        st = self._state(io.fd)
+        if st == NULL:
+            iocpx_mutex_unlock(&self.mu)
+            raise MemoryError()
+        io.aux = 0
+        if st.acc_tail != NULL:
+            st.acc_tail.aux = <int64_t><size_t>io
+        else:
+            st.acc_head = io
+        st.acc_tail = io
+        self._interest(io.fd, st)
+        iocpx_mutex_unlock(&self.mu)
+        return 0
+
+    cdef int submit_recv(self, IoCtx* io) except -1:
+        cdef FdState* st
+        iocpx_mutex_lock(&self.mu)
+        st = self._state(io.fd)
+        if st == NULL:
+            iocpx_mutex_unlock(&self.mu)
+            raise MemoryError()
+        io.aux = 0                  # data events not yet consumed by recv_bytes
+        st.recv = io
+        self._interest(io.fd, st)
+        iocpx_mutex_unlock(&self.mu)
+        return 0
+
+    cdef int _arm_out(self, IoCtx* io, bint is_connect) except -1:
+        cdef FdState* st = self._state(io.fd)
+        if st == NULL:
+            raise MemoryError()
+        if is_connect:
+            st.conn = io
+        else:
+            st.send = io
+        self._interest(io.fd, st)
+        return 0
+
+    cdef int submit_send(self, IoCtx* io) except -1:
+        cdef ssize_t n
+        iocpx_mutex_lock(&self.mu)
+        try:
+            n = send(io.fd, io.buf, io.len, MSG_NOSIGNAL | MSG_DONTWAIT)
+            if n >= 0:
+                self._ready_or_raise(io, <int>n)
+            elif errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR:
+                self._arm_out(io, 0)
+            else:
+                self._ready_or_raise(io, -errno)
+        finally:
+            iocpx_mutex_unlock(&self.mu)
+        return 0
+
+    cdef int submit_sendfile(self, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1:
+        cdef FileSend* fs
+        if io.extra == NULL:
+            io.extra = PyMem_RawMalloc(sizeof(FileSend))   # freed by io_free
+            if io.extra == NULL:
+                raise MemoryError()
+        fs = <FileSend*>io.extra
+        fs.file_fd = file_fd
+        fs.offset = offset
+        fs.nbytes = nbytes
+        iocpx_mutex_lock(&self.mu)
+        try:
+            if self._try_sendfile(io) == 0:
+                self._arm_out(io, 0)
+        finally:
+            iocpx_mutex_unlock(&self.mu)
+        return 0
+
+    cdef int _try_sendfile(self, IoCtx* io) noexcept nogil:
+        """1 when the op completed (queued as ready), 0 when it must wait."""
+        cdef FileSend* fs = <FileSend*>io.extra
+        cdef long off = fs.offset
+        cdef ssize_t n = c_sendfile(io.fd, fs.file_fd, &off, fs.nbytes)
+        if n >= 0:
+            self._ready(io, <int>n, 0)
+            return 1
+        if errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR:
+            return 0
+        self._ready(io, -errno, 0)
+        return 1
+
+    cdef int submit_connect(self, IoCtx* io) except -1:
+        iocpx_mutex_lock(&self.mu)
+        try:
+            if connect(io.fd, &io.addr.sa, io.addrlen) == 0:
+                self._ready_or_raise(io, 0)
+            elif errno == EINPROGRESS or errno == EINTR:
+                self._arm_out(io, 1)
+            else:
+                self._ready_or_raise(io, -errno)
+        finally:
+            iocpx_mutex_unlock(&self.mu)
+        return 0
+
+    cdef int submit_cancel_fd(self, IoCtx* io, int fd) except -1:
+        cdef int n = 0
+        cdef FdState* st
+        cdef IoCtx* a
+        cdef IoCtx* nxt
+        iocpx_mutex_lock(&self.mu)
+        st = self._state(fd)
+        if st != NULL:
+            if st.recv != NULL:
+                self._ready(st.recv, -ECANCELED, 0)
+                st.recv = NULL
+                n += 1
+            if st.send != NULL:
+                self._ready(st.send, -ECANCELED, 0)
+                st.send = NULL
+                n += 1
+            if st.conn != NULL:
+                self._ready(st.conn, -ECANCELED, 0)
+                st.conn = NULL
+                n += 1
+            a = st.acc_head
+            while a != NULL:
+                nxt = <IoCtx*><size_t>a.aux
+                self._ready(a, -ECANCELED, 0)
+                a = nxt
+                n += 1
+            st.acc_head = st.acc_tail = NULL
+            self._interest(fd, st)
+        self._ready(io, n if n else -ENOENT, 0)
+        iocpx_mutex_unlock(&self.mu)
+        return 0
+
+    cdef int submit_cancel_op(self, IoCtx* io, IoCtx* target) except -1:
+        cdef int found = 0
+        cdef FdState* st
+        cdef IoCtx* a
+        cdef IoCtx* prev = NULL
+        iocpx_mutex_lock(&self.mu)
+        st = self._state(target.fd)
+        if st != NULL:
+            if st.recv == target:
+                st.recv = NULL
+                found = 1
+            elif st.send == target:
+                st.send = NULL
+                found = 1
+            elif st.conn == target:
+                st.conn = NULL
+                found = 1
+            else:
+                a = st.acc_head
+                while a != NULL:
+                    if a == target:
+                        if prev == NULL:
+                            st.acc_head = <IoCtx*><size_t>a.aux
+                        else:
+                            prev.aux = a.aux
+                        if st.acc_tail == a:
+                            st.acc_tail = prev
+                        found = 1
+                        break
+                    prev = a
+                    a = <IoCtx*><size_t>a.aux
+            if found:
+                self._ready(target, -ECANCELED, 0)
+                self._interest(target.fd, st)
+        self._ready(io, 0 if found else -ENOENT, 0)
+        iocpx_mutex_unlock(&self.mu)
+        return 0
+
+    cdef int submit_post(self, IoCtx* io) except -1:
+        iocpx_mutex_lock(&self.mu)
+        r = self._ready(io, 0, 0)
+        iocpx_mutex_unlock(&self.mu)
+        if r < 0:
+            raise MemoryError()
+        return 0
+
+    cdef int submit_timer(self, IoCtx* io, long ms) except -1:
+        cdef IoCtx** t
+        iocpx_mutex_lock(&self.mu)
+        try:
+            if self.n_timers == self.cap_timers:
+                t = <IoCtx**>PyMem_RawRealloc(self.timers, (self.cap_timers * 2 + 8) * sizeof(IoCtx*))
+                if t == NULL:
+                    raise MemoryError()
+                self.timers = t
+                self.cap_timers = self.cap_timers * 2 + 8
+            io.aux = <int64_t>(iocpx_now_ns() + <uint64_t>ms * 1000000)    # deadline
+            self.timers[self.n_timers] = io
+            self.n_timers += 1
+            self._wake()
+        finally:
+            iocpx_mutex_unlock(&self.mu)
+        return 0
+
+    cdef int flush(self) except -1:
+        return 0        # every submit is already registered
+
+    # ---- completions (leader, no GIL) -------------------------------------
+
+    cdef int _take_ready(self, Event* out, int maxev) noexcept nogil:
+        cdef int n = 0
+        while self.r_len > 0 and n < maxev:
+            out[n] = self.ready[self.r_head]
+            self.r_head = (self.r_head + 1) % self.r_cap
+            self.r_len -= 1
+            n += 1
+        return n
+
+    cdef int _expire(self, Event* out, int maxev, long* next_ms) noexcept nogil:
+        """Move due timers to out; next_ms gets the wait until the next one (or -1)."""
+        cdef uint64_t now = iocpx_now_ns()
+        cdef int n = 0, i = 0
+        cdef int64_t left
+        next_ms[0] = -1
+        while i < self.n_timers:
+            if <uint64_t>self.timers[i].aux <= now and n < maxev:
+                out[n].io = self.timers[i]
+                out[n].res = -62        # ETIME, as io_uring's timeout reports
+                out[n].flags = 0
+                out[n].data = NULL
+                n += 1
+                self.n_timers -= 1
+                self.timers[i] = self.timers[self.n_timers]
+                continue
+            left = <int64_t>((<uint64_t>self.timers[i].aux - now + 999999) // 1000000)
+            if next_ms[0] < 0 or left < next_ms[0]:
+                next_ms[0] = left
+            i += 1
+        return n
+
+    cdef int wait(self, Event* out, int maxev, long timeout_ms) noexcept nogil:
+        cdef epoll_event evs[128]
+        cdef int n, k, i, fd, cap
+        cdef long next_ms, tmo
+        cdef uint64_t junk
+        cdef uint32_t e
+        cdef FdState* st
+        iocpx_mutex_lock(&self.mu)
+        n = self._take_ready(out, maxev)
+        n += self._expire(out + n, maxev - n, &next_ms)
+        if n > 0:
+            iocpx_mutex_unlock(&self.mu)
+            return n
+        tmo = timeout_ms
+        if next_ms >= 0 and (tmo < 0 or next_ms < tmo):
+            tmo = next_ms
+        self.in_wait = 1
+        iocpx_mutex_unlock(&self.mu)
+        cap = maxev if maxev < 128 else 128
+        k = epoll_wait(self.ep, evs, cap, <int>tmo)
+        iocpx_mutex_lock(&self.mu)
+        self.in_wait = 0
+        n = self._take_ready(out, maxev)
+        if k < 0:
+            k = 0
+        for i in range(k):
+            if n >= maxev:
+                break               # level-triggered: the rest is reported again
+            if evs[i].data.u64 == WAKE_TAG:
+                c_read(self.wake_fd, &junk, 8)
+                self.wake_pending = 0
+                continue
+            fd = <int>evs[i].data.u64
+            if fd >= self.nfds:
+                continue
+            st = &self.fds[fd]
+            e = evs[i].events
+            if e & (EPOLLIN | EPOLLERR | EPOLLHUP):
+                if st.acc_head != NULL:
+                    n += self._do_accepts(fd, st, out + n, maxev - n)
+                elif st.recv != NULL and st.recv.aux < MAX_UNREAD:
+                    n += self._do_recv(fd, st, out + n)
+            if n < maxev and e & (EPOLLOUT | EPOLLERR | EPOLLHUP):
+                if st.conn != NULL:
+                    n += self._do_connect(st, out + n)
+                elif st.send != NULL:
+                    n += self._do_send(st, out + n)
+            self._interest(fd, st)
+        n += self._take_ready(out + n, maxev - n)      # sendfile results queued above
+        n += self._expire(out + n, maxev - n, &next_ms)
+        iocpx_mutex_unlock(&self.mu)
+        return n
+
+    cdef int _do_accepts(self, int fd, FdState* st, Event* out, int room) noexcept nogil:
+        cdef int n = 0, s
+        cdef IoCtx* io
+        while st.acc_head != NULL and n < room:
+            io = st.acc_head
+            io.addrlen = sizeof(io.addr)
+            s = accept4(fd, &io.addr.sa, &io.addrlen, SOCK_NONBLOCK | SOCK_CLOEXEC)
+            if s < 0:
+                if errno == EAGAIN or errno == EWOULDBLOCK:
+                    break
+                if errno == EINTR:
+                    continue
+                s = -errno
+            st.acc_head = <IoCtx*><size_t>io.aux
+            if st.acc_head == NULL:
+                st.acc_tail = NULL
+            out[n].io = io
+            out[n].res = s
+            out[n].flags = 0
+            out[n].data = NULL
+            n += 1
+        return n
+
+    cdef int _do_recv(self, int fd, FdState* st, Event* out) noexcept nogil:
+        cdef IoCtx* io = st.recv
+        cdef uint32_t size = self.sizes[io.group]
+        cdef char* buf = <char*>PyMem_RawMalloc(size)   # handed to the engine in out.data
+        cdef ssize_t r
+        if buf == NULL:
+            return 0
+        r = recv(fd, buf, size, MSG_DONTWAIT)
+        if r > 0:
+            io.aux += 1
+            out.io = io
+            out.res = <int>r
+            out.flags = EV_MORE
+            out.data = buf
+            return 1
+        PyMem_RawFree(buf)
+        if r < 0 and (errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR):
+            return 0
+        st.recv = NULL              # EOF or error: the receive ends here
+        out.io = io
+        out.res = 0 if r == 0 else -errno
+        out.flags = 0
+        out.data = NULL
+        return 1
+
+    cdef int _do_send(self, FdState* st, Event* out) noexcept nogil:
+        cdef IoCtx* io = st.send
+        cdef ssize_t r
+        if io.op != 3:              # OP_SEND is 3; anything else here is a sendfile
+            if self._try_sendfile(io):
+                st.send = NULL
+            return 0                # its result went to the ready list
+        r = send(io.fd, io.buf, io.len, MSG_NOSIGNAL | MSG_DONTWAIT)
+        if r < 0 and (errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR):
+            return 0
+        st.send = NULL
+        out.io = io
+        out.res = <int>r if r >= 0 else -errno
+        out.flags = 0
+        out.data = NULL
+        return 1
+
+    cdef int _do_connect(self, FdState* st, Event* out) noexcept nogil:
+        cdef IoCtx* io = st.conn
+        cdef int err = 0
+        cdef socklen_t len = sizeof(err)
+        if getsockopt(io.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0:
+            err = errno
+        st.conn = NULL
+        out.io = io
+        out.res = -err
+        out.flags = 0
+        out.data = NULL
+        return 1
+
+    # ---- receive buffers --------------------------------------------------
+
+    cdef int buffer_group(self, uint32_t size) except -1:
+        cdef int i
+        for i in range(self.ngroups):
+            if self.sizes[i] == size:
+                return i
+        if self.ngroups >= MAX_GROUPS:
+            raise ValueError(f"too many distinct buffer sizes (at most {MAX_GROUPS})")
+        self.sizes[self.ngroups] = size
+        self.ngroups += 1
+        return self.ngroups - 1
+
+    cdef object recv_bytes(self, Event* ev):
+        if ev.data == NULL:
+            return None
+        data = PyBytes_FromStringAndSize(<char*>ev.data, ev.res)
+        PyMem_RawFree(ev.data)
+        ev.data = NULL
+        cdef IoCtx* io = ev.io
+        cdef FdState* st
+        iocpx_mutex_lock(&self.mu)
+        io.aux -= 1
+        if io.fd < self.nfds:
+            st = &self.fds[io.fd]
+            if st.recv == io:
+                self._interest(io.fd, st)
+        iocpx_mutex_unlock(&self.mu)
+        return data
+
+
+def probe():
+    """None: epoll works on every Linux kernel iocpx supports."""
+    return None
