@@ -26,7 +26,7 @@ def test_peer_reset_mid_stream(engine):
             conn.send(data)
 
     lst = engine.listen(("127.0.0.1", 0), first_data=True, on_accept=on_accept,
-                        on_recv=echo, on_close=rec.on_close)
+                        on_recv=echo, on_close=rec.on_close, max_send_buffer=128 << 20)
     s = client(lst.address)
     s.sendall(b"stream")
     recv_exact(s, 100_000)

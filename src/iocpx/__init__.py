@@ -10,6 +10,7 @@ from iocpx._core import (
     ConnectionClosedError,
     Engine,
     Listener,
+    SendBufferFull,
     available_backends,
     default_backend,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "ConnectionClosedError",
     "Engine",
     "Listener",
+    "SendBufferFull",
     "Server",
     "available_backends",
     "default_backend",

@@ -57,6 +57,11 @@ cdef enum ConnState:
     C_ABORTING = 3          # cancel everything, then close
     C_CLOSED = 4
 
+cdef enum:
+    PAUSE_USER = 1          # pause_reading()
+    PAUSE_FULL = 2          # send_buffered went past max_send_buffer
+    SWEEP_MS = 250          # idle-timeout sweeper period
+
 cdef enum EngState:
     E_RUNNING = 0
     E_CLOSING = 1
@@ -65,6 +70,10 @@ cdef enum EngState:
 
 class ConnectionClosedError(ConnectionError):
     """Raised on use of a closed connection, listener, engine or port."""
+
+
+class SendBufferFull(BlockingIOError):
+    """send() would queue more than twice max_send_buffer: wait for on_drain."""
 
 
 def _closed_error(what):
@@ -192,6 +201,17 @@ cdef object _check_callback(object fn, str name):
     return fn
 
 
+DEFAULT_MAX_SEND = 4 << 20
+
+
+cdef Py_ssize_t _check_max_send(object n) except -1:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"max_send_buffer must be an int, not {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"max_send_buffer must be >= 1, got {n}")
+    return n
+
+
 cdef uint32_t _check_buffer_size(object n) except 0:
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"buffer_size must be an int, not {type(n).__name__}")
@@ -267,6 +287,8 @@ cdef class Engine:
     cdef int64_t n_accepted, n_connected, n_closed, n_bytes_in, n_bytes_out
     cdef int64_t n_msgs_in, n_errors, n_accept_errors
     cdef int wait_errno
+    cdef int64_t tick               # idle sweeper ticks so far (SWEEP_MS each)
+    cdef IoCtx* sweeper             # the idle-timeout timer op, or NULL
     cdef object __weakref__
 
     def __cinit__(self):
@@ -497,7 +519,10 @@ cdef class Engine:
             elif op == OP_ACCEPT:
                 (<Listener>ev.io.owner)._on_accept(ev)
             elif op == OP_TIMER:
-                (<Listener>ev.io.owner)._on_timer(ev)
+                if type(<object>ev.io.owner) is Engine:
+                    (<Engine>ev.io.owner)._on_sweep(ev)
+                else:
+                    (<Listener>ev.io.owner)._on_timer(ev)
             elif op == OP_CANCEL or op == OP_NOP:
                 if ev.io.owner != NULL and type(<object>ev.io.owner) is Connection:
                     (<Connection>ev.io.owner)._on_aux(ev)
@@ -515,13 +540,17 @@ cdef class Engine:
 
     def listen(self, address, *, on_accept=None, on_recv=None, on_close=None,
                accepts=None, first_data=False, buffer_size=4096, backlog=None,
-               nodelay=True):
+               nodelay=True, on_drain=None, max_send_buffer=DEFAULT_MAX_SEND,
+               idle_timeout=None):
         """Bind and listen on address ((host, port); port 0 picks one) and keep
         `accepts` accepts pre-posted. Returns a Listener."""
         self._check_open()
         _check_callback(on_accept, "on_accept")
         _check_callback(on_recv, "on_recv")
         _check_callback(on_close, "on_close")
+        _check_callback(on_drain, "on_drain")
+        max_send = _check_max_send(max_send_buffer)
+        idle = self._idle_ticks(idle_timeout)
         if accepts is None:
             accepts = max(16, 2 * self.workers)
         if isinstance(accepts, bool) or not isinstance(accepts, int):
@@ -554,6 +583,9 @@ cdef class Engine:
         lst.on_accept = on_accept
         lst.on_recv = on_recv
         lst.on_close = on_close
+        lst.on_drain = on_drain
+        lst.max_send = max_send
+        lst.idle_ticks = idle
         lst.first_data = bool(first_data)
         lst.nodelay = bool(nodelay)
         lst.group = <uint16_t>self.be.buffer_group(size)
@@ -569,7 +601,8 @@ cdef class Engine:
         return lst
 
     def connect(self, address, *, on_connect=None, on_recv=None, on_close=None,
-                nodelay=True, buffer_size=4096):
+                nodelay=True, buffer_size=4096, on_drain=None,
+                max_send_buffer=DEFAULT_MAX_SEND, idle_timeout=None):
         """Start connecting to address; returns the Connection at once.
         on_connect(conn) runs once connected; a failure arrives as
         on_close(conn, exc). Data sent before that is queued."""
@@ -577,7 +610,10 @@ cdef class Engine:
         _check_callback(on_connect, "on_connect")
         _check_callback(on_recv, "on_recv")
         _check_callback(on_close, "on_close")
+        _check_callback(on_drain, "on_drain")
         size = _check_buffer_size(buffer_size)
+        max_send = _check_max_send(max_send_buffer)
+        idle = self._idle_ticks(idle_timeout)
         family, sa = _resolve(address, False)
         cdef int fd = self.be.socket_open(family)
         cdef Connection conn = Connection._new(self, fd, <uint16_t>self.be.buffer_group(size))
@@ -586,6 +622,10 @@ cdef class Engine:
         conn.on_connect = on_connect
         conn.on_recv = on_recv
         conn.on_close = on_close
+        conn.on_drain = on_drain
+        conn.max_send = max_send
+        conn.idle_ticks = idle
+        conn.last_tick = self.tick
         conn.nodelay = bool(nodelay)
         cdef IoCtx* io = conn._new_io(OP_CONNECT)
         io.addrlen = _fill_addr(&io.addr, family, sa)
@@ -639,6 +679,13 @@ cdef class Engine:
             (<Listener>lst)._close_async()
         for conn in list(self._conns.values()):
             (<Connection>conn)._abort(None)
+        cdef IoCtx* cio
+        if self.sweeper != NULL:
+            cio = io_alloc(OP_CANCEL, None, NULL)
+            try:
+                self.be.submit_cancel_op(cio, self.sweeper)
+            except BaseException:
+                io_free(cio)
         self._kick()
         delay = 0.0005
         while self.inflight > 0 or self._conns or self._listeners:
@@ -664,6 +711,47 @@ cdef class Engine:
         self.state = E_CLOSED
         _engines.discard(self)
 
+    cdef int64_t _idle_ticks(self, object idle_timeout) except -1:
+        """idle_timeout (seconds or None) in sweeper ticks; starts the sweeper."""
+        if idle_timeout is None:
+            return 0
+        if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)):
+            raise TypeError(f"idle_timeout must be a number or None, not {type(idle_timeout).__name__}")
+        if not idle_timeout > 0:
+            raise ValueError(f"idle_timeout must be > 0, got {idle_timeout}")
+        if self.sweeper == NULL:
+            self.sweeper = io_alloc(OP_TIMER, self, NULL)
+            try:
+                self.be.submit_timer(self.sweeper, SWEEP_MS)
+            except BaseException:
+                io_free(self.sweeper)
+                self.sweeper = NULL
+                raise
+            self.inflight += 1
+        return max(1, int(idle_timeout * 1000 / SWEEP_MS + 0.5))
+
+    cdef void _on_sweep(self, Event* ev) except *:
+        """Every SWEEP_MS: close connections idle past their idle_timeout."""
+        cdef Connection c
+        if self.state != E_RUNNING or ev.res == -_errno.ECANCELED:
+            io_free(ev.io)
+            self.sweeper = NULL
+            self.inflight -= 1
+            return
+        self.tick += 1
+        for conn in list(self._conns.values()):
+            c = <Connection>conn
+            if c.idle_ticks and self.tick - c.last_tick >= c.idle_ticks and c.state <= C_CLOSING:
+                c._abort(TimeoutError(_errno.ETIMEDOUT,
+                                      f"idle for {c.idle_ticks * SWEEP_MS / 1000:g} s (idle_timeout)"))
+        try:
+            self.be.submit_timer(ev.io, SWEEP_MS)
+        except BaseException:
+            io_free(ev.io)
+            self.sweeper = NULL
+            self.inflight -= 1
+            raise
+
     cdef int64_t _take_id(self):
         cdef int64_t i = self.next_id
         self.next_id += 1
@@ -679,7 +767,9 @@ cdef class Listener:
     cdef int state                  # 0 open, 1 closing, 2 closed
     cdef int inflight
     cdef readonly object address
-    cdef object on_accept, on_recv, on_close
+    cdef object on_accept, on_recv, on_close, on_drain
+    cdef Py_ssize_t max_send
+    cdef int64_t idle_ticks
     cdef bint first_data, nodelay
     cdef uint16_t group
     cdef uint32_t buffer_size
@@ -845,6 +935,12 @@ cdef class Connection:
     cdef bint nodelay
     cdef bint have_peer
     cdef IoCtx* recv_io             # the armed (multishot) receive, or NULL; kernel-owned
+    cdef IoCtx* recv_cancel         # the receive a cancel was sent for (not owned)
+    cdef int paused                 # PAUSE_* bits: reading is stopped while non-zero
+    cdef Py_ssize_t max_send        # send_buffered above this pauses reading (backpressure)
+    cdef bint was_full              # on_drain owed once send_buffered falls to max_send/2
+    cdef int64_t idle_ticks         # idle_timeout in sweeper ticks (0: none)
+    cdef int64_t last_tick          # the sweeper tick of the last data in or out
     cdef IoCtx* send_io             # the one send/splice in flight, or NULL; kernel-owned
     cdef object sendq               # deque of bytes / _FileJob not yet handed to the kernel
     cdef readonly Py_ssize_t send_buffered  # bytes queued or in flight, not yet sent
@@ -852,7 +948,7 @@ cdef class Connection:
     cdef int pipe_r, pipe_w         # sendfile pipe, ours
     cdef int64_t pipe_len           # bytes sitting in the pipe
     cdef int pipe_size
-    cdef object on_accept, on_recv, on_close, on_connect
+    cdef object on_accept, on_recv, on_close, on_connect, on_drain
     cdef object close_exc
     cdef readonly int64_t id
     cdef object _peer, _local
@@ -906,6 +1002,10 @@ cdef class Connection:
         self.on_accept = lst.on_accept
         self.on_recv = lst.on_recv
         self.on_close = lst.on_close
+        self.on_drain = lst.on_drain
+        self.max_send = lst.max_send
+        self.idle_ticks = lst.idle_ticks
+        self.last_tick = self.eng.tick
         self.nodelay = lst.nodelay
         self.first_pending = lst.first_data
         eng._conns[self.id] = self
@@ -980,12 +1080,16 @@ cdef class Connection:
         cdef Engine eng = self.eng
         data = eng.be.recv_bytes(ev)        # the buffer goes back to the kernel here
         cdef int res = ev.res
-        if not (ev.flags & EV_MORE):
-            self.recv_io = NULL
+        if not (ev.flags & EV_MORE):        # this receive op is over
+            if self.recv_io == ev.io:
+                self.recv_io = NULL
+            if self.recv_cancel == ev.io:
+                self.recv_cancel = NULL
             self._io_done(ev.io)
         if res > 0:
             eng.n_bytes_in += res
             eng.n_msgs_in += 1
+            self.last_tick = eng.tick
             if self.state == C_OPEN:
                 if self.first_pending:
                     self.first_pending = 0
@@ -994,17 +1098,14 @@ cdef class Connection:
                         self._call(self.on_accept, data)
                 elif self.on_recv is not None:
                     self._call(self.on_recv, data)
-            if self.recv_io == NULL and self.state == C_OPEN:
-                self._rearm_recv()
         elif res == 0:
             self._on_eof()
-        else:
-            err = -res
-            if err == _errno.ENOBUFS:       # the buffer pool ran dry: arm again
-                if self.recv_io == NULL and self.state == C_OPEN:
-                    self._rearm_recv()
-            elif err != _errno.ECANCELED:
-                self._abort(eng.be.error(err, "recv"))
+        elif res != -_errno.ENOBUFS and res != -_errno.ECANCELED:
+            self._abort(eng.be.error(-res, "recv"))
+        # a receive that ended (multishot stop, buffer pool dry, cancelled by a
+        # pause that was resumed since) is armed again while we want to read
+        if self.recv_io == NULL and self.state == C_OPEN and not self.paused:
+            self._rearm_recv()
         self._maybe_finish()
 
     cdef void _rearm_recv(self) noexcept:
@@ -1113,10 +1214,9 @@ cdef class Connection:
         cdef IoCtx* io = ev.io
         cdef int res = ev.res
         if res > 0:
-            self.eng.n_bytes_out += res
-            self.send_buffered -= res
             io.buf += res
             io.len -= res
+            self._sent(res)
             if io.len > 0 and self.state < C_ABORTING:      # partial send: the rest
                 try:
                     self.eng.be.submit_send(io)
@@ -1159,8 +1259,7 @@ cdef class Connection:
                 else:
                     job.offset += res
                     job.remaining -= res
-                    self.send_buffered -= res
-                    self.eng.n_bytes_out += res
+                    self._sent(res)
             elif op == OP_SPLICE_IN:
                 if res == 0:
                     self._abort(OSError(_errno.EIO, "sendfile: the file ended before count bytes"))
@@ -1170,8 +1269,7 @@ cdef class Connection:
                     self.pipe_len += res
             else:
                 self.pipe_len -= res
-                self.send_buffered -= res
-                self.eng.n_bytes_out += res
+                self._sent(res)
         if self.state < C_ABORTING:
             self._send_safe()
         self._maybe_finish()
@@ -1224,7 +1322,7 @@ cdef class Connection:
         eng.n_closed += 1
         cb = self.on_close
         exc = self.close_exc
-        self.on_accept = self.on_recv = self.on_close = self.on_connect = None
+        self.on_accept = self.on_recv = self.on_close = self.on_connect = self.on_drain = None
         self.close_exc = None
         if cb is not None and self.surfaced:
             try:
@@ -1249,11 +1347,26 @@ cdef class Connection:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
         if n == 0:
             return
+        self._reserve(n)
         self.sendq.append(data)
-        self.send_buffered += n
         if self.send_io == NULL and self.state != C_CONNECTING:
             self._send_next()
         self.eng._kick()
+
+    cdef int _reserve(self, Py_ssize_t n) except -1:
+        """Account n bytes about to be queued. Past max_send_buffer reading
+        pauses; past twice that, send() refuses with SendBufferFull."""
+        if self.send_buffered > 0 and self.send_buffered + n > 2 * self.max_send:
+            self.was_full = 1
+            raise SendBufferFull(_errno.EAGAIN,
+                                 f"send buffer full ({self.send_buffered} bytes queued, "
+                                 f"max_send_buffer={self.max_send}); wait for on_drain")
+        self.send_buffered += n
+        if self.send_buffered > self.max_send and not self.was_full:
+            self.was_full = 1
+            if self.state == C_OPEN:
+                self._pause(PAUSE_FULL)
+        return 0
 
     def sendfile(self, file, offset=0, count=None):
         """Queue count bytes of file (a path, a file object or a descriptor)
@@ -1292,8 +1405,8 @@ cdef class Connection:
         if count == 0:
             job.finish()
             return 0
+        self._reserve(count)
         self.sendq.append(job)
-        self.send_buffered += count
         if self.send_io == NULL and self.state != C_CONNECTING:
             self._send_next()
         self.eng._kick()
@@ -1311,14 +1424,7 @@ cdef class Connection:
             return
         self.state = C_CLOSING
         cdef IoCtx* io
-        if self.recv_io != NULL:
-            io = self._new_io(OP_CANCEL)
-            try:
-                self.eng.be.submit_cancel_op(io, self.recv_io)
-            except BaseException:
-                self._io_done(io)
-                raise
-        else:
+        if not self._stop_reading():
             io = self._new_io(OP_NOP)   # a completion that brings us to _maybe_finish
             try:
                 self.eng.be.submit_post(io)
@@ -1326,6 +1432,74 @@ cdef class Connection:
                 self._io_done(io)
                 raise
         self.eng._kick()
+
+    def pause_reading(self):
+        """Stop reading from the socket (the kernel's buffer then fills and TCP
+        slows the peer down). Data already read may still arrive in a few
+        on_recv calls. Thread-safe."""
+        if self.user_closed or self.state >= C_ABORTING:
+            raise _closed_error("connection")
+        self._pause(PAUSE_USER)
+        self.eng._kick()
+
+    def resume_reading(self):
+        """Start reading again after pause_reading(). Thread-safe."""
+        if self.user_closed or self.state >= C_ABORTING:
+            raise _closed_error("connection")
+        self._resume(PAUSE_USER)
+        self.eng._kick()
+
+    @property
+    def reading(self):
+        """False while reading is paused (by pause_reading() or a full send buffer)."""
+        return self.state == C_OPEN and not self.paused
+
+    cdef void _pause(self, int why) except *:
+        cdef bint was = self.paused != 0
+        self.paused |= why
+        if not was:
+            self._stop_reading()
+
+    cdef void _resume(self, int why) except *:
+        if not (self.paused & why):
+            return
+        self.paused &= ~why
+        if not self.paused and self.state == C_OPEN and self.recv_io == NULL:
+            self._start_recv()
+
+    cdef bint _stop_reading(self) except -1:
+        """Cancel the armed receive; True if a cancel is (already) on its way."""
+        cdef IoCtx* io
+        if self.recv_io == NULL:
+            return False
+        if self.recv_cancel == self.recv_io:
+            return True
+        io = self._new_io(OP_CANCEL)
+        try:
+            self.eng.be.submit_cancel_op(io, self.recv_io)
+        except BaseException:
+            self._io_done(io)
+            raise
+        self.recv_cancel = self.recv_io
+        self.recv_io = NULL         # a resume arms a fresh one; the old one just ends
+        return True
+
+    cdef void _sent(self, Py_ssize_t n) noexcept:
+        """n more bytes left the send queue: resume reading / report on_drain
+        once the queue is back to half of max_send_buffer."""
+        self.send_buffered -= n
+        self.eng.n_bytes_out += n
+        self.last_tick = self.eng.tick
+        if self.was_full and self.send_buffered <= self.max_send // 2:
+            self.was_full = 0
+            if self.state == C_OPEN or self.state == C_CLOSING:
+                try:
+                    self._resume(PAUSE_FULL)
+                except BaseException as e:
+                    self._abort(e)
+                    return
+                if self.on_drain is not None and self.state < C_ABORTING:
+                    self._call(self.on_drain, None)
 
     def abort(self):
         """Close at once, dropping queued data; on_close(conn, None) follows."""

@@ -371,7 +371,16 @@ cdef class EpollBackend(Backend):
         cdef FdState* st
         cdef IoCtx* a
         cdef IoCtx* prev = NULL
+        cdef int i
         iocpx_mutex_lock(&self.mu)
+        for i in range(self.n_timers):
+            if self.timers[i] == target:
+                self.n_timers -= 1
+                self.timers[i] = self.timers[self.n_timers]
+                self._ready(target, -ECANCELED, 0)
+                self._ready(io, 0, 0)
+                iocpx_mutex_unlock(&self.mu)
+                return 0
         st = self._state(target.fd)
         if st != NULL:
             if st.recv == target:
