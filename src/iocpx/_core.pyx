@@ -49,6 +49,7 @@ cdef enum:
     FLUSH_EVERY = 64        # submit queued sends at least every this many events
     COALESCE = 65536        # join queued small sends up to this many bytes
     PIPE_WANT = 1 << 20     # sendfile pipe size asked for
+    HARD_SLACK = 8 << 20    # send() refuses past max_send_buffer + max(it, this)
 
 cdef enum ConnState:
     C_CONNECTING = 0
@@ -1355,8 +1356,11 @@ cdef class Connection:
 
     cdef int _reserve(self, Py_ssize_t n) except -1:
         """Account n bytes about to be queued. Past max_send_buffer reading
-        pauses; past twice that, send() refuses with SendBufferFull."""
-        if self.send_buffered > 0 and self.send_buffered + n > 2 * self.max_send:
+        pauses (a request/response peer is bounded by that alone: what was
+        already read is bounded by the receive pool). A producer that keeps
+        pushing is refused with SendBufferFull past the hard cap."""
+        cdef Py_ssize_t cap = self.max_send + (self.max_send if self.max_send > HARD_SLACK else HARD_SLACK)
+        if self.send_buffered > 0 and self.send_buffered + n > cap:
             self.was_full = 1
             raise SendBufferFull(_errno.EAGAIN,
                                  f"send buffer full ({self.send_buffered} bytes queued, "
@@ -1457,8 +1461,8 @@ cdef class Connection:
     cdef void _pause(self, int why) except *:
         cdef bint was = self.paused != 0
         self.paused |= why
-        if not was:
-            self._stop_reading()
+        if not was and self._stop_reading():
+            self.eng.be.flush()     # rare: stop the kernel reading at once
 
     cdef void _resume(self, int why) except *:
         if not (self.paused & why):

@@ -45,7 +45,7 @@ cdef extern from "<winsock2.h>" nogil:
     ctypedef struct WSAPROTOCOL_INFOW:
         DWORD dwServiceFlags1
 
-    ctypedef struct sockaddr:
+    cdef struct sockaddr:
         unsigned short sa_family
 
     SOCKET INVALID_SOCKET

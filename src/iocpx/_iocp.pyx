@@ -1,0 +1,814 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The Windows `iocp` backend: one I/O completion port per Engine, Winsock
+called directly (declarations in _winsock.pxd).
+
+  * every socket is associated with the port once (key KEY_IO); posted
+    packets (CompletionPort.post, exit packets, cancel acknowledgements) carry
+    KEY_POST, the leader's wake-up KEY_WAKE;
+  * wait() = GetQueuedCompletionStatusEx with the GIL released; the IoCtx is
+    found again from the OVERLAPPED pointer (its first member);
+  * accepts: AcceptEx on sockets created in advance, with a receive buffer of
+    io.len bytes when the engine wants first data; SO_UPDATE_ACCEPT_CONTEXT and
+    GetAcceptExSockAddrs (peer into io.addr) when it completes. A first-data
+    accept whose client connected but sends nothing is cancelled after
+    first_data_timeout seconds (SO_CONNECT_TIME, checked from the wait loop),
+    and the engine re-arms it;
+  * receives: a zero-byte WSARecv, then a non-blocking recv() of up to the
+    buffer size when it completes, so an idle connection pins no buffer. Each
+    completion is final (no EV_MORE): the engine posts the next receive after
+    the callback, as the classic model does. (Re-posting from the leader
+    would race with CancelIoEx(socket, NULL): a receive re-posted just after
+    the cancel ran would never complete.)
+  * sends: WSASend (a partial completion returns the bytes sent; the engine
+    resubmits the rest); connects: bind + ConnectEx + SO_UPDATE_CONNECT_CONTEXT;
+    sendfile: TransmitFile (direct_sendfile); cancels: CancelIoEx, then the
+    cancel op itself completes through PostQueuedCompletionStatus;
+  * timers (accept back-off) live in the wait loop, no timer thread;
+  * FILE_SKIP_COMPLETION_PORT_ON_SUCCESS is set on every socket when every
+    protocol provider is an IFS one (no layered provider); an operation that
+    then succeeds at once queues no packet, so its event is built at submit
+    and handed to the leader through the `ready` list (waking it if it sleeps).
+
+Error codes: Event.res is -errno with Python's errno values where Python has
+one (ERROR_OPERATION_ABORTED -> -ECANCELED, ERROR_NETNAME_DELETED ->
+-ECONNRESET, ...); any other Windows code is passed as -(WINERR_TAG | code)
+and error() turns it into an OSError carrying winerror.
+"""
+import errno as _errno
+import os as _os
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.mem cimport PyMem_RawMalloc, PyMem_RawRealloc, PyMem_RawFree
+from cpython.unicode cimport PyUnicode_FromWideChar
+from libc.string cimport memset, memcpy
+from libc.stddef cimport wchar_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
+
+from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy,
+                         iocpx_mutex_lock, iocpx_mutex_unlock, iocpx_now_ns,
+                         iocpx_addr_t)
+from iocpx._backend cimport (Backend, IoCtx, Event, oserror, OP_NOP, OP_ACCEPT,
+                             OP_RECV, OP_SEND, OP_CONNECT, OP_CANCEL, OP_POST,
+                             OP_EXIT, OP_TIMER, OP_SENDFILE)
+from iocpx._winsock cimport *
+
+cdef extern from *:
+    """
+    #include <mswsock.h>
+    /* The extension functions' ids, for WSAIoctl(SIO_GET_EXTENSION_FUNCTION_POINTER). */
+    static GUID iocpx_WSAID_ACCEPTEX = WSAID_ACCEPTEX;
+    static GUID iocpx_WSAID_CONNECTEX = WSAID_CONNECTEX;
+    static GUID iocpx_WSAID_GETACCEPTEXSOCKADDRS = WSAID_GETACCEPTEXSOCKADDRS;
+    static GUID iocpx_WSAID_TRANSMITFILE = WSAID_TRANSMITFILE;
+    #define iocpx_sock_handle(s) ((HANDLE)(SOCKET)(s))
+    """
+    GUID iocpx_WSAID_ACCEPTEX
+    GUID iocpx_WSAID_CONNECTEX
+    GUID iocpx_WSAID_GETACCEPTEXSOCKADDRS
+    GUID iocpx_WSAID_TRANSMITFILE
+    HANDLE iocpx_sock_handle(SOCKET s) nogil
+
+cdef enum:
+    KEY_IO = 1              # a socket's own operations
+    KEY_POST = 2            # PostQueuedCompletionStatus packets with an IoCtx
+    KEY_WAKE = 3            # wake-up for the leader (no OVERLAPPED)
+    ADDR_SLOT = 28 + 16     # AcceptEx address slot: sizeof(sockaddr_in6) + 16
+    MAX_ENTRIES = 256
+    MAX_GROUPS = 64
+    SCAN_MS = 1000          # how often the leader checks first-data accepts
+    WINERR_TAG = 0x20000000 # Event.res = -(WINERR_TAG | code): a Windows code without errno
+
+DEF_FIRST_DATA_TIMEOUT = 10.0   # seconds a connected client may stay silent
+
+# ---------------------------------------------------------------------------
+# process-wide state: extension functions (resolved once) and errno values
+
+cdef LPFN_ACCEPTEX pAcceptEx = NULL
+cdef LPFN_CONNECTEX pConnectEx = NULL
+cdef LPFN_GETACCEPTEXSOCKADDRS pGetAcceptExSockAddrs = NULL
+cdef LPFN_TRANSMITFILE pTransmitFile = NULL
+cdef int g_skip_ok = -1         # FILE_SKIP_COMPLETION_PORT_ON_SUCCESS safe (-1: not checked)
+
+# Python's errno values (on Windows ECONNRESET etc. are the WSA codes, and
+# ECANCELED/EMFILE are the CRT's): read from the errno module, not errno.h.
+cdef int E_CANCELED = _errno.ECANCELED
+cdef int E_CONNRESET = _errno.ECONNRESET
+cdef int E_CONNREFUSED = _errno.ECONNREFUSED
+cdef int E_CONNABORTED = _errno.ECONNABORTED
+cdef int E_TIMEDOUT = _errno.ETIMEDOUT
+cdef int E_NETUNREACH = _errno.ENETUNREACH
+cdef int E_HOSTUNREACH = _errno.EHOSTUNREACH
+cdef int E_MFILE = _errno.EMFILE
+cdef int E_NOBUFS = _errno.ENOBUFS
+cdef int E_PIPE = _errno.EPIPE
+cdef int E_NOTCONN = _errno.ENOTCONN
+cdef int E_BADF = _errno.EBADF
+cdef int E_INVAL = _errno.EINVAL
+cdef int E_ADDRINUSE = _errno.EADDRINUSE
+cdef int E_ADDRNOTAVAIL = _errno.EADDRNOTAVAIL
+cdef int E_ACCES = _errno.EACCES
+cdef int E_AGAIN = _errno.EAGAIN
+cdef int E_NETDOWN = _errno.ENETDOWN
+
+
+cdef int win_errno(DWORD e) noexcept nogil:
+    """The negative Event.res for a Windows / Winsock error code."""
+    if e == ERROR_OPERATION_ABORTED or e == <DWORD>WSA_OPERATION_ABORTED:
+        return -E_CANCELED
+    if e == ERROR_NETNAME_DELETED or e == <DWORD>WSAECONNRESET or e == <DWORD>WSAENETRESET:
+        return -E_CONNRESET
+    if e == <DWORD>WSAECONNREFUSED or e == ERROR_CONNECTION_REFUSED or e == ERROR_PORT_UNREACHABLE:
+        return -E_CONNREFUSED
+    if e == <DWORD>WSAECONNABORTED or e == ERROR_CONNECTION_ABORTED or e == ERROR_REQUEST_ABORTED \
+            or e == <DWORD>WSAEDISCON:
+        return -E_CONNABORTED
+    if e == <DWORD>WSAETIMEDOUT or e == ERROR_SEM_TIMEOUT:
+        return -E_TIMEDOUT
+    if e == <DWORD>WSAENETUNREACH or e == ERROR_NETWORK_UNREACHABLE:
+        return -E_NETUNREACH
+    if e == <DWORD>WSAEHOSTUNREACH or e == ERROR_HOST_UNREACHABLE:
+        return -E_HOSTUNREACH
+    if e == <DWORD>WSAEMFILE or e == ERROR_TOO_MANY_OPEN_FILES:
+        return -E_MFILE
+    if e == <DWORD>WSAENOBUFS or e == ERROR_NOT_ENOUGH_MEMORY or e == ERROR_NO_SYSTEM_RESOURCES:
+        return -E_NOBUFS
+    if e == <DWORD>WSAESHUTDOWN or e == ERROR_BROKEN_PIPE:
+        return -E_PIPE
+    if e == <DWORD>WSAENOTCONN:
+        return -E_NOTCONN
+    if e == <DWORD>WSAENOTSOCK or e == <DWORD>WSAEBADF or e == ERROR_INVALID_HANDLE:
+        return -E_BADF
+    if e == <DWORD>WSAEINVAL or e == ERROR_INVALID_PARAMETER:
+        return -E_INVAL
+    if e == <DWORD>WSAEADDRINUSE:
+        return -E_ADDRINUSE
+    if e == <DWORD>WSAEADDRNOTAVAIL:
+        return -E_ADDRNOTAVAIL
+    if e == <DWORD>WSAEACCES or e == ERROR_ACCESS_DENIED:
+        return -E_ACCES
+    if e == <DWORD>WSAEWOULDBLOCK:
+        return -E_AGAIN
+    if e == <DWORD>WSAENETDOWN:
+        return -E_NETDOWN
+    return -<int>(WINERR_TAG | (e & 0xFFFFFF))
+
+
+cdef str win_message(DWORD code):
+    """Windows' own text for an error code (FormatMessageW)."""
+    cdef wchar_t buf[512]
+    cdef DWORD n = FormatMessageW(FORMAT_MESSAGE_FROM_SYSTEM | FORMAT_MESSAGE_IGNORE_INSERTS,
+                                  NULL, code, 0, buf, 512, NULL)
+    while n > 0 and (buf[n - 1] == c'\n' or buf[n - 1] == c'\r' or buf[n - 1] == c' ' or buf[n - 1] == c'.'):
+        n -= 1
+    if n == 0:
+        return f"Windows error {code}"
+    return PyUnicode_FromWideChar(buf, n)
+
+
+cdef object win_error(DWORD code, str what):
+    """The OSError for a Windows code right after a failed call (winerror set)."""
+    cdef int neg = win_errno(code)
+    msg = f"{what}: {win_message(code)}" if what else win_message(code)
+    if neg == -E_CANCELED:
+        return OSError(E_CANCELED, msg)
+    return OSError(0, msg, None, <int>code)
+
+
+cdef int resolve_extensions() except -1:
+    """Resolve AcceptEx, ConnectEx, GetAcceptExSockAddrs and TransmitFile once
+    per process, and decide whether skipping completions on success is safe."""
+    global pAcceptEx, pConnectEx, pGetAcceptExSockAddrs, pTransmitFile, g_skip_ok
+    if pAcceptEx != NULL and pConnectEx != NULL and pGetAcceptExSockAddrs != NULL \
+            and pTransmitFile != NULL and g_skip_ok >= 0:
+        return 0
+    cdef WSADATA wsa
+    if WSAStartup(MAKEWORD(2, 2), &wsa) != 0:
+        raise win_error(WSAGetLastError(), "WSAStartup")
+    cdef SOCKET s = WSASocketW(AF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED)
+    if s == INVALID_SOCKET:
+        raise win_error(WSAGetLastError(), "WSASocketW")
+    cdef DWORD got = 0
+    cdef WSAPROTOCOL_INFOW info
+    cdef int ilen = sizeof(info)
+    try:
+        if WSAIoctl(s, SIO_GET_EXTENSION_FUNCTION_POINTER, &iocpx_WSAID_ACCEPTEX, sizeof(GUID),
+                    &pAcceptEx, sizeof(pAcceptEx), &got, NULL, NULL) != 0:
+            raise win_error(WSAGetLastError(), "WSAIoctl(AcceptEx)")
+        if WSAIoctl(s, SIO_GET_EXTENSION_FUNCTION_POINTER, &iocpx_WSAID_CONNECTEX, sizeof(GUID),
+                    &pConnectEx, sizeof(pConnectEx), &got, NULL, NULL) != 0:
+            raise win_error(WSAGetLastError(), "WSAIoctl(ConnectEx)")
+        if WSAIoctl(s, SIO_GET_EXTENSION_FUNCTION_POINTER, &iocpx_WSAID_GETACCEPTEXSOCKADDRS,
+                    sizeof(GUID), &pGetAcceptExSockAddrs, sizeof(pGetAcceptExSockAddrs),
+                    &got, NULL, NULL) != 0:
+            raise win_error(WSAGetLastError(), "WSAIoctl(GetAcceptExSockAddrs)")
+        if WSAIoctl(s, SIO_GET_EXTENSION_FUNCTION_POINTER, &iocpx_WSAID_TRANSMITFILE, sizeof(GUID),
+                    &pTransmitFile, sizeof(pTransmitFile), &got, NULL, NULL) != 0:
+            raise win_error(WSAGetLastError(), "WSAIoctl(TransmitFile)")
+        # Skipping the completion packet on immediate success is only safe
+        # when the base provider hands out IFS handles (no layered provider).
+        memset(&info, 0, sizeof(info))
+        if getsockopt(s, SOL_SOCKET, SO_PROTOCOL_INFOW, <char*>&info, &ilen) == 0:
+            g_skip_ok = 1 if (info.dwServiceFlags1 & XP1_IFS_HANDLES) else 0
+        else:
+            g_skip_ok = 0
+        if _os.environ.get("IOCPX_IOCP_SKIP_ON_SUCCESS") == "0":
+            g_skip_ok = 0
+    finally:
+        closesocket(s)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# per-op state kept in io.extra (PyMem_Raw, freed by io_free)
+
+cdef struct AcceptState:
+    SOCKET sock             # the socket created in advance; ours until handed to the engine
+    SOCKET listen
+    int family
+    uint32_t rcvlen         # first data wanted: AcceptEx receive length (0: none)
+    uint32_t got            # bytes AcceptEx received with the connection
+    uint8_t stale           # cancelled by us: the client stayed silent too long
+    uint8_t listed          # linked in the backend's pending first-data list
+    IoCtx* io               # back pointer (for CancelIoEx from the scan)
+    AcceptState* prev       # pending first-data list, guarded by the backend's mu
+    AcceptState* next
+    # followed by rcvlen + 2 * ADDR_SLOT bytes of AcceptEx buffer
+
+cdef inline char* accept_buf(AcceptState* st) noexcept nogil:
+    return (<char*>st) + sizeof(AcceptState)
+
+cdef struct Timer:
+    uint64_t due_ns
+    IoCtx* io
+
+
+cdef class IocpBackend(Backend):
+    cdef HANDLE port                # owned: the completion port
+    cdef iocpx_mutex_t mu           # guards ready, timers, pending accepts, sleeping, wake_pending
+    cdef Event* ready               # owned: events built at submit (immediate success)
+    cdef int ready_len, ready_cap
+    cdef Timer* timers              # owned: pending OP_TIMER contexts
+    cdef int ntimers, timers_cap
+    cdef AcceptState* pending       # first-data accepts in flight (not owned: in io.extra)
+    cdef int sleeping               # the leader is inside GetQueuedCompletionStatusEx
+    cdef int wake_pending           # a KEY_WAKE packet is queued
+    cdef uint64_t next_scan_ns
+    cdef bint skip                  # FILE_SKIP_COMPLETION_PORT_ON_SUCCESS on our sockets
+    cdef uint32_t sizes[MAX_GROUPS] # receive size of each buffer group
+    cdef int ngroups
+    cdef public double first_data_timeout   # seconds; <= 0 disables the check
+
+    def __cinit__(self):
+        self.name = "iocp"
+        self.direct_sendfile = True
+        self.port = NULL
+        iocpx_mutex_init(&self.mu)
+        resolve_extensions()
+        self.skip = g_skip_ok == 1
+        env = _os.environ.get("IOCPX_FIRST_DATA_TIMEOUT")
+        self.first_data_timeout = float(env) if env else DEF_FIRST_DATA_TIMEOUT
+        self.port = CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, 0)
+        if self.port == NULL:
+            raise win_error(GetLastError(), "CreateIoCompletionPort")
+
+    def __dealloc__(self):
+        self.release()
+        iocpx_mutex_destroy(&self.mu)
+
+    cdef void release(self) noexcept:
+        """Close the port. Only once no operation is pending."""
+        if self.port != NULL:
+            CloseHandle(self.port)
+            self.port = NULL
+        PyMem_RawFree(self.ready)
+        self.ready = NULL
+        self.ready_len = self.ready_cap = 0
+        PyMem_RawFree(self.timers)
+        self.timers = NULL
+        self.ntimers = self.timers_cap = 0
+
+    @property
+    def skip_on_success(self):
+        """True when FILE_SKIP_COMPLETION_PORT_ON_SUCCESS is set on the sockets."""
+        return bool(self.skip)
+
+    # ---- sockets ------------------------------------------------------------
+
+    cdef int _check_open(self) except -1:
+        if self.port == NULL:
+            raise OSError(E_BADF, "iocp backend is closed")
+        return 0
+
+    cdef int _associate(self, SOCKET s, bint nonblock) except -1:
+        """Join the port, skip packets on immediate success, non-blocking mode
+        (for the read after a zero-byte receive)."""
+        cdef u_long on = 1
+        if CreateIoCompletionPort(iocpx_sock_handle(s), self.port, KEY_IO, 0) == NULL:
+            raise win_error(GetLastError(), "CreateIoCompletionPort(socket)")
+        if self.skip:
+            if not SetFileCompletionNotificationModes(
+                    iocpx_sock_handle(s),
+                    FILE_SKIP_COMPLETION_PORT_ON_SUCCESS | FILE_SKIP_SET_EVENT_ON_HANDLE):
+                raise win_error(GetLastError(), "SetFileCompletionNotificationModes")
+        if nonblock and ioctlsocket(s, FIONBIO, &on) != 0:
+            raise win_error(WSAGetLastError(), "ioctlsocket(FIONBIO)")
+        return 0
+
+    cdef SOCKET _new_socket(self, int family) except? 0:
+        cdef SOCKET s = WSASocketW(family, SOCK_STREAM, IPPROTO_TCP, NULL, 0,
+                                   WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT)
+        if s == INVALID_SOCKET:
+            raise win_error(WSAGetLastError(), "WSASocketW")
+        try:
+            self._associate(s, True)
+        except BaseException:
+            closesocket(s)
+            raise
+        return s
+
+    cdef int socket_open(self, int family) except -1:
+        self._check_open()
+        return <int>self._new_socket(family)
+
+    cdef int adopt(self, int fd) except -1:
+        self._check_open()
+        self._associate(<SOCKET>fd, False)
+        return 0
+
+    # ---- ready list: events of operations that finished at submit -----------
+
+    cdef int _push_ready(self, Event* ev) noexcept nogil:
+        cdef Event* nr
+        cdef int cap, wake = 0
+        iocpx_mutex_lock(&self.mu)
+        if self.ready_len == self.ready_cap:
+            cap = self.ready_cap * 2 if self.ready_cap else 64
+            nr = <Event*>PyMem_RawRealloc(self.ready, cap * sizeof(Event))
+            if nr == NULL:
+                iocpx_mutex_unlock(&self.mu)
+                return -1
+            self.ready = nr
+            self.ready_cap = cap
+        self.ready[self.ready_len] = ev[0]
+        self.ready_len += 1
+        if self.sleeping and not self.wake_pending:
+            self.wake_pending = 1
+            wake = 1
+        iocpx_mutex_unlock(&self.mu)
+        if wake:
+            PostQueuedCompletionStatus(self.port, 0, KEY_WAKE, NULL)
+        return 0
+
+    cdef int _submitted(self, IoCtx* io, BOOL ok, DWORD nbytes, int err, str what) except -1:
+        """After an overlapped call: ok (done at once), pending, or failed.
+        Done at once with skipping on: no packet follows, build the event now."""
+        cdef Event ev
+        if ok:
+            if self.skip:
+                self._finish(io, 1, nbytes, 0, &ev)
+                if self._push_ready(&ev) < 0:
+                    raise MemoryError()
+            return 0
+        if err == WSA_IO_PENDING:
+            return 0
+        raise win_error(<DWORD>err, what)       # no packet follows a failed call
+
+    # ---- submissions (GIL held) --------------------------------------------
+
+    cdef int submit_accept(self, IoCtx* io) except -1:
+        self._check_open()
+        cdef AcceptState* st = <AcceptState*>io.extra
+        cdef uint32_t rcvlen = <uint32_t>io.len if io.len > 0 else 0
+        cdef iocpx_addr_t a
+        cdef int alen = sizeof(a)
+        if st == NULL:
+            if getsockname(<SOCKET>io.fd, <sockaddr*>&a, &alen) != 0:
+                raise win_error(WSAGetLastError(), "getsockname")
+            st = <AcceptState*>PyMem_RawMalloc(sizeof(AcceptState) + rcvlen + 2 * ADDR_SLOT)
+            if st == NULL:
+                raise MemoryError()
+            memset(st, 0, sizeof(AcceptState))
+            st.sock = INVALID_SOCKET
+            st.family = (<sockaddr*>&a).sa_family
+            st.rcvlen = rcvlen
+            st.io = io
+            io.extra = st           # freed by io_free
+        st.listen = <SOCKET>io.fd
+        st.stale = 0
+        st.got = 0
+        if st.sock == INVALID_SOCKET:
+            st.sock = self._new_socket(st.family)
+        memset(&io.ovl, 0, sizeof(OVERLAPPED))
+        if st.rcvlen:
+            self._list_accept(st)
+        cdef DWORD got = 0
+        cdef BOOL ok
+        cdef int err = 0
+        ok = pAcceptEx(st.listen, st.sock, accept_buf(st), st.rcvlen, ADDR_SLOT, ADDR_SLOT,
+                       &got, <OVERLAPPED*>&io.ovl)
+        if not ok:
+            err = WSAGetLastError()
+        try:
+            self._submitted(io, ok, got, err, "AcceptEx")
+        except BaseException:
+            self._unlist_accept(st)
+            closesocket(st.sock)
+            st.sock = INVALID_SOCKET
+            raise
+        return 0
+
+    cdef void _list_accept(self, AcceptState* st) noexcept nogil:
+        iocpx_mutex_lock(&self.mu)
+        if not st.listed:
+            st.listed = 1
+            st.prev = NULL
+            st.next = self.pending
+            if self.pending != NULL:
+                self.pending.prev = st
+            self.pending = st
+        iocpx_mutex_unlock(&self.mu)
+
+    cdef void _unlist_accept(self, AcceptState* st) noexcept nogil:
+        iocpx_mutex_lock(&self.mu)
+        if st.listed:
+            st.listed = 0
+            if st.prev != NULL:
+                st.prev.next = st.next
+            else:
+                self.pending = st.next
+            if st.next != NULL:
+                st.next.prev = st.prev
+            st.prev = st.next = NULL
+        iocpx_mutex_unlock(&self.mu)
+
+    cdef int submit_recv(self, IoCtx* io) except -1:
+        """A zero-byte WSARecv: completes when data (or EOF) is there."""
+        self._check_open()
+        cdef WSABUF wb
+        cdef DWORD flags = 0, got = 0
+        cdef int err = 0
+        wb.len = 0
+        wb.buf = NULL
+        memset(&io.ovl, 0, sizeof(OVERLAPPED))
+        cdef int r = WSARecv(<SOCKET>io.fd, &wb, 1, &got, &flags, <OVERLAPPED*>&io.ovl, NULL)
+        if r != 0:
+            err = WSAGetLastError()
+        return self._submitted(io, r == 0, got, err, "WSARecv")
+
+    cdef int submit_send(self, IoCtx* io) except -1:
+        self._check_open()
+        cdef WSABUF wb
+        cdef DWORD got = 0
+        cdef int err = 0
+        wb.len = <ULONG>(io.len if io.len < 0x40000000 else 0x40000000)
+        wb.buf = io.buf             # points into io.obj, kept alive by the context
+        memset(&io.ovl, 0, sizeof(OVERLAPPED))
+        cdef int r = WSASend(<SOCKET>io.fd, &wb, 1, &got, 0, <OVERLAPPED*>&io.ovl, NULL)
+        if r != 0:
+            err = WSAGetLastError()
+        return self._submitted(io, r == 0, got, err, "WSASend")
+
+    cdef int submit_connect(self, IoCtx* io) except -1:
+        """ConnectEx needs a bound socket: bind to the wildcard address first."""
+        self._check_open()
+        cdef iocpx_addr_t any_
+        memset(&any_, 0, sizeof(any_))
+        any_.sa.sa_family = io.addr.sa.sa_family
+        cdef int alen = 28 if io.addr.sa.sa_family == AF_INET6 else 16
+        if bind(<SOCKET>io.fd, <sockaddr*>&any_, alen) != 0:
+            raise win_error(WSAGetLastError(), "bind")
+        cdef DWORD sent = 0
+        cdef int err = 0
+        memset(&io.ovl, 0, sizeof(OVERLAPPED))
+        cdef BOOL ok = pConnectEx(<SOCKET>io.fd, <sockaddr*>&io.addr, <int>io.addrlen, NULL, 0,
+                                  &sent, <OVERLAPPED*>&io.ovl)
+        if not ok:
+            err = WSAGetLastError()
+        return self._submitted(io, ok, 0, err, "ConnectEx")
+
+    cdef int submit_sendfile(self, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1:
+        """TransmitFile of nbytes from the CRT descriptor file_fd at offset."""
+        self._check_open()
+        import msvcrt
+        cdef HANDLE fh = <HANDLE><size_t>msvcrt.get_osfhandle(file_fd)
+        cdef int err = 0
+        memset(&io.ovl, 0, sizeof(OVERLAPPED))
+        (<OVERLAPPED*>&io.ovl).Offset = <DWORD>(offset & 0xFFFFFFFF)
+        (<OVERLAPPED*>&io.ovl).OffsetHigh = <DWORD>(offset >> 32)
+        if nbytes > 0x7FFFFFFE:
+            nbytes = 0x7FFFFFFE
+        cdef BOOL ok = pTransmitFile(<SOCKET>io.fd, fh, nbytes, 0, <OVERLAPPED*>&io.ovl, NULL, 0)
+        if not ok:
+            err = WSAGetLastError()
+        return self._submitted(io, ok, 0, err, "TransmitFile")
+
+    cdef int submit_splice(self, IoCtx* io, int fd_in, int64_t off_in, int fd_out, uint32_t nbytes) except -1:
+        raise OSError(_errno.ENOSYS, "splice does not exist on Windows (TransmitFile is used)")
+
+    cdef int _post(self, IoCtx* io, DWORD nbytes) except -1:
+        self._check_open()
+        memset(&io.ovl, 0, sizeof(OVERLAPPED))
+        if not PostQueuedCompletionStatus(self.port, nbytes, KEY_POST, <OVERLAPPED*>&io.ovl):
+            raise win_error(GetLastError(), "PostQueuedCompletionStatus")
+        return 0
+
+    cdef int submit_post(self, IoCtx* io) except -1:
+        return self._post(io, <DWORD>io.aux if io.op == OP_POST else 0)
+
+    cdef int submit_cancel_fd(self, IoCtx* io, int fd) except -1:
+        """Cancel every operation on the socket; each completes (aborted), and
+        so does this one, through a posted packet."""
+        self._check_open()
+        CancelIoEx(iocpx_sock_handle(<SOCKET>fd), NULL)     # ERROR_NOT_FOUND: none pending
+        return self._post(io, 0)
+
+    cdef int submit_cancel_op(self, IoCtx* io, IoCtx* target) except -1:
+        self._check_open()
+        CancelIoEx(iocpx_sock_handle(<SOCKET>target.fd), <OVERLAPPED*>&target.ovl)
+        return self._post(io, 0)
+
+    cdef int submit_timer(self, IoCtx* io, long ms) except -1:
+        """An OP_TIMER completion after ms, from the wait loop."""
+        self._check_open()
+        cdef Timer* nt
+        cdef int cap, wake = 0
+        iocpx_mutex_lock(&self.mu)
+        if self.ntimers == self.timers_cap:
+            cap = self.timers_cap * 2 if self.timers_cap else 16
+            nt = <Timer*>PyMem_RawRealloc(self.timers, cap * sizeof(Timer))
+            if nt == NULL:
+                iocpx_mutex_unlock(&self.mu)
+                raise MemoryError()
+            self.timers = nt
+            self.timers_cap = cap
+        self.timers[self.ntimers].due_ns = iocpx_now_ns() + <uint64_t>ms * 1000000
+        self.timers[self.ntimers].io = io
+        self.ntimers += 1
+        if self.sleeping and not self.wake_pending:
+            self.wake_pending = 1
+            wake = 1
+        iocpx_mutex_unlock(&self.mu)
+        if wake:        # the leader recomputes its timeout
+            PostQueuedCompletionStatus(self.port, 0, KEY_WAKE, NULL)
+        return 0
+
+    cdef int flush(self) except -1:
+        return 0        # every submit is already a system call
+
+    # ---- completions --------------------------------------------------------
+
+    cdef void _finish(self, IoCtx* io, int ok, DWORD nbytes, DWORD err, Event* ev) noexcept nogil:
+        """Turn a finished operation into an event: the post-processing each
+        op needs (accept/connect context, the read after a zero-byte receive)."""
+        cdef AcceptState* st
+        cdef sockaddr* local
+        cdef sockaddr* remote
+        cdef int llen = 0, rlen = 0, n
+        cdef SOCKET ls
+        cdef u_long on = 1
+        cdef char* blk
+        cdef uint32_t size
+        ev.io = io
+        ev.flags = 0
+        ev.data = NULL
+        ev.res = 0
+        cdef uint8_t op = io.op
+        if op == OP_ACCEPT:
+            st = <AcceptState*>io.extra
+            self._unlist_accept(st)
+            if not ok:
+                closesocket(st.sock)
+                st.sock = INVALID_SOCKET
+                # a silent client we dropped: not ECANCELED, so the engine re-arms
+                ev.res = -E_TIMEDOUT if (st.stale and err == ERROR_OPERATION_ABORTED) else win_errno(err)
+                return
+            ls = st.listen
+            if setsockopt(st.sock, SOL_SOCKET, SO_UPDATE_ACCEPT_CONTEXT, <char*>&ls, sizeof(ls)) != 0:
+                err = WSAGetLastError()
+                closesocket(st.sock)
+                st.sock = INVALID_SOCKET
+                ev.res = win_errno(err)
+                return
+            pGetAcceptExSockAddrs(accept_buf(st), st.rcvlen, ADDR_SLOT, ADDR_SLOT,
+                                  &local, &llen, &remote, &rlen)
+            memset(&io.addr, 0, sizeof(io.addr))
+            if remote != NULL and rlen > 0:
+                memcpy(&io.addr, remote, rlen if rlen <= <int>sizeof(io.addr) else sizeof(io.addr))
+            io.addrlen = rlen
+            st.got = nbytes if nbytes <= st.rcvlen else st.rcvlen
+            ioctlsocket(st.sock, FIONBIO, &on)
+            ev.res = <int32_t>st.sock      # handed to the engine, which closes it
+            st.sock = INVALID_SOCKET
+        elif op == OP_RECV:
+            if not ok:
+                ev.res = win_errno(err)
+                return
+            size = self.sizes[io.group] if io.group < self.ngroups else 4096
+            blk = <char*>PyMem_RawMalloc(size)      # freed by recv_bytes
+            if blk == NULL:
+                ev.res = -E_NOBUFS                  # the engine arms the receive again
+                return
+            n = recv(<SOCKET>io.fd, blk, <int>size, 0)
+            if n > 0:
+                ev.res = n
+                ev.data = blk
+                return
+            PyMem_RawFree(blk)
+            if n == 0:
+                ev.res = 0                          # EOF
+                return
+            err = WSAGetLastError()
+            # nothing to read after all: ENOBUFS makes the engine post the receive again
+            ev.res = -E_NOBUFS if err == <DWORD>WSAEWOULDBLOCK else win_errno(err)
+        elif op == OP_CONNECT:
+            if not ok:
+                ev.res = win_errno(err)
+                return
+            if setsockopt(<SOCKET>io.fd, SOL_SOCKET, SO_UPDATE_CONNECT_CONTEXT, NULL, 0) != 0:
+                ev.res = win_errno(WSAGetLastError())
+                return
+            ev.res = 0
+        else:       # OP_SEND, OP_SENDFILE, posted packets
+            ev.res = <int32_t>nbytes if ok else win_errno(err)
+
+    cdef int wait(self, Event* out, int maxev, long timeout_ms) noexcept nogil:
+        """Events from the ready list, else from GetQueuedCompletionStatusEx
+        (at most maxev; timeout_ms < 0 waits without limit). Also fires due
+        timers and drops first-data accepts whose client stays silent."""
+        cdef OVERLAPPED_ENTRY entries[MAX_ENTRIES]
+        cdef ULONG got = 0
+        cdef int n, i
+        cdef DWORD ms, nbytes, flags, err
+        cdef BOOL okw
+        cdef IoCtx* io
+        cdef uint64_t now, deadline = 0, next_due
+        if maxev > MAX_ENTRIES:
+            maxev = MAX_ENTRIES
+        if timeout_ms >= 0:
+            deadline = iocpx_now_ns() + <uint64_t>timeout_ms * 1000000
+        while True:
+            if self.port == NULL:
+                return -E_BADF
+            now = iocpx_now_ns()
+            iocpx_mutex_lock(&self.mu)
+            n = 0
+            while n < maxev and n < self.ready_len:     # oldest first
+                out[n] = self.ready[n]
+                n += 1
+            if n:
+                for i in range(self.ready_len - n):
+                    self.ready[i] = self.ready[i + n]
+                self.ready_len -= n
+            n = self._fire_timers(out, n, maxev, now, &next_due)
+            if n == 0:
+                self.sleeping = 1
+            iocpx_mutex_unlock(&self.mu)
+            if n:
+                return n
+            # how long to sleep: the caller's timeout, the next timer, the next scan
+            if timeout_ms >= 0:
+                ms = <DWORD>((deadline - now) // 1000000) if deadline > now else 0
+            else:
+                ms = INFINITE
+            if next_due and (ms == INFINITE or next_due - now < <uint64_t>ms * 1000000):
+                ms = <DWORD>((next_due - now + 999999) // 1000000)
+            if self.pending != NULL and self.first_data_timeout > 0 and \
+                    (ms == INFINITE or ms > SCAN_MS):
+                ms = SCAN_MS
+            okw = GetQueuedCompletionStatusEx(self.port, entries, maxev, &got, ms, False)
+            err = GetLastError() if not okw else 0
+            iocpx_mutex_lock(&self.mu)
+            self.sleeping = 0
+            iocpx_mutex_unlock(&self.mu)
+            n = 0
+            if okw:
+                for i in range(<int>got):
+                    if entries[i].lpOverlapped == NULL:         # KEY_WAKE
+                        iocpx_mutex_lock(&self.mu)
+                        self.wake_pending = 0
+                        iocpx_mutex_unlock(&self.mu)
+                        continue
+                    io = <IoCtx*>entries[i].lpOverlapped        # ovl is the first member
+                    nbytes = entries[i].dwNumberOfBytesTransferred
+                    if entries[i].lpCompletionKey == KEY_POST or entries[i].Internal == 0:
+                        self._finish(io, 1, nbytes, 0, &out[n])
+                    else:       # the Winsock code for the NTSTATUS in Internal
+                        flags = 0
+                        if WSAGetOverlappedResult(<SOCKET>io.fd, <OVERLAPPED*>&io.ovl, &nbytes,
+                                                  False, &flags):
+                            self._finish(io, 1, nbytes, 0, &out[n])
+                        else:
+                            self._finish(io, 0, nbytes, <DWORD>WSAGetLastError(), &out[n])
+                    n += 1
+            elif err != WAIT_TIMEOUT:
+                return -E_BADF if err == ERROR_ABANDONED_WAIT_0 or err == ERROR_INVALID_HANDLE \
+                    else win_errno(err)
+            if self.pending != NULL and self.first_data_timeout > 0:
+                now = iocpx_now_ns()
+                if now >= self.next_scan_ns:
+                    self.next_scan_ns = now + SCAN_MS * 1000000
+                    self._scan_accepts()
+            if n:
+                return n
+            if timeout_ms >= 0 and iocpx_now_ns() >= deadline:
+                return 0
+
+    cdef int _fire_timers(self, Event* out, int n, int maxev, uint64_t now,
+                          uint64_t* next_due) noexcept nogil:
+        """Move due timers into out (mu held); next_due: the earliest left, or 0."""
+        cdef int i = 0
+        next_due[0] = 0
+        while i < self.ntimers:
+            if self.timers[i].due_ns <= now and n < maxev:
+                out[n].io = self.timers[i].io
+                out[n].res = 0
+                out[n].flags = 0
+                out[n].data = NULL
+                n += 1
+                self.ntimers -= 1
+                self.timers[i] = self.timers[self.ntimers]
+                continue
+            if next_due[0] == 0 or self.timers[i].due_ns < next_due[0]:
+                next_due[0] = self.timers[i].due_ns
+            i += 1
+        return n
+
+    cdef void _scan_accepts(self) noexcept nogil:
+        """Cancel first-data accepts whose client has been connected for
+        first_data_timeout seconds without sending (SO_CONNECT_TIME is -1
+        while nobody is connected). The aborted AcceptEx completes with
+        -ETIMEDOUT, and the engine re-arms the slot."""
+        cdef AcceptState* st
+        cdef DWORD secs
+        cdef int slen
+        cdef DWORD limit = <DWORD>self.first_data_timeout
+        if limit < 1:
+            limit = 1
+        iocpx_mutex_lock(&self.mu)
+        st = self.pending
+        while st != NULL:
+            if not st.stale:
+                secs = <DWORD>0xFFFFFFFF
+                slen = sizeof(secs)
+                if getsockopt(st.sock, SOL_SOCKET, SO_CONNECT_TIME, <char*>&secs, &slen) == 0 \
+                        and secs != <DWORD>0xFFFFFFFF and secs >= limit:
+                    st.stale = 1
+                    CancelIoEx(iocpx_sock_handle(st.listen), <OVERLAPPED*>&st.io.ovl)
+            st = st.next
+        iocpx_mutex_unlock(&self.mu)
+
+    # ---- data ----------------------------------------------------------------
+
+    cdef int buffer_group(self, uint32_t size) except -1:
+        """An id for receives of up to size bytes (one per distinct size)."""
+        cdef int i
+        for i in range(self.ngroups):
+            if self.sizes[i] == size:
+                return i
+        if self.ngroups >= MAX_GROUPS:
+            raise ValueError(f"too many distinct buffer sizes (at most {MAX_GROUPS})")
+        self.sizes[self.ngroups] = size
+        self.ngroups += 1
+        return self.ngroups - 1
+
+    cdef object recv_bytes(self, Event* ev):
+        """The bytes a receive event carried (None if none); frees them."""
+        if ev.data == NULL:
+            return None
+        data = PyBytes_FromStringAndSize(<char*>ev.data, ev.res) if ev.res > 0 else None
+        PyMem_RawFree(ev.data)
+        ev.data = NULL
+        return data
+
+    cdef object accept_data(self, Event* ev):
+        """The first data AcceptEx received (b"" if the client closed without
+        sending); None when the engine did not ask for it."""
+        cdef AcceptState* st = <AcceptState*>ev.io.extra
+        if st == NULL or st.rcvlen == 0:
+            return None
+        return PyBytes_FromStringAndSize(accept_buf(st), st.got)
+
+    cdef object error(self, int err, str what):
+        """OSError for -Event.res: errno where Python has one, else winerror."""
+        cdef DWORD code
+        if err & WINERR_TAG:
+            code = <DWORD>(err & 0xFFFFFF)
+            msg = f"{what}: {win_message(code)}" if what else win_message(code)
+            return OSError(0, msg, None, <int>code)
+        if 10000 <= err < 12000:          # a Winsock code: Windows has the words
+            msg = f"{what}: {win_message(<DWORD>err)}" if what else win_message(<DWORD>err)
+            return OSError(err, msg)
+        return oserror(err, what)
+
+
+def probe():
+    """None if the iocp backend works here, else the reason why not."""
+    cdef IoCtx probe_io
+    if <char*>&probe_io.ovl != <char*>&probe_io:
+        return "IoCtx.ovl is not the first member"
+    try:
+        b = IocpBackend()
+        b.release()
+    except OSError as e:
+        return f"iocp unavailable: {e}"
+    return None

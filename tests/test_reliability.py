@@ -1,0 +1,385 @@
+"""Faults and bad input: slow readers, trickles, silent clients, descriptor
+exhaustion, storms, shutdown under load. Nothing is lost, memory stays
+bounded, the server serves on. Every test runs on every backend."""
+import asyncio
+import hashlib
+import os
+import resource
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import iocpx
+from conftest import BACKENDS, Recorder, client, echo, recv_exact, recv_until_eof, wait_for
+
+
+def rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_slow_reader_push_256mib_bounded(engine):
+    """The server pushes 256 MiB to a client that stops reading: send() refuses
+    past the limit, on_drain resumes the push, memory stays bounded, and every
+    byte arrives in order once the client reads again."""
+    total, chunk, limit = 256 << 20, 1 << 20, 4 << 20
+    h_out = hashlib.sha256()
+    state = {"sent": 0, "full": 0, "max_buffered": 0}
+    block = os.urandom(chunk)
+
+    def push(conn):
+        try:
+            while state["sent"] < total:
+                conn.send(block)
+                h_out.update(block)
+                state["sent"] += chunk
+                state["max_buffered"] = max(state["max_buffered"], conn.send_buffered)
+        except iocpx.SendBufferFull:
+            state["full"] += 1          # on_drain calls push again
+            return
+        conn.close()
+
+    lst = engine.listen(("127.0.0.1", 0), on_accept=lambda c, d: push(c),
+                        on_drain=push, max_send_buffer=limit)
+    rss0 = rss_bytes()
+    s = client(lst.address, timeout=60)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    recv_exact(s, chunk)
+    time.sleep(1.0)                     # the reader stalls
+    assert state["full"] >= 1
+    assert state["sent"] < total // 4
+    grown = rss_bytes() - rss0
+    assert grown < 64 << 20, f"RSS grew {grown >> 20} MiB while the reader stalled"
+    h_in = hashlib.sha256()
+    h_in.update(b"")                    # first chunk re-read below
+    got = chunk
+    h_first = block
+    h_in.update(h_first)
+    while True:
+        b = s.recv(1 << 20)
+        if not b:
+            break
+        h_in.update(b)
+        got += len(b)
+    s.close()
+    assert got == total
+    assert h_in.hexdigest() == h_out.hexdigest()
+    assert state["max_buffered"] <= limit + max(limit, 8 << 20) + chunk
+
+
+def test_echo_to_client_that_never_reads_pauses_reading(engine):
+    """An echo server whose client writes but does not read: the send queue
+    stops at max_send_buffer, reading pauses, TCP pushes back on the writer;
+    when the client reads, everything arrives."""
+    limit = 1 << 20
+    conns = []
+    lst = engine.listen(("127.0.0.1", 0), on_accept=lambda c, d: conns.append(c),
+                        on_recv=echo, max_send_buffer=limit)
+    s = client(lst.address, timeout=60)
+    total = 64 << 20
+    data = os.urandom(1 << 20)
+    sent = [0]
+
+    def writer():
+        try:
+            while sent[0] < total:
+                s.sendall(data)
+                sent[0] += len(data)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    wait_for(lambda: conns and not conns[0].reading, timeout=20, what="reading to pause")
+    time.sleep(0.3)
+    c = conns[0]
+    assert c.send_buffered <= limit + (8 << 20)
+    assert sent[0] < total, "the writer was never pushed back"
+    got = 0
+    h_in, h_ref = hashlib.sha256(), hashlib.sha256()
+    s.settimeout(60)
+    while got < total:
+        b = s.recv(1 << 20)
+        assert b
+        h_in.update(b)
+        got += len(b)
+    t.join(30)
+    for _ in range(total // len(data)):
+        h_ref.update(data)
+    assert h_in.hexdigest() == h_ref.hexdigest()
+    s.close()
+
+
+def test_pause_and_resume_reading_keep_every_byte(engine):
+    got = bytearray()
+    conns = []
+    lst = engine.listen(("127.0.0.1", 0), on_accept=lambda c, d: conns.append(c),
+                        on_recv=lambda c, d: got.extend(d))
+    s = client(lst.address)
+    wait_for(lambda: conns)
+    c = conns[0]
+    c.pause_reading()
+    assert not c.reading
+    s.sendall(b"a" * 100_000)
+    time.sleep(0.3)
+    held = len(got)
+    assert held < 100_000           # the kernel holds the rest while paused
+    c.resume_reading()
+    c.resume_reading()              # idempotent
+    wait_for(lambda: len(got) == 100_000)
+    for i in range(20):             # quick pause/resume flips lose nothing
+        c.pause_reading()
+        s.sendall(bytes([i]) * 1000)
+        c.resume_reading()
+    wait_for(lambda: len(got) == 120_000)
+    assert bytes(got[100_000:]) == b"".join(bytes([i]) * 1000 for i in range(20))
+    s.close()
+
+
+def test_one_byte_trickle(engine):
+    lst = engine.listen(("127.0.0.1", 0), on_recv=echo)
+    s = client(lst.address)
+    msg = os.urandom(300)
+    for b in msg:
+        s.send(bytes([b]))
+        time.sleep(0.001)
+    assert recv_exact(s, len(msg)) == msg
+    s.close()
+
+
+def test_slowloris_and_never_sending_client_hit_idle_timeout(engine):
+    rec = Recorder()
+    lst = engine.listen(("127.0.0.1", 0), first_data=True, idle_timeout=0.5,
+                        on_accept=lambda c, d: (rec.add("accept", c.id, d), c.send(d)),
+                        on_recv=echo, on_close=rec.on_close)
+    silent = client(lst.address)                 # connects, never sends
+    slow = client(lst.address)
+    slow.sendall(b"h")
+    assert recv_exact(slow, 1) == b"h"
+    t0 = time.monotonic()
+    assert recv_until_eof(silent, timeout=10) == b""      # dropped by the server
+    assert recv_until_eof(slow, timeout=10) == b""
+    assert time.monotonic() - t0 < 5
+    rec.wait(lambda r: r.closed)
+    exc = list(rec.closed.values())[0]
+    assert isinstance(exc, TimeoutError)
+    assert [e[0] for e in rec.events].count("accept") == 1   # the silent one never surfaced
+    fast = client(lst.address)                   # the listener still serves
+    for i in range(5):
+        fast.sendall(b"x%d" % i)
+        assert recv_exact(fast, 2) == b"x%d" % i
+        time.sleep(0.2)                          # activity keeps it alive
+    fast.close()
+    silent.close()
+    slow.close()
+
+
+EMFILE_SERVER = textwrap.dedent("""
+    import resource, sys, time, iocpx
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    eng = iocpx.Engine(workers=2, backend=sys.argv[1])
+    lst = eng.listen(("127.0.0.1", 0), on_recv=lambda c, d: c.send(d), backlog=512)
+    print(lst.address[1], flush=True)
+    sys.stdin.readline()
+    print("accept_errors", eng.stats()["accept_errors"], flush=True)
+    eng.close(timeout=20)
+    print("live_io", iocpx.live_io(), flush=True)
+""")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_emfile_listener_survives(backend):
+    """Out of descriptors while accepting: the listener backs off, and
+    accepts again once descriptors are free."""
+    p = subprocess.Popen([sys.executable, "-c", EMFILE_SERVER, backend], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(p.stdout.readline())
+        socks = []
+        for _ in range(100):             # more than the server may hold open
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        served = 0
+        for s in socks[:20]:
+            s.settimeout(0.5)
+            try:
+                s.sendall(b"ping")
+                if s.recv(4) == b"ping":
+                    served += 1
+            except OSError:
+                pass
+        assert served >= 1
+        for s in socks:
+            s.close()
+        time.sleep(0.5)
+        fresh = socket.create_connection(("127.0.0.1", port), timeout=5)
+        fresh.settimeout(5)
+        fresh.sendall(b"again")          # served once descriptors are back
+        assert recv_exact(fresh, 5) == b"again"
+        fresh.close()
+        p.stdin.write("\n")
+        p.stdin.flush()
+        out = p.stdout.read()
+        assert p.wait(30) == 0
+        errors = int(out.split("accept_errors")[1].split()[0])
+        assert errors >= 1, "the descriptor limit was never hit"
+        assert "live_io 0" in out
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_connection_storm_10000_cycles_no_leak(engine):
+    lst = engine.listen(("127.0.0.1", 0), on_recv=echo)
+    n, par = 10_000, 200
+
+    async def main():
+        sem = asyncio.Semaphore(par)
+        bad = 0
+
+        async def one(i):
+            nonlocal bad
+            async with sem:
+                r, w = await asyncio.open_connection(*lst.address)
+                msg = b"%d" % i
+                w.write(msg)
+                if await asyncio.wait_for(r.readexactly(len(msg)), 30) != msg:
+                    bad += 1
+                w.close()
+                await w.wait_closed()
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        return bad
+
+    assert asyncio.run(main()) == 0
+    wait_for(lambda: engine.stats()["connections"] == 0, timeout=20, what="all closed")
+    st = engine.stats()
+    assert st["accepted"] == n and st["closed"] == n
+
+
+BUSY_CLIENTS = textwrap.dedent("""
+    import asyncio, sys
+    port, n = int(sys.argv[1]), int(sys.argv[2])
+    async def main():
+        sem = asyncio.Semaphore(500)
+        async def one():
+            try:
+                async with sem:
+                    r, w = await asyncio.open_connection("127.0.0.1", port)
+                w.write(b"x" * 512)
+                while True:
+                    d = await r.read(65536)
+                    if not d:
+                        return
+                    w.write(d)
+            except OSError:
+                return
+        tasks = [asyncio.ensure_future(one()) for _ in range(n)]
+        await asyncio.sleep(0.5)
+        while sum(1 for t in tasks if not t.done()) < n and not all(t.done() for t in tasks):
+            break
+        print("up", flush=True)
+        await asyncio.gather(*tasks)
+    asyncio.run(main())
+""")
+
+
+def test_engine_close_with_10000_busy_connections(backend):
+    """Clients in a subprocess (10,000 per side would pass this process's
+    descriptor limit); the engine closes with all of them busy."""
+    eng = iocpx.Engine(workers=4, backend=backend)
+    lst = eng.listen(("127.0.0.1", 0), on_recv=echo, backlog=4096)
+    p = subprocess.Popen([sys.executable, "-c", BUSY_CLIENTS, str(lst.address[1]), "10000"],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: eng.stats()["connections"] >= 9_900, timeout=120, what="10,000 connections")
+        time.sleep(0.5)
+        st = eng.stats()
+        assert st["bytes_in"] > 0
+        t0 = time.monotonic()
+        eng.close(timeout=60)
+        took = time.monotonic() - t0
+        st = eng.stats()
+        assert st["pending_ops"] == 0 and st["connections"] == 0
+        assert iocpx.live_io() == 0
+        assert took < 30
+        assert p.wait(60) == 0          # every client saw its connection end
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        eng.close(timeout=30)
+
+
+def test_callbacks_misbehaving(engine, caplog):
+    """on_close that raises, close() from on_accept, send() on a closed
+    connection inside a callback: logged or raised, never a crash."""
+    rec = Recorder()
+
+    def on_accept(conn, data):
+        conn.send(b"hello")
+        conn.close()
+        conn.close()
+        try:
+            conn.send(b"late")
+        except iocpx.ConnectionClosedError:
+            rec.add("refused")
+        try:
+            conn.pause_reading()
+        except iocpx.ConnectionClosedError:
+            rec.add("refused-pause")
+
+    def on_close(conn, exc):
+        rec.on_close(conn, exc)
+        raise RuntimeError("on_close blew up")
+
+    lst = engine.listen(("127.0.0.1", 0), on_accept=on_accept, on_close=on_close)
+    for _ in range(5):
+        s = client(lst.address)
+        assert recv_until_eof(s) == b"hello"
+        s.close()
+    rec.wait(lambda r: len(r.closed) == 5)
+    assert [e[0] for e in rec.events].count("refused") == 5
+    assert any("on_close raised" in r.getMessage() for r in caplog.records)
+    s = client(lst.address)          # still serving
+    assert recv_until_eof(s) == b"hello"
+    s.close()
+
+
+def test_misuse_of_new_options(engine):
+    with pytest.raises(TypeError):
+        engine.listen(("127.0.0.1", 0), max_send_buffer="big")
+    with pytest.raises(ValueError):
+        engine.listen(("127.0.0.1", 0), max_send_buffer=0)
+    with pytest.raises(ValueError):
+        engine.listen(("127.0.0.1", 0), idle_timeout=0)
+    with pytest.raises(TypeError):
+        engine.listen(("127.0.0.1", 0), idle_timeout="1s")
+    with pytest.raises(TypeError):
+        engine.listen(("127.0.0.1", 0), on_drain=1)
+    with pytest.raises(TypeError):
+        engine.connect(("127.0.0.1", 1), max_send_buffer=None)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/proc/sys/kernel/io_uring_disabled"),
+                    reason="needs root and the kernel.io_uring_disabled sysctl to switch io_uring off")
+def test_fallback_to_epoll_when_io_uring_is_disabled():
+    path = "/proc/sys/kernel/io_uring_disabled"
+    with open(path) as f:
+        old = f.read().strip()
+    code = ("import logging, iocpx; logging.basicConfig();"
+            "e = iocpx.Engine(workers=1); print('BACKEND', e.backend); e.close()")
+    try:
+        with open(path, "w") as f:
+            f.write("2")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    finally:
+        with open(path, "w") as f:
+            f.write(old)
+    assert "BACKEND epoll" in r.stdout, r.stdout + r.stderr
+    assert r.stderr.count("using the epoll backend") == 1, r.stderr
