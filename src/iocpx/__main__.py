@@ -1,5 +1,9 @@
-"""Command line: `python -m iocpx demo` starts an echo server and drives it
-with a short built-in client run, printing what happened."""
+"""Command line.
+
+  python -m iocpx demo     an echo server driven by a short built-in client run
+  python -m iocpx serve    an echo server with a once-a-second status line
+  python -m iocpx stress   the model's stress client (30,000 connections x 3 messages)
+"""
 import argparse
 import os
 import sys
@@ -103,10 +107,11 @@ def main(argv=None):
     d.add_argument("--workers", type=int, default=None)
     d.add_argument("--backend", default=None)
     d.add_argument("--timeout", type=float, default=30.0)
+    d.set_defaults(func=_demo)
+    from iocpx._stress import add_parsers
+    add_parsers(sub)
     args = p.parse_args(argv)
-    if args.cmd == "demo":
-        return _demo(args)
-    return 2
+    return args.func(args)
 
 
 if __name__ == "__main__":

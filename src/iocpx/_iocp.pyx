@@ -523,8 +523,30 @@ cdef class IocpBackend(Backend):
         return self._post(io, 0)
 
     cdef int submit_cancel_op(self, IoCtx* io, IoCtx* target) except -1:
+        """Cancel one operation; it completes (aborted), and so does this one.
+        A pending timer is taken off the list and completes with -ECANCELED."""
         self._check_open()
-        CancelIoEx(iocpx_sock_handle(<SOCKET>target.fd), <OVERLAPPED*>&target.ovl)
+        cdef Event ev
+        cdef int i
+        cdef bint found = False
+        if target.op == OP_TIMER:
+            iocpx_mutex_lock(&self.mu)
+            for i in range(self.ntimers):
+                if self.timers[i].io == target:
+                    self.ntimers -= 1
+                    self.timers[i] = self.timers[self.ntimers]
+                    found = True
+                    break
+            iocpx_mutex_unlock(&self.mu)
+            if found:
+                ev.io = target
+                ev.res = -E_CANCELED
+                ev.flags = 0
+                ev.data = NULL
+                if self._push_ready(&ev) < 0:
+                    raise MemoryError()
+        else:
+            CancelIoEx(iocpx_sock_handle(<SOCKET>target.fd), <OVERLAPPED*>&target.ovl)
         return self._post(io, 0)
 
     cdef int submit_timer(self, IoCtx* io, long ms) except -1:
