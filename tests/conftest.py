@@ -3,6 +3,7 @@ test checks that live I/O contexts and open descriptors return to baseline."""
 import gc
 import os
 import socket
+import sys
 import threading
 import time
 
@@ -11,6 +12,20 @@ import pytest
 import iocpx
 
 BACKENDS = iocpx.available_backends()
+LINUX = sys.platform.startswith("linux")
+
+
+def _under_wine():
+    if sys.platform != "win32":
+        return False
+    try:
+        import ctypes
+        return hasattr(ctypes.windll.ntdll, "wine_get_version")
+    except (ImportError, OSError, AttributeError):
+        return False
+
+
+UNDER_WINE = _under_wine()
 
 
 def pytest_report_header(config):
@@ -24,10 +39,16 @@ def pytest_collection_modifyitems(config, items):
 
 
 def open_fds():
-    try:
+    """Open descriptors (Linux) or handles (Windows) of this process."""
+    if LINUX:
         return len(os.listdir("/proc/self/fd"))
-    except FileNotFoundError:       # not Linux
-        return 0
+    if sys.platform == "win32":
+        import ctypes
+        n = ctypes.c_ulong()
+        k32 = ctypes.windll.kernel32
+        if k32.GetProcessHandleCount(k32.GetCurrentProcess(), ctypes.byref(n)):
+            return n.value
+    return 0
 
 
 @pytest.fixture(params=BACKENDS)

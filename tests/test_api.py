@@ -38,12 +38,12 @@ def test_connect_roundtrip_on_same_engine(engine):
 
 def test_connect_refused_reports_on_close(engine):
     s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    addr = s.getsockname()
-    s.close()                       # nothing listens there now
+    s.bind(("127.0.0.1", 0))        # bound, not listening: refused; kept bound so the port
+    addr = s.getsockname()          # cannot become an ephemeral port (a self-connect) meanwhile
     rec = Recorder()
     engine.connect(addr, on_connect=lambda c: rec.add("connect"), on_close=rec.on_close)
     rec.wait(lambda r: r.closed)
+    s.close()
     exc = list(rec.closed.values())[0]
     assert isinstance(exc, ConnectionRefusedError)
     assert exc.errno is not None

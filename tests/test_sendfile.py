@@ -49,6 +49,7 @@ def test_sendfile_file_object_fd_offset_count_and_order(engine, big_file):
     def on_accept(conn, data):
         conn.send(b"<head>")
         conn.sendfile(fobj, offset=10, count=100_000)
+        fobj.close()                                   # the queued send keeps its own descriptor
         conn.send(b"<mid>")
         conn.sendfile(fd, offset=size - 5000)          # to the end
         conn.sendfile(path, count=0)                   # nothing

@@ -791,6 +791,9 @@ cdef class Listener:
         io.fd = self.fd
         if self.first_data:
             io.len = self.buffer_size     # a backend that can take data with the accept does
+            # ms a client may stay silent inside such an accept (AcceptEx holds it
+            # before it is a Connection, so the idle sweeper cannot see it)
+            io.aux = self.idle_ticks * SWEEP_MS
         try:
             self.eng.be.submit_accept(io)
         except BaseException:
@@ -910,7 +913,6 @@ cdef class _FileJob:
     """A queued sendfile: the kernel moves count bytes from fd at offset."""
     cdef int fd
     cdef bint owned                 # we opened fd (a path): close it when done
-    cdef object fileobj             # keeps a caller's file object alive while queued
     cdef int64_t offset
     cdef int64_t remaining
 
@@ -918,7 +920,6 @@ cdef class _FileJob:
         if self.owned and self.fd >= 0:
             os.close(self.fd)
         self.fd = -1
-        self.fileobj = None
 
 
 @cython.final
@@ -1391,10 +1392,11 @@ cdef class Connection:
             job.fd = os.open(file, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
             job.owned = 1
         elif isinstance(file, int) and not isinstance(file, bool):
-            job.fd = file
+            job.fd = os.dup(file)       # our own descriptor: the caller may close theirs
+            job.owned = 1
         elif hasattr(file, "fileno"):
-            job.fd = file.fileno()
-            job.fileobj = file
+            job.fd = os.dup(file.fileno())
+            job.owned = 1
         else:
             raise TypeError(f"sendfile() takes a path, a file object or a descriptor, not {type(file).__name__}")
         try:

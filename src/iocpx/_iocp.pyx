@@ -11,8 +11,9 @@ called directly (declarations in _winsock.pxd).
     io.len bytes when the engine wants first data; SO_UPDATE_ACCEPT_CONTEXT and
     GetAcceptExSockAddrs (peer into io.addr) when it completes. A first-data
     accept whose client connected but sends nothing is cancelled after
-    first_data_timeout seconds (SO_CONNECT_TIME, checked from the wait loop),
-    and the engine re-arms it;
+    first_data_timeout seconds, or the listener's idle_timeout if shorter
+    (io.aux; SO_CONNECT_TIME, checked from the wait loop every second), and
+    the engine re-arms it;
   * receives: a zero-byte WSARecv, then a non-blocking recv() of up to the
     buffer size when it completes, so an idle connection pins no buffer. Each
     completion is final (no EV_MORE): the engine posts the next receive after
@@ -79,6 +80,14 @@ cdef enum:
     WINERR_TAG = 0x20000000 # Event.res = -(WINERR_TAG | code): a Windows code without errno
 
 DEF_FIRST_DATA_TIMEOUT = 10.0   # seconds a connected client may stay silent
+
+import weakref as _weakref
+_live = _weakref.WeakSet()      # every IocpBackend alive (diagnostics, tests)
+
+
+def live_backends():
+    """The IocpBackend objects alive in this process (diagnostics and tests)."""
+    return list(_live)
 
 # ---------------------------------------------------------------------------
 # process-wide state: extension functions (resolved once) and errno values
@@ -228,6 +237,7 @@ cdef struct AcceptState:
     uint32_t rcvlen         # first data wanted: AcceptEx receive length (0: none)
     uint32_t got            # bytes AcceptEx received with the connection
     uint8_t stale           # cancelled by us: the client stayed silent too long
+    uint32_t limit_s        # seconds a connected client may stay silent (SO_CONNECT_TIME)
     uint8_t listed          # linked in the backend's pending first-data list
     IoCtx* io               # back pointer (for CancelIoEx from the scan)
     AcceptState* prev       # pending first-data list, guarded by the backend's mu
@@ -256,7 +266,9 @@ cdef class IocpBackend(Backend):
     cdef bint skip                  # FILE_SKIP_COMPLETION_PORT_ON_SUCCESS on our sockets
     cdef uint32_t sizes[MAX_GROUPS] # receive size of each buffer group
     cdef int ngroups
-    cdef public double first_data_timeout   # seconds; <= 0 disables the check
+    cdef public double first_data_timeout   # seconds; <= 0: only the listener's idle_timeout
+    cdef readonly int64_t stale_drops      # silent first-data clients dropped
+    cdef object __weakref__
 
     def __cinit__(self):
         self.name = "iocp"
@@ -270,6 +282,7 @@ cdef class IocpBackend(Backend):
         self.port = CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, 0)
         if self.port == NULL:
             raise win_error(GetLastError(), "CreateIoCompletionPort")
+        _live.add(self)
 
     def __dealloc__(self):
         self.release()
@@ -396,10 +409,29 @@ cdef class IocpBackend(Backend):
         st.listen = <SOCKET>io.fd
         st.stale = 0
         st.got = 0
+        # io.aux: the listener's idle_timeout in ms (0: none); the smaller limit wins
+        cdef double limit = self.first_data_timeout
+        if io.aux > 0 and (limit <= 0 or io.aux / 1000.0 < limit):
+            limit = io.aux / 1000.0
+        st.limit_s = 0 if limit <= 0 else (<uint32_t>(limit + 0.999) if limit >= 1 else 1)
+        cdef Event ev
         if st.sock == INVALID_SOCKET:
-            st.sock = self._new_socket(st.family)
+            try:
+                st.sock = self._new_socket(st.family)
+            except OSError as e:
+                # Out of sockets: complete the accept with the error instead of
+                # losing the slot, so the engine backs off and re-arms it.
+                if e.winerror in (WSAEMFILE, WSAENOBUFS):
+                    ev.io = io
+                    ev.res = -E_MFILE if e.winerror == WSAEMFILE else -E_NOBUFS
+                    ev.flags = 0
+                    ev.data = NULL
+                    if self._push_ready(&ev) < 0:
+                        raise MemoryError()
+                    return 0
+                raise
         memset(&io.ovl, 0, sizeof(OVERLAPPED))
-        if st.rcvlen:
+        if st.rcvlen and st.limit_s:
             self._list_accept(st)
         cdef DWORD got = 0
         cdef BOOL ok
@@ -418,8 +450,14 @@ cdef class IocpBackend(Backend):
         return 0
 
     cdef void _list_accept(self, AcceptState* st) noexcept nogil:
+        """Track a first-data accept; the first one wakes a leader sleeping
+        without limit, so that it starts scanning."""
+        cdef int wake = 0
         iocpx_mutex_lock(&self.mu)
         if not st.listed:
+            if self.pending == NULL and self.sleeping and not self.wake_pending:
+                self.wake_pending = 1
+                wake = 1
             st.listed = 1
             st.prev = NULL
             st.next = self.pending
@@ -427,6 +465,8 @@ cdef class IocpBackend(Backend):
                 self.pending.prev = st
             self.pending = st
         iocpx_mutex_unlock(&self.mu)
+        if wake:
+            PostQueuedCompletionStatus(self.port, 0, KEY_WAKE, NULL)
 
     cdef void _unlist_accept(self, AcceptState* st) noexcept nogil:
         iocpx_mutex_lock(&self.mu)
@@ -694,8 +734,7 @@ cdef class IocpBackend(Backend):
                 ms = INFINITE
             if next_due and (ms == INFINITE or next_due - now < <uint64_t>ms * 1000000):
                 ms = <DWORD>((next_due - now + 999999) // 1000000)
-            if self.pending != NULL and self.first_data_timeout > 0 and \
-                    (ms == INFINITE or ms > SCAN_MS):
+            if self.pending != NULL and (ms == INFINITE or ms > SCAN_MS):
                 ms = SCAN_MS
             okw = GetQueuedCompletionStatusEx(self.port, entries, maxev, &got, ms, False)
             err = GetLastError() if not okw else 0
@@ -725,7 +764,7 @@ cdef class IocpBackend(Backend):
             elif err != WAIT_TIMEOUT:
                 return -E_BADF if err == ERROR_ABANDONED_WAIT_0 or err == ERROR_INVALID_HANDLE \
                     else win_errno(err)
-            if self.pending != NULL and self.first_data_timeout > 0:
+            if self.pending != NULL:
                 now = iocpx_now_ns()
                 if now >= self.next_scan_ns:
                     self.next_scan_ns = now + SCAN_MS * 1000000
@@ -763,9 +802,6 @@ cdef class IocpBackend(Backend):
         cdef AcceptState* st
         cdef DWORD secs
         cdef int slen
-        cdef DWORD limit = <DWORD>self.first_data_timeout
-        if limit < 1:
-            limit = 1
         iocpx_mutex_lock(&self.mu)
         st = self.pending
         while st != NULL:
@@ -773,11 +809,33 @@ cdef class IocpBackend(Backend):
                 secs = <DWORD>0xFFFFFFFF
                 slen = sizeof(secs)
                 if getsockopt(st.sock, SOL_SOCKET, SO_CONNECT_TIME, <char*>&secs, &slen) == 0 \
-                        and secs != <DWORD>0xFFFFFFFF and secs >= limit:
+                        and secs != <DWORD>0xFFFFFFFF and secs >= st.limit_s:
                     st.stale = 1
-                    CancelIoEx(iocpx_sock_handle(st.listen), <OVERLAPPED*>&st.io.ovl)
+                    self.stale_drops += 1
+                    # The AcceptEx was issued on the listening socket; try the
+                    # accept socket too in case a provider moved it there.
+                    if not CancelIoEx(iocpx_sock_handle(st.listen), <OVERLAPPED*>&st.io.ovl):
+                        CancelIoEx(iocpx_sock_handle(st.sock), <OVERLAPPED*>&st.io.ovl)
             st = st.next
         iocpx_mutex_unlock(&self.mu)
+
+    def pending_connect_times(self):
+        """SO_CONNECT_TIME (seconds, -1: nobody connected yet) of each socket
+        waiting in a first-data AcceptEx; for tests and diagnostics."""
+        cdef AcceptState* st
+        cdef DWORD secs
+        cdef int slen
+        out = []
+        iocpx_mutex_lock(&self.mu)
+        st = self.pending
+        while st != NULL:
+            secs = <DWORD>0xFFFFFFFF
+            slen = sizeof(secs)
+            getsockopt(st.sock, SOL_SOCKET, SO_CONNECT_TIME, <char*>&secs, &slen)
+            out.append(-1 if secs == <DWORD>0xFFFFFFFF else <long>secs)
+            st = st.next
+        iocpx_mutex_unlock(&self.mu)
+        return out
 
     # ---- data ----------------------------------------------------------------
 

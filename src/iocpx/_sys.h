@@ -33,7 +33,11 @@ static inline uint64_t iocpx_now_ns(void) {
     return (uint64_t)((double)t.QuadPart * 1e9 / (double)f.QuadPart);
 }
 static inline void iocpx_sleep_ms(long ms) { Sleep((DWORD)ms); }
-#  define IOCPX_TLS __declspec(thread)
+#  if defined(__GNUC__)
+#    define IOCPX_TLS __thread       /* MinGW GCC ignores __declspec(thread) */
+#  else
+#    define IOCPX_TLS __declspec(thread)
+#  endif
 #else
 #  include <sys/socket.h>
 #  include <netinet/in.h>

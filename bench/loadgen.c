@@ -1,0 +1,544 @@
+/*
+ * loadgen.c - closed-loop TCP echo load generator for the iocpx benchmarks.
+ *
+ * What it shows: how many echo round trips a server completes, and their latency, when N
+ * connections each keep exactly one message of B bytes in flight (send, wait for the whole
+ * echo, verify it byte for byte, send the next one). Every message carries a different
+ * pattern (derived from the connection and message numbers), so a server that mixes up
+ * buffers or connections is caught as a verify failure.
+ *
+ * What it needs: Linux (epoll), a C99 compiler. One thread, nonblocking sockets, no libraries.
+ * bench/echo.py compiles it into bench/.build/ and runs it pinned to CPU 1; by hand:
+ *
+ *     cc -O2 -o bench/.build/loadgen bench/loadgen.c
+ *     bench/.build/loadgen 127.0.0.1 PORT CONNECTIONS SIZE WARMUP_S DURATION_S [CONNECT_TIMEOUT_S]
+ *
+ * Phases: ramp-up, then WARMUP_S seconds unmeasured, then DURATION_S measured. Ramp-up: each
+ * connection sends one message as soon as it is connected and, once that echo is verified (so
+ * the server has accepted it), waits; at most RAMP_INFLIGHT connections are "pending"
+ * (connecting, or without their first echo) at once, so the server never gets a burst of
+ * accepts. Ramp-up ends when every connection is through (or after CONNECT_TIMEOUT_S: the rest
+ * count as errors); then all of them start the ping-pong.
+ * Output on stdout, each line flushed at once:
+ *     START                     the measured window begins (the driver samples server CPU now)
+ *     END                       the measured window ends (and samples again)
+ *     {"round_trips":...}       one line of JSON with the results
+ * A round trip is counted when its echo completes inside the window; its latency runs from
+ * just before the first write of the message to the read of its last echoed byte.
+ * Errors (refused/reset/EOF/stalled connections, failed connects) are counted, the connection
+ * is dropped, and the run goes on; it always ends after at most
+ * CONNECT_TIMEOUT_S + WARMUP_S + DURATION_S seconds. Exit status: 0 if no error and no
+ * verify failure, 1 otherwise, 2 on bad arguments.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RAMP_INFLIGHT 64        /* connects in progress at once: stays under any listen backlog */
+#define STALL_NS (10ull * 1000000000ull)  /* a round trip this slow is dropped as an error */
+#define STALL_AT_END_NS (2ull * 1000000000ull)  /* unanswered this long at the end: an error */
+#define MAX_EVENTS 512
+
+enum conn_state { CONN_IDLE, CONN_CONNECTING, CONN_RUNNING, CONN_DEAD };
+
+struct conn {
+    int fd;
+    enum conn_state state;
+    uint32_t id;
+    uint64_t msg_no;            /* which message is in flight; selects its byte pattern */
+    unsigned char *sendbuf;     /* owned by this conn (malloc in main, freed at exit): a message */
+    unsigned char *recvbuf;     /* owned by this conn: where its echo is collected */
+    size_t sent;                /* bytes of sendbuf written so far */
+    size_t got;                 /* bytes of the echo read so far */
+    uint64_t t_send;            /* CLOCK_MONOTONIC ns just before the first write of this message */
+    int want_out;               /* EPOLLOUT currently registered */
+    int ready;                  /* had its first verified echo: the server has accepted it */
+    int idle;                   /* ready, no message in flight: waits for the ramp to end */
+};
+
+/* Latency histogram, HDR style: exact below 1024 ns, then 512 sub-buckets per power of two
+ * (0.2% precision) up to 2^63 ns. */
+#define HIST_SUB 512
+#define HIST_BUCKETS (64 * HIST_SUB)
+static uint64_t hist[HIST_BUCKETS];
+
+static int hist_index(uint64_t ns)
+{
+    if (ns < 2 * HIST_SUB)
+        return (int)ns;
+    int msb = 63 - __builtin_clzll(ns);
+    int shift = msb - 9;                      /* 2^9 == HIST_SUB */
+    return (shift + 1) * HIST_SUB + (int)((ns >> shift) & (HIST_SUB - 1));
+}
+
+/* Middle of the bucket's value range, in ns. */
+static double hist_value(int idx)
+{
+    if (idx < 2 * HIST_SUB)
+        return (double)idx;
+    int shift = idx / HIST_SUB - 1;
+    uint64_t lo = ((uint64_t)HIST_SUB + (uint64_t)(idx % HIST_SUB)) << shift;
+    return (double)lo + (double)(1ull << shift) / 2.0;
+}
+
+static double hist_percentile(uint64_t total, double p)
+{
+    if (total == 0)
+        return 0.0;
+    uint64_t rank = (uint64_t)(p * (double)total + 0.999999);
+    if (rank < 1)
+        rank = 1;
+    uint64_t seen = 0;
+    for (int i = 0; i < HIST_BUCKETS; i++) {
+        seen += hist[i];
+        if (seen >= rank)
+            return hist_value(i);
+    }
+    return hist_value(HIST_BUCKETS - 1);
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t splitmix64(uint64_t x)
+{
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+/* Fill the message with a pattern unique to (connection, message number). */
+static void pattern_fill(unsigned char *buf, size_t len, uint32_t id, uint64_t msg_no)
+{
+    uint64_t x = splitmix64(((uint64_t)id << 40) ^ msg_no);
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w = x + (uint64_t)i * 0x9E3779B97F4A7C15ull;
+        memcpy(buf + i, &w, 8);
+    }
+    uint64_t w = x + (uint64_t)i * 0x9E3779B97F4A7C15ull;
+    for (; i < len; i++, w >>= 8)
+        buf[i] = (unsigned char)w;
+}
+
+/* ---- run state ---- */
+static struct conn *conns;
+static int nconns;
+static size_t msg_size;
+static int epfd;
+static int alive;               /* connections not dead */
+static int measuring;           /* inside the measured window */
+static uint64_t round_trips;    /* completed inside the window */
+static uint64_t max_ns;
+static uint64_t errors;         /* failed connects, resets, EOFs, stalls */
+static uint64_t verify_failures;
+static uint64_t connect_retries;
+static int pending;             /* connecting, or connected without a first echo yet */
+static int ready;               /* connections through their first echo */
+static int ramping = 1;         /* ramp-up: a connection stops after its first echo */
+static char last_error[160];    /* first error seen, for the JSON line */
+
+static void note_error(const struct conn *c, const char *what, int err)
+{
+    errors++;
+    if (!last_error[0])
+        snprintf(last_error, sizeof last_error, "conn %u: %s%s%s", c->id, what,
+                 err ? ": " : "", err ? strerror(err) : "");
+}
+
+static void conn_kill(struct conn *c)
+{
+    if (c->fd >= 0) {
+        epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+        close(c->fd);
+        c->fd = -1;
+    }
+    if (c->state != CONN_DEAD) {
+        alive--;
+        if (c->state != CONN_IDLE && !c->ready)
+            pending--;
+    }
+    c->state = CONN_DEAD;
+}
+
+static void conn_set_out(struct conn *c, int want)
+{
+    if (c->want_out == want)
+        return;
+    struct epoll_event ev = { .events = EPOLLIN | (want ? EPOLLOUT : 0), .data.ptr = c };
+    if (epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev) < 0) {
+        note_error(c, "epoll_ctl", errno);
+        conn_kill(c);
+        return;
+    }
+    c->want_out = want;
+}
+
+/* Write what is left of the message; 0 on success (possibly partial, then EPOLLOUT is armed). */
+static int conn_flush(struct conn *c)
+{
+    while (c->sent < msg_size) {
+        ssize_t n = send(c->fd, c->sendbuf + c->sent, msg_size - c->sent, MSG_NOSIGNAL);
+        if (n > 0) {
+            c->sent += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            conn_set_out(c, 1);
+            return 0;
+        }
+        note_error(c, "send", n < 0 ? errno : 0);
+        conn_kill(c);
+        return -1;
+    }
+    if (c->want_out)
+        conn_set_out(c, 0);
+    return 0;
+}
+
+static void conn_start_message(struct conn *c, uint64_t t)
+{
+    c->msg_no++;
+    pattern_fill(c->sendbuf, msg_size, c->id, c->msg_no);
+    c->sent = 0;
+    c->got = 0;
+    c->t_send = t;
+    conn_flush(c);
+}
+
+static void conn_on_readable(struct conn *c)
+{
+    for (;;) {
+        ssize_t n = recv(c->fd, c->recvbuf + c->got, msg_size - c->got, 0);
+        if (n > 0) {
+            c->got += (size_t)n;
+            if (c->got < msg_size)
+                continue;
+            uint64_t t = now_ns();
+            if (memcmp(c->recvbuf, c->sendbuf, msg_size) != 0) {
+                verify_failures++;
+                if (!last_error[0])
+                    snprintf(last_error, sizeof last_error,
+                             "conn %u: echo of message %llu differs from what was sent",
+                             c->id, (unsigned long long)c->msg_no);
+                conn_kill(c);    /* the stream is out of step: every later message would differ */
+                return;
+            }
+            if (!c->ready) {
+                c->ready = 1;
+                ready++;
+                pending--;
+            }
+            if (measuring) {
+                uint64_t d = t - c->t_send;
+                round_trips++;
+                hist[hist_index(d)]++;
+                if (d > max_ns)
+                    max_ns = d;
+            }
+            if (ramping) {
+                c->idle = 1;    /* waits, so the ramp's first echoes queue behind no traffic */
+                return;
+            }
+            conn_start_message(c, t);
+            return;             /* level-triggered: anything extra is read on the next wakeup */
+        }
+        if (n == 0) {
+            note_error(c, "server closed the connection", 0);
+            conn_kill(c);
+            return;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return;
+        note_error(c, "recv", errno);
+        conn_kill(c);
+        return;
+    }
+}
+
+/* Start one nonblocking connect. Returns 1 if started (or failed for good), 0 to retry later. */
+static int conn_connect(struct conn *c, const struct sockaddr_in *addr)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    c->state = CONN_CONNECTING;
+    pending++;
+    if (fd < 0) {
+        note_error(c, "socket", errno);
+        conn_kill(c);
+        return 1;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c->fd = fd;
+    c->want_out = 1;
+    struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT, .data.ptr = c };
+    if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        note_error(c, "epoll_ctl", errno);
+        conn_kill(c);
+        return 1;
+    }
+    if (connect(fd, (const struct sockaddr *)addr, sizeof *addr) == 0 || errno == EINPROGRESS)
+        return 1;                      /* EPOLLOUT reports the outcome, even if already done */
+    if (errno == EAGAIN) {             /* no local port free right now: try again shortly */
+        epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL);
+        close(fd);
+        c->fd = -1;
+        c->state = CONN_IDLE;
+        pending--;
+        connect_retries++;
+        return 0;
+    }
+    note_error(c, "connect", errno);
+    conn_kill(c);
+    return 1;
+}
+
+/* The connect finished (EPOLLOUT/EPOLLERR): check how, and start the ping-pong at once. */
+static void conn_on_connect_event(struct conn *c)
+{
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        err = errno;
+    if (err) {
+        note_error(c, "connect", err);
+        conn_kill(c);
+        return;
+    }
+    c->state = CONN_RUNNING;
+    conn_start_message(c, now_ns());
+}
+
+static void usage(const char *argv0)
+{
+    fprintf(stderr,
+            "usage: %s HOST PORT CONNECTIONS SIZE WARMUP_S DURATION_S [CONNECT_TIMEOUT_S]\n",
+            argv0);
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 7 || argc > 8)
+        usage(argv[0]);
+    const char *host = argv[1];
+    int port = atoi(argv[2]);
+    nconns = atoi(argv[3]);
+    long size = atol(argv[4]);
+    double warmup_s = atof(argv[5]);
+    double duration_s = atof(argv[6]);
+    double connect_timeout_s = argc > 7 ? atof(argv[7]) : 10.0 + nconns / 1000.0;
+    if (port <= 0 || port > 65535 || nconns <= 0 || size <= 0 || warmup_s < 0 || duration_s <= 0
+        || connect_timeout_s <= 0)
+        usage(argv[0]);
+    msg_size = (size_t)size;
+    signal(SIGPIPE, SIG_IGN);
+
+    /* Each connection needs one descriptor: raise the soft limit to the hard one. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
+        && (rlim_t)nconns + 16 > rl.rlim_cur) {
+        fprintf(stderr, "loadgen: %d connections need more than the open-files limit %llu\n",
+                nconns, (unsigned long long)rl.rlim_cur);
+        return 2;
+    }
+
+    struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) {
+        struct addrinfo hints = { .ai_family = AF_INET, .ai_socktype = SOCK_STREAM }, *res;
+        if (getaddrinfo(host, NULL, &hints, &res) != 0) {
+            fprintf(stderr, "loadgen: cannot resolve %s\n", host);
+            return 2;
+        }
+        addr.sin_addr = ((struct sockaddr_in *)res->ai_addr)->sin_addr;
+        freeaddrinfo(res);
+    }
+
+    epfd = epoll_create1(EPOLL_CLOEXEC);
+    conns = calloc((size_t)nconns, sizeof *conns);
+    if (epfd < 0 || !conns) {
+        perror("loadgen: setup");
+        return 2;
+    }
+    for (int i = 0; i < nconns; i++) {
+        conns[i].fd = -1;
+        conns[i].id = (uint32_t)i;
+        conns[i].sendbuf = malloc(msg_size);
+        conns[i].recvbuf = malloc(msg_size);
+        if (!conns[i].sendbuf || !conns[i].recvbuf) {
+            fprintf(stderr, "loadgen: out of memory\n");
+            return 2;
+        }
+    }
+    alive = nconns;
+
+    struct epoll_event events[MAX_EVENTS];
+
+    enum { PHASE_RAMP, PHASE_WARMUP, PHASE_MEASURE } phase = PHASE_RAMP;
+    uint64_t t0 = now_ns();
+    uint64_t ramp_deadline = t0 + (uint64_t)(connect_timeout_s * 1e9);
+    uint64_t t_start = 0, t_end = 0, t_measure_start = 0, t_measure_end = 0;
+    uint64_t next_stall_check = t0 + 100000000ull;
+    double ramp_s = 0;
+    int next = 0;
+
+    for (;;) {
+        uint64_t t = now_ns();
+        if (phase == PHASE_RAMP) {
+            while (pending < RAMP_INFLIGHT && next < nconns) {
+                if (!conn_connect(&conns[next], &addr))
+                    break;                    /* EAGAIN: retry this one after the next wait */
+                next++;
+            }
+            int done = next == nconns && pending == 0;
+            if (!done && t >= ramp_deadline) {
+                for (int i = 0; i < nconns; i++) {
+                    struct conn *c = &conns[i];
+                    if (c->state == CONN_IDLE || (c->state != CONN_DEAD && !c->ready)) {
+                        note_error(c, c->state == CONN_RUNNING
+                                          ? "no echo before the connect timeout"
+                                          : "connect timed out", 0);
+                        if (c->state == CONN_IDLE)
+                            c->state = CONN_CONNECTING, pending++;  /* conn_kill counts it once */
+                        conn_kill(c);
+                    }
+                }
+                done = 1;
+            }
+            if (done) {
+                ramp_s = (double)(t - t0) / 1e9;
+                ramping = 0;
+                for (int i = 0; i < nconns; i++) {   /* now everyone starts the ping-pong */
+                    struct conn *c = &conns[i];
+                    if (c->state == CONN_RUNNING && c->idle) {
+                        c->idle = 0;
+                        conn_start_message(c, now_ns());
+                    }
+                }
+                phase = PHASE_WARMUP;
+                t_start = t + (uint64_t)(warmup_s * 1e9);
+                t_end = t_start + (uint64_t)(duration_s * 1e9);
+            }
+        }
+        if (alive == 0 && phase != PHASE_RAMP) {      /* nothing left to measure: end now */
+            if (t_start > t)
+                t_start = t;
+            t_end = t;
+        }
+        if (phase == PHASE_WARMUP && t >= t_start) {
+            phase = PHASE_MEASURE;
+            measuring = 1;
+            t_measure_start = t;
+            fputs("START\n", stdout);
+            fflush(stdout);
+        }
+        if (phase == PHASE_MEASURE && t >= t_end) {
+            measuring = 0;
+            t_measure_end = t;
+            fputs("END\n", stdout);
+            fflush(stdout);
+            break;
+        }
+        if (t >= next_stall_check) {
+            next_stall_check = t + 100000000ull;
+            for (int i = 0; i < nconns; i++) {
+                struct conn *c = &conns[i];
+                if (c->state == CONN_RUNNING && !c->idle && t - c->t_send > STALL_NS) {
+                    note_error(c, "no complete echo within 10 s", 0);
+                    conn_kill(c);
+                }
+            }
+        }
+        uint64_t until = phase == PHASE_RAMP ? ramp_deadline
+                       : phase == PHASE_WARMUP ? t_start : t_end;
+        if (next_stall_check < until)
+            until = next_stall_check;
+        int timeout_ms = until > t ? (int)((until - t + 999999) / 1000000) : 0;
+        if (phase == PHASE_RAMP && next < nconns && pending < RAMP_INFLIGHT)
+            timeout_ms = 1;                   /* a connect waits for a free local port */
+        int n = epoll_wait(epfd, events, MAX_EVENTS, timeout_ms);
+        if (n < 0 && errno != EINTR) {
+            perror("loadgen: epoll_wait");
+            return 2;
+        }
+        for (int i = 0; i < n; i++) {
+            struct conn *c = events[i].data.ptr;
+            if (c->state == CONN_CONNECTING) {
+                conn_on_connect_event(c);
+                continue;
+            }
+            if (c->state != CONN_RUNNING)
+                continue;
+            if (events[i].events & EPOLLOUT) {
+                if (conn_flush(c) < 0)
+                    continue;
+            }
+            if (events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
+                conn_on_readable(c);
+        }
+    }
+
+    double seconds = (double)(t_measure_end - t_measure_start) / 1e9;
+    /* A connection the server starves for the whole window must not go unnoticed. */
+    int running = 0;
+    for (int i = 0; i < nconns; i++) {
+        struct conn *c = &conns[i];
+        if (c->state == CONN_RUNNING && t_measure_end - c->t_send > STALL_AT_END_NS)
+            note_error(c, "no echo for over 2 s at the end of the run", 0);
+        else
+            running += c->state == CONN_RUNNING;
+    }
+    printf("{\"round_trips\":%llu,\"seconds\":%.6f,\"p50_us\":%.2f,\"p99_us\":%.2f,"
+           "\"max_us\":%.2f,\"errors\":%llu,\"verify_failures\":%llu,"
+           "\"connections\":%d,\"ready\":%d,\"running_at_end\":%d,\"ramp_seconds\":%.3f,"
+           "\"connect_retries\":%llu,\"size\":%zu,\"first_error\":\"",
+           (unsigned long long)round_trips, seconds,
+           hist_percentile(round_trips, 0.50) / 1000.0, hist_percentile(round_trips, 0.99) / 1000.0,
+           (double)max_ns / 1000.0, (unsigned long long)errors,
+           (unsigned long long)verify_failures, nconns, ready, running, ramp_s,
+           (unsigned long long)connect_retries, msg_size);
+    for (const char *p = last_error; *p; p++)    /* strerror text is plain ASCII; escape anyway */
+        if (*p == '"' || *p == '\\')
+            printf("\\%c", *p);
+        else if ((unsigned char)*p >= 0x20)
+            putchar(*p);
+    printf("\"}\n");
+    fflush(stdout);
+
+    for (int i = 0; i < nconns; i++) {
+        if (conns[i].fd >= 0)
+            close(conns[i].fd);
+        free(conns[i].sendbuf);
+        free(conns[i].recvbuf);
+    }
+    free(conns);
+    close(epfd);
+    return (errors || verify_failures) ? 1 : 0;
+}

@@ -1,0 +1,142 @@
+"""Echo servers for the iocpx benchmarks: the same echo served by asyncio, uvloop and iocpx.
+
+What it shows: nothing by itself. bench/echo.py starts one of these per benchmark row, pinned to
+CPU 0, and measures its CPU time per round trip. Each server echoes every received chunk back on
+the same connection, with the least code its framework allows (asyncio/uvloop: a Protocol whose
+data_received calls transport.write; iocpx: on_recv calls conn.send), so the figure is the cost
+of the framework, not of the application.
+
+What it needs: Python 3.11+; `pip install uvloop` for the uvloop server; an importable iocpx
+(normally the in-place build in src/iocpx, found through PYTHONPATH) for the iocpx server.
+
+How to run it (by hand; bench/echo.py does this for you):
+
+    python bench/servers.py asyncio 0                        # port 0: the kernel picks one
+    PYTHONPATH=src python bench/servers.py iocpx 9000 --workers 1 --backend io_uring
+
+Once listening it prints "READY <port>" on stdout (flushed). It serves until SIGTERM or SIGINT,
+then closes cleanly, prints one "STATS {...}" line on stderr and exits 0. If the framework
+cannot be imported it prints "UNAVAILABLE <reason>" on stdout and exits 3.
+"""
+
+import argparse
+import json
+import os
+import signal
+import sys
+
+UNAVAILABLE_EXIT = 3
+
+
+def _ready(port):
+    print(f"READY {port}", flush=True)
+
+
+def _unavailable(reason):
+    print(f"UNAVAILABLE {reason}", flush=True)
+    sys.exit(UNAVAILABLE_EXIT)
+
+
+# ---- asyncio and uvloop: one Protocol, two loops ----
+
+def serve_asyncio(kind, port, backlog):
+    import asyncio
+
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError as exc:
+            _unavailable(f"{exc} (pip install uvloop)")
+        loop_factory = uvloop.new_event_loop
+    else:
+        loop_factory = asyncio.new_event_loop
+
+    transports = set()      # open connections, so shutdown can close them (3.11 does not)
+
+    class EchoProtocol(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            transports.add(transport)
+            # asyncio and uvloop already set TCP_NODELAY on accepted TCP sockets.
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+        def connection_lost(self, exc):
+            transports.discard(self.transport)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        server = await loop.create_server(EchoProtocol, "127.0.0.1", port, backlog=backlog,
+                                          reuse_address=True)
+        _ready(server.sockets[0].getsockname()[1])
+        await stop.wait()
+        server.close()
+        n_open = len(transports)
+        for tr in list(transports):
+            tr.abort()
+        await server.wait_closed()
+        await asyncio.sleep(0)          # let connection_lost callbacks run
+        return {"kind": kind, "open_at_stop": n_open}
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main())
+
+
+# ---- iocpx: the public API, nothing else ----
+
+def serve_iocpx(port, workers, backend, backlog):
+    # Block the stop signals before the engine starts its worker threads, so they inherit the
+    # mask and the main thread alone receives them, in sigwait (no polling, no wake-ups).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        import iocpx
+    except Exception as exc:        # ImportError, or a broken in-place build
+        _unavailable(f"{type(exc).__name__}: {exc}")
+
+    eng = iocpx.Engine(workers=workers, backend=backend)
+    try:
+        listen_kw = {}
+        if backlog is not None:
+            listen_kw["backlog"] = backlog
+        lst = eng.listen(("127.0.0.1", port),
+                         on_recv=lambda conn, data: conn.send(data), **listen_kw)
+        _ready(lst.address[1])
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+        stats = eng.stats()     # before close: what was open while serving
+        lst.close()
+    finally:
+        eng.close(timeout=10)
+    try:
+        stats = dict(stats)
+        stats["after_close"] = dict(eng.stats())
+    except Exception as exc:        # stats() after close may be refused; say so, do not fail
+        stats["after_close"] = f"unavailable: {exc!r}"
+    stats["kind"] = "iocpx"
+    return stats
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Echo server for bench/echo.py")
+    ap.add_argument("kind", choices=["asyncio", "uvloop", "iocpx"])
+    ap.add_argument("port", type=int, help="TCP port on 127.0.0.1; 0 lets the kernel choose")
+    ap.add_argument("--workers", type=int, default=1, help="iocpx worker threads (default 1)")
+    ap.add_argument("--backend", default=None, help="iocpx backend (default: iocpx's choice)")
+    ap.add_argument("--backlog", type=int, default=None,
+                    help="listen backlog (default: 1024 for asyncio/uvloop, iocpx's own default)")
+    args = ap.parse_args(argv)
+
+    if args.kind == "iocpx":
+        stats = serve_iocpx(args.port, args.workers, args.backend, args.backlog)
+    else:
+        stats = serve_asyncio(args.kind, args.port, args.backlog or 1024)
+    stats["pid"] = os.getpid()
+    print("STATS " + json.dumps(stats, default=repr), file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
