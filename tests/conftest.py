@@ -73,9 +73,15 @@ def no_leaks():
     assert fds <= fds0, f"{fds - fds0} descriptors leaked"
 
 
+@pytest.fixture(params=[1, 4], ids=["w1", "w4"])
+def workers(request):
+    """One worker (io_uring then runs its single-issuer ring) and a pool."""
+    return request.param
+
+
 @pytest.fixture
-def engine(backend):
-    eng = iocpx.Engine(workers=4, backend=backend)
+def engine(backend, workers):
+    eng = iocpx.Engine(workers=workers, backend=backend)
     yield eng
     eng.close(timeout=30)
     st = eng.stats()

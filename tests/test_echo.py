@@ -13,9 +13,10 @@ import iocpx
 from conftest import BACKENDS, Recorder, client, echo, recv_exact, wait_for
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=[(b, w) for b in BACKENDS for w in (1, 4)],
+                ids=lambda p: f"{p[0]}-w{p[1]}")
 def echo_server(request):
-    eng = iocpx.Engine(workers=4, backend=request.param)
+    eng = iocpx.Engine(workers=request.param[1], backend=request.param[0])
     lst = eng.listen(("127.0.0.1", 0), on_recv=echo)
     yield lst.address
     eng.close(timeout=30)

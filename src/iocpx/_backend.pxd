@@ -80,6 +80,7 @@ cdef class Backend:
     cdef readonly bint direct_sendfile  # True: OP_SENDFILE; False: the engine splices via a pipe
     cdef int socket_open(self, int family) except -1       # a new stream socket for connect()
     cdef int adopt(self, int fd) except -1                 # a listening socket joins the port
+    cdef int attach(self) except -1     # called once by each worker thread before it waits
     cdef int submit_accept(self, IoCtx* io) except -1
     cdef int submit_recv(self, IoCtx* io) except -1
     cdef int submit_send(self, IoCtx* io) except -1

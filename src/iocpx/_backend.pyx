@@ -70,6 +70,8 @@ cdef class Backend:
         raise NotImplementedError
     cdef int adopt(self, int fd) except -1:
         return 0
+    cdef int attach(self) except -1:
+        return 0
     cdef int submit_accept(self, IoCtx* io) except -1:
         raise NotImplementedError
     cdef int submit_recv(self, IoCtx* io) except -1:

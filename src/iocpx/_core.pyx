@@ -130,7 +130,7 @@ def default_backend():
     return avail[0]
 
 
-cdef Backend _make_backend(object name):
+cdef Backend _make_backend(object name, bint single=False):
     if name is None:
         name = default_backend()
     if not isinstance(name, str):
@@ -142,7 +142,10 @@ cdef Backend _make_backend(object name):
         raise OSError(_errno.ENOSYS, f"backend {name!r} is not available: {probes[name]}")
     module = dict(_BACKEND_MODULES)[name]
     mod = __import__(f"iocpx.{module}", fromlist=[_BACKEND_CLASSES[name]])
-    return getattr(mod, _BACKEND_CLASSES[name])()
+    cls = getattr(mod, _BACKEND_CLASSES[name])
+    if name == "io_uring":
+        return cls(single=single)       # one worker: the faster single-issuer ring
+    return cls()
 
 
 # ---------------------------------------------------------------------------
@@ -305,7 +308,7 @@ cdef class Engine:
             raise TypeError(f"workers must be an int or None, not {type(workers).__name__}")
         if not 1 <= workers <= 1024:
             raise ValueError(f"workers must be in 1..1024, got {workers}")
-        self.be = _make_backend(backend)
+        self.be = _make_backend(backend, workers == 1)
         self.workers = workers
         self.rq_cap = 1024
         self.rq = <Event*>PyMem_RawMalloc(self.rq_cap * sizeof(Event))
@@ -356,6 +359,7 @@ cdef class Engine:
     # ---- workers ----------------------------------------------------------
 
     def _worker_main(self):
+        self.be.attach()
         with nogil:
             self._run()
 

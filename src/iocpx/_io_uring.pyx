@@ -2,12 +2,19 @@
 """The io_uring backend: one ring per Engine (the completion port), spoken to
 through the kernel ABI only (io_uring_setup/enter/register + mmap).
 
-Threading: every submit runs with the GIL held, so the GIL serializes the
-user-space side of the submission queue; the kernel consumes it concurrently
-(acquire/release on the ring indices). Only the engine's current leader reaps
-the completion queue, so that side needs no lock either. No SINGLE_ISSUER or
-DEFER_TASKRUN: any worker (or a foreign thread calling send) may submit, and
-completions must keep flowing while a callback sleeps in another thread.
+Threading: SQE production is serialized by `sq_mu` (any thread may queue);
+the kernel consumes the ring concurrently (acquire/release on the indices).
+Only the engine's current leader reaps the completion queue.
+
+Two modes:
+  * shared (workers > 1): any thread may call io_uring_enter. No SINGLE_ISSUER
+    or DEFER_TASKRUN, because completions' task work must keep running while
+    a callback sleeps in another worker (the model's promise).
+  * single issuer (workers == 1): the ring is created disabled and enabled by
+    the one worker thread (attach), with SINGLE_ISSUER | DEFER_TASKRUN: no
+    task-work interrupts, completions processed in batches when that thread
+    waits. Other threads only write SQEs and wake the owner through an
+    eventfd that a READ on the ring watches; the owner submits them.
 
 Receives are multishot into provided-buffer rings, so an idle connection pins
 no buffer; the data is copied into a bytes object at dispatch and the buffer
@@ -17,8 +24,19 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport errno, EINTR, ETIME, EBUSY, EAGAIN, EINVAL, ENOMEM
 from libc.string cimport memset
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from cpython.mem cimport PyMem_RawMalloc
-from posix.unistd cimport close as c_close
+from cpython.mem cimport PyMem_RawMalloc, PyMem_RawCalloc, PyMem_RawFree
+from posix.unistd cimport close as c_close, write as c_write
+
+from iocpx._sys cimport iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy, iocpx_mutex_lock, \
+    iocpx_mutex_unlock, iocpx_sleep_ms
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
+    pthread_t pthread_self()
+    int pthread_equal(pthread_t a, pthread_t b)
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    int EFD_CLOEXEC, EFD_NONBLOCK
 
 from iocpx._sys cimport IOCPX_LOAD_ACQ_U32, IOCPX_STORE_REL_U32, IOCPX_STORE_REL_U16
 from iocpx._backend cimport (Backend, IoCtx, Event, oserror, EV_BUFFER, EV_BUFFER_SHIFT)
@@ -72,19 +90,45 @@ cdef class UringBackend(Backend):
     cdef io_uring_cqe* cqes
     cdef BufGroup groups[MAX_GROUPS]
     cdef int ngroups
+    cdef iocpx_mutex_t sq_mu        # serializes SQE production (sq_tail, slot contents)
+    cdef readonly bint single       # single-issuer mode (see the module docstring)
+    cdef bint attached              # the owner thread enabled the ring
+    cdef pthread_t owner            # the only thread that enters the ring (single mode)
+    cdef int wake_fd                # eventfd other threads write to wake the owner (ours)
+    cdef uint64_t wake_val          # the kernel reads the eventfd count into this
+    cdef IoCtx* wake_io             # owned: user_data of that READ (not an engine op)
+    cdef bint wake_rearm            # the READ must be armed again (no SQE slot was free)
+    cdef io_uring_buf_reg* reg_req  # single mode: a registration the owner must make
+    cdef int reg_res                # its result (0 or -errno), valid once reg_req is NULL
 
-    def __cinit__(self, unsigned entries=4096):
+    def __cinit__(self, unsigned entries=4096, bint single=False):
         self.name = "io_uring"
         self.ring_fd = -1
+        self.wake_fd = -1
         self.ngroups = 0
+        self.single = single
+        iocpx_mutex_init(&self.sq_mu)
         cdef io_uring_params p
         memset(&p, 0, sizeof(p))
         p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CLAMP
+        if single:
+            p.flags |= IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED
         p.cq_entries = entries * 4
         cdef long fd = syscall(__NR_io_uring_setup, entries, &p)
+        if fd < 0 and single:           # kernel before 6.1: the shared mode works everywhere
+            self.single = single = False
+            p.flags &= ~(IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED)
+            fd = syscall(__NR_io_uring_setup, entries, &p)
         if fd < 0:
             raise oserror(errno, "io_uring_setup")
         self.ring_fd = <int>fd
+        if single:
+            self.wake_fd = eventfd(0, EFD_CLOEXEC)     # blocking: io_uring polls it
+            self.wake_io = <IoCtx*>PyMem_RawCalloc(1, sizeof(IoCtx))
+            if self.wake_fd < 0 or self.wake_io == NULL:
+                err = errno
+                self.release()
+                raise oserror(err, "eventfd")
         if not (p.features & IORING_FEAT_NODROP) or not (p.features & IORING_FEAT_EXT_ARG):
             self.release()
             raise OSError(EINVAL, "io_uring: kernel too old (needs NODROP and EXT_ARG, Linux 5.11+)")
@@ -137,6 +181,7 @@ cdef class UringBackend(Backend):
 
     def __dealloc__(self):
         self.release()
+        iocpx_mutex_destroy(&self.sq_mu)
 
     cdef void release(self) noexcept:
         """Unmap everything and close the ring. Only once no op is pending."""
@@ -164,6 +209,12 @@ cdef class UringBackend(Backend):
         if self.ring_fd >= 0:
             c_close(self.ring_fd)
             self.ring_fd = -1
+        if self.wake_fd >= 0:
+            c_close(self.wake_fd)
+            self.wake_fd = -1
+        if self.wake_io != NULL:
+            PyMem_RawFree(self.wake_io)
+            self.wake_io = NULL
 
     cdef int socket_open(self, int family) except -1:
         cdef int fd = c_socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0)
@@ -174,31 +225,128 @@ cdef class UringBackend(Backend):
     # ---- submission side (GIL held) ---------------------------------------
 
     cdef io_uring_sqe* _sqe(self) except NULL:
-        """A zeroed SQE slot; commit it with _push. Flushes when the ring is full."""
-        cdef uint32_t head
+        """A zeroed SQE slot, returned with sq_mu held; _push commits it and
+        unlocks. When the ring is full, what is queued is submitted first."""
         cdef int tries = 0
+        cdef io_uring_sqe* sqe
         if self.sqes == NULL:
             raise OSError(EBUSY, "io_uring backend is closed")
         while True:
-            head = IOCPX_LOAD_ACQ_U32(self.sq_khead)
-            if self.sq_tail - head < self.sq_entries:
-                break
+            iocpx_mutex_lock(&self.sq_mu)
+            sqe = self._slot()
+            if sqe != NULL:
+                return sqe
+            iocpx_mutex_unlock(&self.sq_mu)
             self.flush()
             tries += 1
-            if tries > 1000:
+            if tries > 2000:
                 raise OSError(EBUSY, "io_uring submission queue stays full")
-        cdef io_uring_sqe* sqe = &self.sqes[self.sq_tail & self.sq_mask]
+            if tries > 10:
+                with nogil:
+                    iocpx_sleep_ms(1)
+
+    cdef inline io_uring_sqe* _slot(self) noexcept nogil:
+        """A zeroed free slot or NULL; sq_mu held."""
+        cdef io_uring_sqe* sqe
+        if self.sq_tail - IOCPX_LOAD_ACQ_U32(self.sq_khead) >= self.sq_entries:
+            return NULL
+        sqe = &self.sqes[self.sq_tail & self.sq_mask]
         memset(sqe, 0, sizeof(io_uring_sqe))
         return sqe
 
-    cdef inline void _push(self, io_uring_sqe* sqe, IoCtx* io) noexcept:
+    cdef inline void _push(self, io_uring_sqe* sqe, IoCtx* io) noexcept nogil:
         sqe.user_data = <uint64_t><size_t>io
         self.sq_tail += 1
         IOCPX_STORE_REL_U32(self.sq_ktail, self.sq_tail)
+        iocpx_mutex_unlock(&self.sq_mu)
+
+    cdef inline bint _is_owner(self) noexcept nogil:
+        return not self.single or (self.attached and pthread_equal(self.owner, pthread_self()))
+
+    cdef void _arm_wake(self) noexcept nogil:
+        """(Owner) watch the wake eventfd with a READ."""
+        cdef io_uring_sqe* sqe
+        iocpx_mutex_lock(&self.sq_mu)
+        sqe = self._slot()
+        if sqe == NULL:
+            self.wake_rearm = 1
+            iocpx_mutex_unlock(&self.sq_mu)
+            return
+        self.wake_rearm = 0
+        sqe.opcode = IORING_OP_READ
+        sqe.fd = self.wake_fd
+        sqe.addr = <uint64_t><size_t>&self.wake_val
+        sqe.len = 8
+        self._push(sqe, self.wake_io)
+
+    cdef int _register_pbuf(self, io_uring_buf_reg* reg) except? -1:
+        """IORING_REGISTER_PBUF_RING; in single mode only the owner may register,
+        so another thread hands the request over and waits for it."""
+        cdef long r
+        cdef uint64_t one = 1
+        cdef int waited = 0
+        if self._is_owner() or not self.attached:
+            r = syscall(__NR_io_uring_register, self.ring_fd, IORING_REGISTER_PBUF_RING, reg, 1)
+            if r >= 0:
+                return 0
+            if not (self.single and errno == 17):      # EEXIST: the owner attached meanwhile
+                return -errno
+        with nogil:
+            iocpx_mutex_lock(&self.sq_mu)
+            while self.reg_req != NULL:             # one request at a time
+                iocpx_mutex_unlock(&self.sq_mu)
+                iocpx_sleep_ms(1)
+                iocpx_mutex_lock(&self.sq_mu)
+            self.reg_req = reg
+            iocpx_mutex_unlock(&self.sq_mu)
+            c_write(self.wake_fd, &one, 8)
+            while True:
+                iocpx_sleep_ms(1)
+                iocpx_mutex_lock(&self.sq_mu)
+                if self.reg_req != reg:
+                    iocpx_mutex_unlock(&self.sq_mu)
+                    break
+                waited += 1
+                if waited > 10000:                  # the owner is stuck in a callback
+                    self.reg_req = NULL
+                    iocpx_mutex_unlock(&self.sq_mu)
+                    return -110                     # ETIMEDOUT
+                iocpx_mutex_unlock(&self.sq_mu)
+        return self.reg_res
+
+    cdef void _serve_register(self) noexcept nogil:
+        """(Owner) make a registration another thread asked for."""
+        cdef long r
+        iocpx_mutex_lock(&self.sq_mu)
+        if self.reg_req != NULL:
+            r = syscall(__NR_io_uring_register, self.ring_fd, IORING_REGISTER_PBUF_RING, self.reg_req, 1)
+            self.reg_res = 0 if r >= 0 else -errno
+            self.reg_req = NULL
+        iocpx_mutex_unlock(&self.sq_mu)
+
+    cdef int attach(self) except -1:
+        """Single mode: the calling worker becomes the ring's only issuer."""
+        if not self.single:
+            return 0
+        if self.attached:
+            raise RuntimeError("io_uring single-issuer ring already has its worker")
+        cdef long r = syscall(__NR_io_uring_register, self.ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0)
+        if r < 0:
+            raise oserror(errno, "io_uring enable")
+        self.owner = pthread_self()
+        self.attached = 1
+        self._arm_wake()
+        self.flush()
+        return 0
 
     cdef int flush(self) except -1:
         cdef uint32_t pending
         cdef int r
+        cdef uint64_t one = 1
+        if not self._is_owner():        # single mode: the owner submits for us
+            if self.sq_tail != IOCPX_LOAD_ACQ_U32(self.sq_khead):
+                c_write(self.wake_fd, &one, 8)
+            return 0
         while True:
             pending = self.sq_tail - IOCPX_LOAD_ACQ_U32(self.sq_khead)
             if pending == 0:
@@ -310,6 +458,8 @@ cdef class UringBackend(Backend):
         cdef io_uring_getevents_arg arg
         cdef __kernel_timespec ts
         while True:
+            if self.reg_req != NULL:
+                self._serve_register()
             n = self._harvest(out, maxev)
             pending = IOCPX_LOAD_ACQ_U32(self.sq_ktail) - IOCPX_LOAD_ACQ_U32(self.sq_khead)
             if n > 0:
@@ -340,16 +490,22 @@ cdef class UringBackend(Backend):
         cdef uint32_t tail = IOCPX_LOAD_ACQ_U32(self.cq_ktail)
         cdef int n = 0
         cdef io_uring_cqe* c
+        cdef bint rearm = self.wake_rearm
         while head != tail and n < maxev:
             c = &self.cqes[head & self.cq_mask]
+            if c.user_data == <uint64_t><size_t>self.wake_io and self.wake_io != NULL:
+                head += 1               # a wake-up: its job (submitting) is done by waking
+                rearm = 1
+                continue
             out[n].io = <IoCtx*><size_t>c.user_data
             out[n].res = c.res
             out[n].flags = c.flags
             out[n].data = NULL
             n += 1
             head += 1
-        if n:
-            IOCPX_STORE_REL_U32(self.cq_khead, head)
+        IOCPX_STORE_REL_U32(self.cq_khead, head)
+        if rearm:
+            self._arm_wake()
         return n
 
     # ---- provided receive buffers -----------------------------------------
@@ -395,9 +551,9 @@ cdef class UringBackend(Backend):
         reg.ring_addr = <uint64_t><size_t>g.ring
         reg.ring_entries = nbufs
         reg.bgid = <uint16_t>self.ngroups
-        cdef long r = syscall(__NR_io_uring_register, self.ring_fd, IORING_REGISTER_PBUF_RING, &reg, 1)
+        cdef int r = self._register_pbuf(&reg)
         if r < 0:
-            err = errno
+            err = -r
             munmap(g.ring, g.ring_sz)
             munmap(g.mem, g.mem_sz)
             g.ring = NULL

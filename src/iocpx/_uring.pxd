@@ -96,12 +96,17 @@ cdef extern from "<linux/io_uring.h>" nogil:
         IORING_OP_RECV
         IORING_OP_SPLICE
         IORING_OP_SHUTDOWN
+        IORING_OP_READ
         IORING_REGISTER_PBUF_RING
+        IORING_REGISTER_ENABLE_RINGS
         IORING_UNREGISTER_PBUF_RING
 
     unsigned IORING_SETUP_CQSIZE
     unsigned IORING_SETUP_SUBMIT_ALL
     unsigned IORING_SETUP_CLAMP
+    unsigned IORING_SETUP_R_DISABLED
+    unsigned IORING_SETUP_SINGLE_ISSUER
+    unsigned IORING_SETUP_DEFER_TASKRUN
     unsigned IORING_FEAT_SINGLE_MMAP
     unsigned IORING_FEAT_NODROP
     unsigned IORING_FEAT_EXT_ARG
