@@ -78,12 +78,14 @@ cdef object oserror(int err, str what=*)
 cdef class Backend:
     cdef readonly str name
     cdef readonly bint direct_sendfile  # True: OP_SENDFILE; False: the engine splices via a pipe
+    cdef readonly bint sync_send        # try_send() works: a send that fits goes out at once
     cdef int socket_open(self, int family) except -1       # a new stream socket for connect()
     cdef int adopt(self, int fd) except -1                 # a listening socket joins the port
     cdef int attach(self) except -1     # called once by each worker thread before it waits
     cdef int submit_accept(self, IoCtx* io) except -1
     cdef int submit_recv(self, IoCtx* io) except -1
     cdef int submit_send(self, IoCtx* io) except -1
+    cdef Py_ssize_t try_send(self, int fd, const char* buf, Py_ssize_t n) noexcept   # bytes sent now, or -errno
     cdef int submit_connect(self, IoCtx* io) except -1
     cdef int submit_splice(self, IoCtx* io, int fd_in, int64_t off_in, int fd_out, uint32_t nbytes) except -1
     cdef int submit_cancel_fd(self, IoCtx* io, int fd) except -1

@@ -78,6 +78,8 @@ cdef class Backend:
         raise NotImplementedError
     cdef int submit_send(self, IoCtx* io) except -1:
         raise NotImplementedError
+    cdef Py_ssize_t try_send(self, int fd, const char* buf, Py_ssize_t n) noexcept:
+        return -11  # EAGAIN: always use submit_send
     cdef int submit_connect(self, IoCtx* io) except -1:
         raise NotImplementedError
     cdef int submit_splice(self, IoCtx* io, int fd_in, int64_t off_in, int fd_out, uint32_t nbytes) except -1:

@@ -46,6 +46,7 @@ log = logging.getLogger("iocpx")
 cdef enum:
     BATCH = 256             # completions a leader takes per wait
     STALL_MS = 2            # queue idle this long while a dispatcher runs: help it
+    QUIET_ROUNDS = 50       # follower rounds without progress before it sleeps untimed
     FLUSH_EVERY = 64        # submit queued sends at least every this many events
     COALESCE = 65536        # join queued small sends up to this many bytes
     PIPE_WANT = 1 << 20     # sendfile pipe size asked for
@@ -279,7 +280,7 @@ cdef class Engine:
     cdef iocpx_cond_t cv            # idle workers wait here
     cdef Event* rq                  # owned: ring buffer of completions waiting for dispatch
     cdef int rq_head, rq_len, rq_cap
-    cdef int leader, dispatchers, waiters
+    cdef int leader, dispatchers, waiters, timed_waiters
     cdef uint64_t progress          # events popped so far (stall detection)
     cdef readonly int workers
     cdef int state
@@ -364,26 +365,33 @@ cdef class Engine:
             self._run()
 
     cdef void _run(self) noexcept nogil:
+        """A worker: dispatch queued completions, or lead (wait in the kernel),
+        or wait as a follower. Roles are decided under mu."""
         cdef Event batch[BATCH]
-        cdef int n, exit_now = 0
+        cdef int n, r
         cdef bint armed = 0             # saw a busy queue last round
-        cdef uint64_t seen = 0
+        cdef bint lead = 0              # the dispatch loop reserved the leader role for us
+        cdef bint timed
+        cdef uint64_t seen = 0, last_progress = 0
+        cdef int quiet_rounds = 0
         cdef long tmo
         iocpx_tls_set(<void*>self)
         iocpx_mutex_lock(&self.mu)
         while True:
-            if self.rq_len > 0 and (self.dispatchers == 0 or (armed and self.progress == seen)):
+            if not lead and self.rq_len > 0 and \
+                    (self.dispatchers == 0 or (armed and self.progress == seen)):
                 armed = 0
                 self.dispatchers += 1
                 iocpx_mutex_unlock(&self.mu)
                 with gil:
-                    exit_now = self._dispatch()
+                    r = self._dispatch()
                 iocpx_mutex_lock(&self.mu)
                 self.dispatchers -= 1
                 if self.rq_len > 0 and self.waiters > 0:
                     iocpx_cond_signal(&self.cv)
-                if exit_now:
+                if r == 1:
                     break
+                lead = r == 2
                 continue
             if self.rq_len > 0:         # a dispatcher is on it: look again in STALL_MS
                 armed = 1
@@ -392,10 +400,11 @@ cdef class Engine:
             else:
                 armed = 0
                 tmo = -1
-            if not self.leader:
+            if lead or not self.leader:
+                lead = 0
                 self.leader = 1
                 iocpx_mutex_unlock(&self.mu)
-                n = self.be.wait(batch, BATCH, tmo)
+                n = self.be.wait(batch, BATCH, tmo)     # also submits what is queued
                 iocpx_mutex_lock(&self.mu)
                 self.leader = 0
                 if n > 0:
@@ -407,12 +416,26 @@ cdef class Engine:
                         log.error("iocpx: waiting for completions failed: %s", os.strerror(-n))
                         time.sleep(0.01)
                     iocpx_mutex_lock(&self.mu)
-                if self.waiters > 0:    # someone takes over waiting while we dispatch
+                # While we dispatch nobody waits in the kernel. Followers that
+                # watch on a timer (timed_waiters) take over if we stall; if all
+                # of them sleep without one, wake one to watch.
+                if self.waiters > 0 and self.timed_waiters == 0:
                     iocpx_cond_signal(&self.cv)
                 continue
+            # follower: watch on a timer while the engine is busy, sleep when quiet
+            if self.progress != last_progress:
+                last_progress = self.progress
+                quiet_rounds = 0
+            else:
+                quiet_rounds += 1
+            timed = quiet_rounds < QUIET_ROUNDS or self.rq_len > 0
             self.waiters += 1
-            iocpx_cond_wait_ms(&self.cv, &self.mu, tmo)
+            if timed:
+                self.timed_waiters += 1
+            iocpx_cond_wait_ms(&self.cv, &self.mu, STALL_MS if timed else -1)
             self.waiters -= 1
+            if timed:
+                self.timed_waiters -= 1
         iocpx_mutex_unlock(&self.mu)
         iocpx_tls_set(NULL)
 
@@ -440,7 +463,9 @@ cdef class Engine:
 
     cdef int _dispatch(self) noexcept:
         """Run queued events until the queue is empty; GIL held.
-        Returns 1 when this worker took an exit packet."""
+        Returns 1 when this worker took an exit packet, 2 when it reserved
+        the leader role (its next wait submits what the batch queued, one
+        syscall), 0 otherwise (it submitted them itself)."""
         cdef Event ev
         cdef SchedNode* s
         cdef int count = 0
@@ -448,6 +473,10 @@ cdef class Engine:
         while True:
             iocpx_mutex_lock(&self.mu)
             if self.rq_len == 0:
+                if not self.leader:
+                    self.leader = 1         # reserved: nobody else enters the kernel first
+                    iocpx_mutex_unlock(&self.mu)
+                    return 2
                 iocpx_mutex_unlock(&self.mu)
                 break
             ev = self.rq[self.rq_head]
@@ -1132,11 +1161,25 @@ cdef class Connection:
         if self.state == C_OPEN:
             self.state = C_CLOSING
 
+    cdef void _drain_due(self) noexcept:
+        """After a synchronous send: if on_drain is due, deliver it from
+        dispatch (this may be any thread) through a posted completion."""
+        cdef IoCtx* io
+        if self.was_full and self.send_buffered <= self.max_send // 2 and self.state < C_ABORTING:
+            try:
+                io = self._new_io(OP_NOP)
+            except BaseException:
+                return
+            try:
+                self.eng.be.submit_post(io)
+            except BaseException:
+                self._io_done(io)
+
     cdef int _send_next(self) except -1:
         """Hand the head of the send queue to the kernel unless a send is in
         flight. Runs no Python code, so the GIL keeps it atomic."""
         cdef IoCtx* io
-        cdef Py_ssize_t total, n
+        cdef Py_ssize_t total, n, sent
         while self.send_io == NULL and self.sendq:
             item = self.sendq[0]
             if type(item) is _FileJob:
@@ -1158,10 +1201,24 @@ cdef class Connection:
                 if len(parts) > 1:
                     item = b"".join(parts)
                     n = total
+            sent = 0
+            if self.eng.be.sync_send:   # try now: done at once costs no completion
+                sent = self.eng.be.try_send(self.fd, PyBytes_AS_STRING(item), n)
+                if sent == n:
+                    self._count_sent(n)
+                    self._drain_due()
+                    continue
+                if sent < 0:
+                    if sent != -_errno.EAGAIN:
+                        self._abort(self.eng.be.error(-sent, "send"))
+                        return 0
+                    sent = 0
+                elif sent > 0:
+                    self._count_sent(sent)
             io = self._new_io(OP_SEND)
             io_set_obj(io, item)        # the kernel reads item's buffer until completion
-            io.buf = PyBytes_AS_STRING(item)
-            io.len = n
+            io.buf = PyBytes_AS_STRING(item) + sent
+            io.len = n - sent
             try:
                 self.eng.be.submit_send(io)
             except BaseException as e:
@@ -1282,6 +1339,8 @@ cdef class Connection:
 
     cdef void _on_aux(self, Event* ev) except *:
         self._io_done(ev.io)
+        if self.state < C_ABORTING:
+            self._check_drain()     # a drain found by a synchronous send outside dispatch
         self._maybe_finish()
 
     cdef void _abort(self, object exc) noexcept:
@@ -1495,11 +1554,19 @@ cdef class Connection:
         return True
 
     cdef void _sent(self, Py_ssize_t n) noexcept:
-        """n more bytes left the send queue: resume reading / report on_drain
-        once the queue is back to half of max_send_buffer."""
+        """n more bytes left the send queue (a completion): account for them
+        and resume reading / report on_drain once the queue is back to half
+        of max_send_buffer."""
+        self._count_sent(n)
+        self._check_drain()
+
+    cdef inline void _count_sent(self, Py_ssize_t n) noexcept:
         self.send_buffered -= n
         self.eng.n_bytes_out += n
         self.last_tick = self.eng.tick
+
+    cdef void _check_drain(self) noexcept:
+        """Runs in dispatch only (it may call on_drain)."""
         if self.was_full and self.send_buffered <= self.max_send // 2:
             self.was_full = 0
             if self.state == C_OPEN or self.state == C_CLOSING:

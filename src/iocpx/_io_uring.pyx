@@ -103,6 +103,8 @@ cdef class UringBackend(Backend):
 
     def __cinit__(self, unsigned entries=4096, bint single=False):
         self.name = "io_uring"
+        # sync_send stays False: sends queued as SQEs go out in one io_uring_enter
+        # per batch, measured cheaper than a send() each from 100 connections up
         self.ring_fd = -1
         self.wake_fd = -1
         self.ngroups = 0
