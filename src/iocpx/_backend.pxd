@@ -75,8 +75,13 @@ cdef object oserror(int err, str what=*)
 # receive it with the accept (AcceptEx) hands it over in accept_data(). Submit calls run with the GIL held
 # and may be called from any thread; wait() runs without the GIL in at most
 # one thread at a time per backend instance (the engine's leader).
+cdef enum:
+    MAX_GROUPS = 64         # distinct receive buffer sizes per backend
+
 cdef class Backend:
     cdef readonly str name
+    cdef uint32_t sizes[MAX_GROUPS]     # receive size of each buffer group (default buffer_group)
+    cdef int ngroups
     cdef readonly bint direct_sendfile  # True: OP_SENDFILE; False: the engine splices via a pipe
     cdef readonly bint sync_send        # try_send() works: a send that fits goes out at once
     cdef int socket_open(self, int family) except -1       # a new stream socket for connect()

@@ -99,7 +99,17 @@ cdef class Backend:
     cdef int wait(self, Event* out, int maxev, long timeout_ms) noexcept nogil:
         return -38   # ENOSYS
     cdef int buffer_group(self, uint32_t size) except -1:
-        raise NotImplementedError
+        """An id for receives of up to size bytes, one per distinct size. Backends
+        that read into their own buffers use this table; io_uring overrides it."""
+        cdef int i
+        for i in range(self.ngroups):
+            if self.sizes[i] == size:
+                return i
+        if self.ngroups >= MAX_GROUPS:
+            raise ValueError(f"too many distinct buffer sizes (at most {MAX_GROUPS})")
+        self.sizes[self.ngroups] = size
+        self.ngroups += 1
+        return self.ngroups - 1
     cdef object recv_bytes(self, Event* ev):
         raise NotImplementedError
     cdef object accept_data(self, Event* ev):

@@ -66,7 +66,6 @@ cdef extern from "<fcntl.h>" nogil:
 
 cdef enum:
     MAX_UNREAD = 8          # data events of one receive waiting for dispatch
-    MAX_GROUPS = 64
     WAKE_TAG = 0xFFFFFFFF   # epoll data of the wake-up eventfd
 
 # Per-descriptor state: the operations armed on it. Accepts queue up through
@@ -97,8 +96,6 @@ cdef class EpollBackend(Backend):
     cdef int n_timers, cap_timers
     cdef int in_wait                # the leader sleeps in epoll_wait
     cdef int wake_pending           # an eventfd write is outstanding
-    cdef uint32_t sizes[MAX_GROUPS]
-    cdef int ngroups
 
     def __cinit__(self):
         self.name = "epoll"
@@ -614,17 +611,6 @@ cdef class EpollBackend(Backend):
         return 1
 
     # ---- receive buffers --------------------------------------------------
-
-    cdef int buffer_group(self, uint32_t size) except -1:
-        cdef int i
-        for i in range(self.ngroups):
-            if self.sizes[i] == size:
-                return i
-        if self.ngroups >= MAX_GROUPS:
-            raise ValueError(f"too many distinct buffer sizes (at most {MAX_GROUPS})")
-        self.sizes[self.ngroups] = size
-        self.ngroups += 1
-        return self.ngroups - 1
 
     cdef object recv_bytes(self, Event* ev):
         if ev.data == NULL:

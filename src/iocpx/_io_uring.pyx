@@ -39,7 +39,8 @@ cdef extern from "<sys/eventfd.h>" nogil:
     int EFD_CLOEXEC, EFD_NONBLOCK
 
 from iocpx._sys cimport IOCPX_LOAD_ACQ_U32, IOCPX_STORE_REL_U32, IOCPX_STORE_REL_U16
-from iocpx._backend cimport (Backend, IoCtx, Event, oserror, EV_BUFFER, EV_BUFFER_SHIFT)
+from iocpx._backend cimport (Backend, IoCtx, Event, oserror, EV_BUFFER, EV_BUFFER_SHIFT,
+                             MAX_GROUPS)
 from iocpx._uring cimport *
 
 cdef extern from "<sys/socket.h>" nogil:
@@ -49,7 +50,6 @@ cdef extern from "<fcntl.h>" nogil:
     unsigned SPLICE_F_MOVE
 
 cdef enum:
-    MAX_GROUPS = 64
     POOL_BYTES = 4 * 1024 * 1024    # receive pool per buffer size (touched lazily)
 
 cdef struct BufGroup:
@@ -88,8 +88,7 @@ cdef class UringBackend(Backend):
     cdef uint32_t* cq_ktail
     cdef uint32_t cq_mask
     cdef io_uring_cqe* cqes
-    cdef BufGroup groups[MAX_GROUPS]
-    cdef int ngroups
+    cdef BufGroup groups[MAX_GROUPS]     # ngroups (base class) of them in use
     cdef iocpx_mutex_t sq_mu        # serializes SQE production (sq_tail, slot contents)
     cdef readonly bint single       # single-issuer mode (see the module docstring)
     cdef bint attached              # the owner thread enabled the ring

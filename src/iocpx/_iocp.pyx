@@ -75,7 +75,6 @@ cdef enum:
     KEY_WAKE = 3            # wake-up for the leader (no OVERLAPPED)
     ADDR_SLOT = 28 + 16     # AcceptEx address slot: sizeof(sockaddr_in6) + 16
     MAX_ENTRIES = 256
-    MAX_GROUPS = 64
     SCAN_MS = 1000          # how often the leader checks first-data accepts
     WINERR_TAG = 0x20000000 # Event.res = -(WINERR_TAG | code): a Windows code without errno
 
@@ -264,8 +263,6 @@ cdef class IocpBackend(Backend):
     cdef int wake_pending           # a KEY_WAKE packet is queued
     cdef uint64_t next_scan_ns
     cdef bint skip                  # FILE_SKIP_COMPLETION_PORT_ON_SUCCESS on our sockets
-    cdef uint32_t sizes[MAX_GROUPS] # receive size of each buffer group
-    cdef int ngroups
     cdef public double first_data_timeout   # seconds; <= 0: only the listener's idle_timeout
     cdef readonly int64_t stale_drops      # silent first-data clients dropped
     cdef object __weakref__
@@ -838,18 +835,6 @@ cdef class IocpBackend(Backend):
         return out
 
     # ---- data ----------------------------------------------------------------
-
-    cdef int buffer_group(self, uint32_t size) except -1:
-        """An id for receives of up to size bytes (one per distinct size)."""
-        cdef int i
-        for i in range(self.ngroups):
-            if self.sizes[i] == size:
-                return i
-        if self.ngroups >= MAX_GROUPS:
-            raise ValueError(f"too many distinct buffer sizes (at most {MAX_GROUPS})")
-        self.sizes[self.ngroups] = size
-        self.ngroups += 1
-        return self.ngroups - 1
 
     cdef object recv_bytes(self, Event* ev):
         """The bytes a receive event carried (None if none); frees them."""
