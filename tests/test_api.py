@@ -215,3 +215,23 @@ def test_server_stop_from_a_callback(backend):
     t.join(10)
     assert not t.is_alive()
     s.close()
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="no SO_REUSEPORT on this platform")
+def test_reuse_port_and_local_address(engine):
+    peers = []
+    a = engine.listen(("127.0.0.1", 0), reuse_port=True,
+                      on_accept=lambda c, d: peers.append(c.peer), on_recv=echo)
+    b = engine.listen(a.address, reuse_port=True,                 # the same port again
+                      on_accept=lambda c, d: peers.append(c.peer), on_recv=echo)
+    assert b.address == a.address
+    rec = Recorder()
+    got = []
+    conn = engine.connect(a.address, local_address=("127.0.0.7", 0),
+                          on_recv=lambda c, d: (got.append(d), c.close()), on_close=rec.on_close)
+    conn.send(b"from .7")
+    rec.wait(lambda r: r.closed)
+    assert got == [b"from .7"]
+    assert peers and peers[0][0] == "127.0.0.7"
+    with pytest.raises(ValueError):
+        engine.connect(a.address, local_address=("::1", 0))

@@ -575,9 +575,10 @@ cdef class Engine:
     def listen(self, address, *, on_accept=None, on_recv=None, on_close=None,
                accepts=None, first_data=False, buffer_size=4096, backlog=None,
                nodelay=True, on_drain=None, max_send_buffer=DEFAULT_MAX_SEND,
-               idle_timeout=None):
+               idle_timeout=None, reuse_port=False):
         """Bind and listen on address ((host, port); port 0 picks one) and keep
-        `accepts` accepts pre-posted. Returns a Listener."""
+        `accepts` accepts pre-posted. reuse_port=True sets SO_REUSEPORT so
+        several processes can share the port. Returns a Listener."""
         self._check_open()
         _check_callback(on_accept, "on_accept")
         _check_callback(on_recv, "on_recv")
@@ -603,6 +604,10 @@ cdef class Engine:
         s = _socket.socket(family, _socket.SOCK_STREAM)
         try:
             s.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                if not hasattr(_socket, "SO_REUSEPORT"):
+                    raise OSError(_errno.ENOPROTOOPT, "SO_REUSEPORT is not available here")
+                s.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEPORT, 1)
             s.bind(sa)
             s.listen(backlog)
             bound = s.getsockname()[:2]
@@ -636,10 +641,11 @@ cdef class Engine:
 
     def connect(self, address, *, on_connect=None, on_recv=None, on_close=None,
                 nodelay=True, buffer_size=4096, on_drain=None,
-                max_send_buffer=DEFAULT_MAX_SEND, idle_timeout=None):
+                max_send_buffer=DEFAULT_MAX_SEND, idle_timeout=None, local_address=None):
         """Start connecting to address; returns the Connection at once.
         on_connect(conn) runs once connected; a failure arrives as
-        on_close(conn, exc). Data sent before that is queued."""
+        on_close(conn, exc). Data sent before that is queued.
+        local_address=(host, port) binds the socket first."""
         self._check_open()
         _check_callback(on_connect, "on_connect")
         _check_callback(on_recv, "on_recv")
@@ -649,7 +655,19 @@ cdef class Engine:
         max_send = _check_max_send(max_send_buffer)
         idle = self._idle_ticks(idle_timeout)
         family, sa = _resolve(address, False)
+        if local_address is not None:
+            lfamily, lsa = _resolve(local_address, True)
+            if lfamily != family:
+                raise ValueError(f"local_address {local_address!r} is not of the family of {address!r}")
         cdef int fd = self.be.socket_open(family)
+        if local_address is not None:
+            bs = _socket.socket(family, _socket.SOCK_STREAM, 0, fd)
+            try:
+                bs.bind(lsa)
+            except BaseException:
+                bs.close()
+                raise
+            bs.detach()
         cdef Connection conn = Connection._new(self, fd, <uint16_t>self.be.buffer_group(size))
         conn.state = C_CONNECTING
         conn.surfaced = 1

@@ -1,6 +1,8 @@
 """`python -m iocpx serve` and `python -m iocpx stress`: the model's demo server
 and its stress client (many connections, a few messages each, seconds apart,
 every echo verified byte for byte)."""
+import errno
+import functools
 import heapq
 import json
 import os
@@ -15,6 +17,14 @@ import iocpx
 
 
 # --------------------------------------------------------------------------- serve
+
+def _kind(exc):
+    """An error kind for the report: the class, and the errno name if any."""
+    name = type(exc).__name__
+    code = getattr(exc, "errno", None)
+    if code in errno.errorcode:
+        name += f"({errno.errorcode[code]})"
+    return name
 
 def _proc_cpu(pid="self"):
     with open(f"/proc/{pid}/stat") as f:
@@ -47,16 +57,30 @@ def serve(args):
     def on_recv(conn, data):
         conn.send(data)
 
+    reuse = args.processes > 1 or args.reuse_port
     srv = iocpx.Server((args.host, args.port), on_accept=on_accept, on_recv=on_recv,
                        first_data=args.first_data, workers=args.workers, backend=args.backend,
-                       backlog=args.backlog, idle_timeout=args.idle_timeout)
+                       backlog=args.backlog, idle_timeout=args.idle_timeout, reuse_port=reuse)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *a: stop.set())
     srv.start()
     eng = srv.engine
+    children = []
+    for _ in range(args.processes - 1):     # SO_REUSEPORT: the kernel spreads connections
+        cmd = [sys.executable, "-m", "iocpx", "serve", "--host", args.host,
+               "--port", str(srv.address[1]), "--reuse-port", "--quiet",
+               "--backlog", str(args.backlog)]
+        for flag, val in (("--workers", args.workers), ("--backend", args.backend),
+                          ("--idle-timeout", args.idle_timeout)):
+            if val is not None:
+                cmd += [flag, str(val)]
+        if args.first_data:
+            cmd.append("--first-data")
+        children.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL))
+    pids = ",".join(str(p) for p in [os.getpid()] + [c.pid for c in children])
     print(f"iocpx serve: listening on {srv.address[0]}:{srv.address[1]} backend={eng.backend} "
-          f"workers={eng.workers} first_data={args.first_data} pid={os.getpid()}", flush=True)
+          f"workers={eng.workers} first_data={args.first_data} pid={pids}", flush=True)
     last = eng.stats()
     last_t, last_cpu = time.monotonic(), _proc_cpu()
     try:
@@ -73,7 +97,14 @@ def serve(args):
                       flush=True)
             last, last_t, last_cpu = st, now, cpu
     finally:
+        for c in children:
+            c.send_signal(signal.SIGTERM)
         srv.stop(timeout=30)
+        for c in children:
+            try:
+                c.wait(30)
+            except subprocess.TimeoutExpired:
+                c.kill()
         print("iocpx serve: stopped", flush=True)
     return 0
 
@@ -83,15 +114,17 @@ def serve(args):
 class _Part:
     """One process's share of the stress run."""
 
-    def __init__(self, args, first_id, count):
+    def __init__(self, args, first_id, count, source_ip):
         self.args = args
+        # one source address per process: each (source, destination) pair has
+        # only ~28,000 ephemeral ports
+        self.local = (source_ip, 0) if source_ip else None
         self.first_id = first_id
         self.count = count
         self.lock = threading.Lock()
         self.heap = []                  # (due, seq, conn) sends waiting for their time
         self.seq = 0
         self.wake = threading.Condition(self.lock)
-        self.states = {}
         self.made = self.failed = self.sent = self.echoed = self.verified = 0
         self.closed = 0
         self.errors = {}
@@ -109,8 +142,7 @@ class _Part:
             heapq.heappush(self.heap, (due, self.seq, conn))
             self.wake.notify()
 
-    def send_next(self, conn):
-        st = self.states[conn.id]
+    def send_next(self, conn, st):
         st["expect"] = self.message(st["cid"], st["k"])
         st["buf"] = bytearray()
         st["t"] = time.monotonic()
@@ -118,7 +150,7 @@ class _Part:
         try:
             conn.send(st["expect"])
         except OSError as e:
-            self.error(type(e).__name__)
+            self.error(_kind(e))
             return
         with self.lock:
             self.sent += 1
@@ -127,13 +159,13 @@ class _Part:
         with self.lock:
             self.errors[kind] = self.errors.get(kind, 0) + 1
 
-    def on_connect(self, conn):
+    def on_connect(self, st, conn):
+        st["connected"] = True
         with self.lock:
             self.made += 1
-        self.send_next(conn)
+        self.send_next(conn, st)
 
-    def on_recv(self, conn, data):
-        st = self.states[conn.id]
+    def on_recv(self, st, conn, data):
         st["buf"] += data
         if len(st["buf"]) < len(st["expect"]):
             return
@@ -148,20 +180,19 @@ class _Part:
             self.error("mismatch")
             conn.close()
         elif st["k"] < self.args.messages:
-            self.schedule(st["t"] + self.args.interval, conn)
+            self.schedule(st["t"] + self.args.interval, (conn, st))
         else:
             conn.close()
 
-    def on_close(self, conn, exc):
-        st = self.states.get(conn.id)
+    def on_close(self, st, conn, exc):
         with self.lock:
             self.closed += 1
             if exc is not None:
-                if st is not None and st["k"] == 0 and not st.get("connected"):
+                if not st.get("connected"):
                     self.failed += 1
-                kind = type(exc).__name__
+                kind = _kind(exc)
                 self.errors[kind] = self.errors.get(kind, 0) + 1
-            elif st is not None and st["k"] < self.args.messages:
+            elif st["k"] < self.args.messages or len(st.get("buf", b"")) < len(st.get("expect", b"")):
                 self.errors["closed early"] = self.errors.get("closed early", 0) + 1
             if self.closed == self.count:
                 self.done.set()
@@ -178,29 +209,24 @@ class _Part:
                 due, _, item = heapq.heappop(self.heap)
             if isinstance(item, int):       # a connection still to open
                 self.open_one(eng, item)
-            elif not item.closed:
-                self.send_next(item)
+            elif not item[0].closed:
+                self.send_next(*item)
 
     def open_one(self, eng, cid):
-        holder = {}
-
-        def on_connect(conn):
-            self.states[conn.id]["connected"] = True
-            self.on_connect(conn)
-
+        st = {"cid": cid, "k": 0}
         try:
-            conn = eng.connect((self.args.host, self.args.port), on_connect=on_connect,
-                               on_recv=self.on_recv, on_close=self.on_close)
+            eng.connect((self.args.host, self.args.port), local_address=self.local,
+                        on_connect=functools.partial(self.on_connect, st),
+                        on_recv=functools.partial(self.on_recv, st),
+                        on_close=functools.partial(self.on_close, st))
         except OSError as e:
             with self.lock:
                 self.failed += 1
                 self.closed += 1
-                self.errors[type(e).__name__] = self.errors.get(type(e).__name__, 0) + 1
+                kind = _kind(e)
+                self.errors[kind] = self.errors.get(kind, 0) + 1
                 if self.closed == self.count:
                     self.done.set()
-            return
-        self.states.setdefault(conn.id, {"cid": cid, "k": 0})
-        self.states[conn.id]["cid"] = cid
 
     def run(self, out):
         eng = iocpx.Engine(workers=self.args.client_workers, backend=self.args.backend)
@@ -230,8 +256,11 @@ class _Part:
 
 
 def _stress_part(args):
-    first, count = (int(x) for x in args.part.split(":"))
-    _Part(args, first, count).run(sys.stdout)
+    first, count, index = (int(x) for x in args.part.split(":"))
+    src = args.source_ip
+    if src == "auto":
+        src = f"127.0.0.{10 + index}" if args.host.startswith("127.") else None
+    _Part(args, first, count, src or None).run(sys.stdout)
     return 0
 
 
@@ -244,7 +273,8 @@ def stress(args):
           f"{args.size} B, {args.interval:g} s apart, to {args.host}:{args.port}; "
           f"{nproc} process(es) (at most {per_proc} connections each: open-file limit {soft})",
           flush=True)
-    server_cpu0 = _proc_cpu(args.server_pid) if args.server_pid else None
+    spids = [int(p) for p in str(args.server_pid).split(",")] if args.server_pid else []
+    server_cpu0 = sum(_proc_cpu(p) for p in spids) if spids else None
     t0 = time.monotonic()
     procs, first = [], 0
     base = [sys.executable, "-m", "iocpx", "stress", "--host", args.host, "--port", str(args.port),
@@ -254,8 +284,9 @@ def stress(args):
             "--client-workers", str(args.client_workers)]
     if args.backend:
         base += ["--backend", args.backend]
-    for n in share:
-        procs.append(subprocess.Popen(base + ["--part", f"{first}:{n}"], stdout=subprocess.PIPE, text=True))
+    base += ["--source-ip", args.source_ip]
+    for i, n in enumerate(share):
+        procs.append(subprocess.Popen(base + ["--part", f"{first}:{n}:{i}"], stdout=subprocess.PIPE, text=True))
         first += n
     progress = [[0, 0, 0] for _ in procs]
     results = [None] * len(procs)
@@ -276,9 +307,9 @@ def stress(args):
     last_print = 0.0
     while any(p.poll() is None for p in procs):
         time.sleep(0.2)
-        if args.server_pid:
+        if spids:
             try:
-                peak_rss = max(peak_rss, _proc_rss_kib(args.server_pid))
+                peak_rss = max(peak_rss, sum(_proc_rss_kib(p) for p in spids))
             except OSError:
                 pass
         if time.monotonic() - last_print >= 1.0:
@@ -315,11 +346,11 @@ def stress(args):
     print(f"  errors       {errors if errors else 'none'}")
     print(f"  latency      p50 {pct(0.5):.3f} ms, p99 {pct(0.99):.3f} ms, "
           f"max {lat[-1] / 1000 if lat else float('nan'):.3f} ms")
-    if args.server_pid:
+    if spids:
         try:
-            cpu = _proc_cpu(args.server_pid) - server_cpu0
+            cpu = sum(_proc_cpu(p) for p in spids) - server_cpu0
             print(f"  server       pid {args.server_pid}: CPU {cpu:.2f} s ({100 * cpu / elapsed:.1f}% of one core), "
-                  f"peak RSS {peak_rss / 1024:.1f} MiB")
+                  f"peak RSS {peak_rss / 1024:.1f} MiB (summed over its processes)")
         except OSError as e:
             print(f"  server       pid {args.server_pid}: gone ({e})")
     ok = tot["verified"] == want and not errors
@@ -337,6 +368,10 @@ def add_parsers(sub):
     s.add_argument("--backlog", type=int, default=4096)
     s.add_argument("--idle-timeout", type=float, default=None)
     s.add_argument("--log-accepts", type=int, default=20, help="log at most this many accepts")
+    s.add_argument("--processes", type=int, default=1,
+                   help="server processes sharing the port (SO_REUSEPORT); one process may "
+                        "hold at most its open-file limit of connections")
+    s.add_argument("--reuse-port", action="store_true", help=argparse_suppress())
     s.add_argument("--quiet", action="store_true", help="no accept log and no status line")
     s.add_argument("--status", action="store_true", help="with --quiet: keep the status line")
     s.set_defaults(func=serve)
@@ -353,7 +388,11 @@ def add_parsers(sub):
     t.add_argument("--client-workers", type=int, default=2)
     t.add_argument("--backend", default=None)
     t.add_argument("--timeout", type=float, default=60, help="extra seconds before giving up")
-    t.add_argument("--server-pid", type=int, default=None)
+    t.add_argument("--source-ip", default="auto",
+                   help="bind client sockets to this address; 'auto': 127.0.0.(10+i) for client "
+                        "process i when the server is on 127.x, '' for none")
+    t.add_argument("--server-pid", default=None,
+                   help="server process id(s), comma-separated: their CPU and peak RSS are reported")
     t.add_argument("--part", default=None, help=argparse_suppress())
     t.set_defaults(func=lambda a: _stress_part(a) if a.part else stress(a))
 
