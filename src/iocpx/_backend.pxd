@@ -102,6 +102,7 @@ cdef class Backend:
     cdef int wait(self, Event* out, int maxev, long timeout_ms) noexcept nogil
     cdef int buffer_group(self, uint32_t size) except -1
     cdef object recv_bytes(self, Event* ev)
+    cdef Py_ssize_t recv_copy(self, Event* ev, char* dst) except -1   # copy ev's data to dst, give the buffer back
     cdef object accept_data(self, Event* ev)    # first data an accept carried (AcceptEx), or None
     cdef object error(self, int err, str what)  # the OSError for a backend error code
     cdef void release(self) noexcept

@@ -5,6 +5,7 @@ import os
 
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
 from cpython.ref cimport Py_INCREF, Py_XDECREF
+from libc.string cimport memcpy
 from iocpx._sys cimport IOCPX_ADD_I64, IOCPX_LOAD_I64
 
 cdef int64_t _live_io = 0   # per-I/O contexts allocated and not yet freed (all engines)
@@ -112,6 +113,15 @@ cdef class Backend:
         return self.ngroups - 1
     cdef object recv_bytes(self, Event* ev):
         raise NotImplementedError
+    cdef Py_ssize_t recv_copy(self, Event* ev, char* dst) except -1:
+        """Copy a receive event's data to dst (room for ev.res bytes); the
+        generic way, through recv_bytes. Returns the bytes copied."""
+        data = self.recv_bytes(ev)
+        if data is None:
+            return 0
+        cdef Py_ssize_t n = len(data)
+        memcpy(dst, <const char*>data, n)
+        return n
     cdef object accept_data(self, Event* ev):
         return None
     cdef object error(self, int err, str what):

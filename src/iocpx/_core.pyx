@@ -33,7 +33,7 @@ from collections import deque
 
 cimport cython
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_RawMalloc, PyMem_RawRealloc, PyMem_RawFree
 from libc.string cimport memcpy, memset
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, int64_t
@@ -49,6 +49,8 @@ cdef enum:
     QUIET_ROUNDS = 50       # follower rounds without progress before it sleeps untimed
     FLUSH_EVERY = 64        # submit queued sends at least every this many events
     COALESCE = 65536        # join queued small sends up to this many bytes
+    MERGE_MAX = 64          # receive events merged into one callback, at most
+    MERGE_BYTES = 262144    # ... and bytes
     PIPE_WANT = 1 << 20     # sendfile pipe size asked for
     HARD_SLACK = 8 << 20    # send() refuses past max_send_buffer + max(it, this)
 
@@ -466,10 +468,12 @@ cdef class Engine:
         Returns 1 when this worker took an exit packet, 2 when it reserved
         the leader role (its next wait submits what the batch queued, one
         syscall), 0 otherwise (it submitted them itself)."""
-        cdef Event ev
+        cdef Event run[MERGE_MAX]      # run[0]: the event; more: receives merged into it
+        cdef Event* nx
         cdef SchedNode* s
         cdef int count = 0
-        cdef int r
+        cdef int r, k
+        cdef Py_ssize_t total
         while True:
             iocpx_mutex_lock(&self.mu)
             if self.rq_len == 0:
@@ -479,33 +483,50 @@ cdef class Engine:
                     return 2
                 iocpx_mutex_unlock(&self.mu)
                 break
-            ev = self.rq[self.rq_head]
+            run[0] = self.rq[self.rq_head]
             self.rq_head = (self.rq_head + 1) % self.rq_cap
             self.rq_len -= 1
             self.progress += 1
-            s = ev.io.sched
+            s = run[0].io.sched
+            k = 1
             if s != NULL:
                 if s.running:
-                    r = _backlog_push(s, &ev)
+                    r = _backlog_push(s, &run[0])
                     iocpx_mutex_unlock(&self.mu)
                     if r < 0:       # out of memory: put it back and let the owner drain
                         iocpx_mutex_lock(&self.mu)
-                        self._rq_push(&ev, 1)
+                        self._rq_push(&run[0], 1)
                         iocpx_mutex_unlock(&self.mu)
                     continue
                 s.running = 1
+                # Receives of one op that follow each other in the queue (a big
+                # message in buffer-sized pieces) become one callback.
+                if run[0].io.op == OP_RECV and run[0].res > 0 and (run[0].flags & EV_MORE):
+                    total = run[0].res
+                    while k < MERGE_MAX and self.rq_len > 0 and total < MERGE_BYTES:
+                        nx = &self.rq[self.rq_head]
+                        if nx.io != run[0].io or nx.res <= 0:
+                            break
+                        run[k] = nx[0]
+                        k += 1
+                        total += nx.res
+                        self.rq_head = (self.rq_head + 1) % self.rq_cap
+                        self.rq_len -= 1
+                        self.progress += 1
+                        if not (run[k - 1].flags & EV_MORE):
+                            break
             iocpx_mutex_unlock(&self.mu)
-            if ev.io.op == OP_EXIT:
-                io_free(ev.io)
+            if run[0].io.op == OP_EXIT:
+                io_free(run[0].io)
                 self._flush()
                 return 1
             if s != NULL:
-                owner = <object>ev.io.owner     # keeps the SchedNode's object alive
-                self._handle(&ev)
+                owner = <object>run[0].io.owner     # keeps the SchedNode's object alive
+                self._handle(run, k)
                 self._drain(s)
                 owner = None
             else:
-                self._handle(&ev)
+                self._handle(run, 1)
             count += 1
             if count >= FLUSH_EVERY:
                 self._flush()
@@ -525,7 +546,7 @@ cdef class Engine:
                 return
             ev = _backlog_pop(s)
             iocpx_mutex_unlock(&self.mu)
-            self._handle(&ev)
+            self._handle(&ev, 1)
 
     cdef void _flush(self) noexcept:
         try:
@@ -539,11 +560,12 @@ cdef class Engine:
         if iocpx_tls_get() != <void*>self:
             self.be.flush()
 
-    cdef void _handle(self, Event* ev) noexcept:
+    cdef void _handle(self, Event* ev, int k) noexcept:
+        """Run one completion (k > 1: k receives of one op, merged)."""
         cdef uint8_t op = ev.io.op
         try:
             if op == OP_RECV:
-                (<Connection>ev.io.owner)._on_recv(ev)
+                (<Connection>ev.io.owner)._on_recv(ev, k)
             elif op == OP_SEND:
                 (<Connection>ev.io.owner)._on_send(ev)
             elif op == OP_SPLICE_IN or op == OP_SPLICE_OUT or op == OP_SENDFILE:
@@ -995,7 +1017,7 @@ cdef class Connection:
     cdef int64_t idle_ticks         # idle_timeout in sweeper ticks (0: none)
     cdef int64_t last_tick          # the sweeper tick of the last data in or out
     cdef IoCtx* send_io             # the one send/splice in flight, or NULL; kernel-owned
-    cdef object sendq               # deque of bytes / _FileJob not yet handed to the kernel
+    cdef object sendq               # deque of bytes / _FileJob not yet handed to the kernel, or None
     cdef readonly Py_ssize_t send_buffered  # bytes queued or in flight, not yet sent
     cdef uint16_t group
     cdef int pipe_r, pipe_w         # sendfile pipe, ours
@@ -1026,7 +1048,7 @@ cdef class Connection:
         c.eng = eng
         c.fd = fd
         c.group = group
-        c.sendq = deque()
+        c.sendq = None                  # a deque once something has to wait
         c.id = eng._take_id()
         c.state = C_OPEN
         return c
@@ -1129,10 +1151,24 @@ cdef class Connection:
                 self._send_next()
         self._maybe_finish()
 
-    cdef void _on_recv(self, Event* ev) except *:
+    cdef void _on_recv(self, Event* evs, int k) except *:
+        """k receive events of one op (k > 1 only for data events that came
+        back to back): one callback with all of their bytes, in order."""
         cdef Engine eng = self.eng
-        data = eng.be.recv_bytes(ev)        # the buffer goes back to the kernel here
-        cdef int res = ev.res
+        cdef Event* ev = &evs[k - 1]        # the last one says whether the op goes on
+        cdef Py_ssize_t res, off = 0, total = 0
+        cdef int i
+        if k == 1:
+            data = eng.be.recv_bytes(ev)    # the buffer goes back to the kernel here
+            res = ev.res
+        else:
+            for i in range(k):
+                total += evs[i].res
+            data = PyBytes_FromStringAndSize(NULL, total)
+            for i in range(k):
+                off += eng.be.recv_copy(&evs[i], PyBytes_AS_STRING(data) + off)
+            res = total
+            eng.n_msgs_in += k - 1
         if not (ev.flags & EV_MORE):        # this receive op is over
             if self.recv_io == ev.io:
                 self.recv_io = NULL
@@ -1219,31 +1255,38 @@ cdef class Connection:
                 if len(parts) > 1:
                     item = b"".join(parts)
                     n = total
-            sent = 0
-            if self.eng.be.sync_send:   # try now: done at once costs no completion
-                sent = self.eng.be.try_send(self.fd, PyBytes_AS_STRING(item), n)
-                if sent == n:
-                    self._count_sent(n)
-                    self._drain_due()
-                    continue
-                if sent < 0:
-                    if sent != -_errno.EAGAIN:
-                        self._abort(self.eng.be.error(-sent, "send"))
-                        return 0
-                    sent = 0
-                elif sent > 0:
-                    self._count_sent(sent)
-            io = self._new_io(OP_SEND)
-            io_set_obj(io, item)        # the kernel reads item's buffer until completion
-            io.buf = PyBytes_AS_STRING(item) + sent
-            io.len = n - sent
-            try:
-                self.eng.be.submit_send(io)
-            except BaseException as e:
-                self._io_done(io)
-                self._abort(e)
-                raise
-            self.send_io = io
+            self._submit_bytes(item, n)
+        return 0
+
+    cdef int _submit_bytes(self, object item, Py_ssize_t n) except -1:
+        """Send n bytes of item now if the backend can, else hand them to the
+        kernel as the one send in flight."""
+        cdef IoCtx* io
+        cdef Py_ssize_t sent = 0
+        if self.eng.be.sync_send:   # try now: done at once costs no completion
+            sent = self.eng.be.try_send(self.fd, PyBytes_AS_STRING(item), n)
+            if sent == n:
+                self._count_sent(n)
+                self._drain_due()
+                return 0
+            if sent < 0:
+                if sent != -_errno.EAGAIN:
+                    self._abort(self.eng.be.error(-sent, "send"))
+                    return 0
+                sent = 0
+            elif sent > 0:
+                self._count_sent(sent)
+        io = self._new_io(OP_SEND)
+        io_set_obj(io, item)        # the kernel reads item's buffer until completion
+        io.buf = PyBytes_AS_STRING(item) + sent
+        io.len = n - sent
+        try:
+            self.eng.be.submit_send(io)
+        except BaseException as e:
+            self._io_done(io)
+            self._abort(e)
+            raise
+        self.send_io = io
         return 0
 
     cdef bint _splice_next(self, _FileJob job) except -1:
@@ -1381,10 +1424,11 @@ cdef class Connection:
             log.exception("iocpx: could not cancel the operations of connection %d", self.id)
 
     cdef void _drop_queue(self) noexcept:
-        for item in self.sendq:
-            if type(item) is _FileJob:
-                (<_FileJob>item).finish()
-        self.sendq.clear()
+        if self.sendq:
+            for item in self.sendq:
+                if type(item) is _FileJob:
+                    (<_FileJob>item).finish()
+        self.sendq = None
         self.send_buffered = 0
 
     cdef void _maybe_finish(self) noexcept:
@@ -1431,9 +1475,14 @@ cdef class Connection:
         if n == 0:
             return
         self._reserve(n)
-        self.sendq.append(data)
-        if self.send_io == NULL and self.state != C_CONNECTING:
-            self._send_next()
+        if self.send_io == NULL and not self.sendq and self.state != C_CONNECTING:
+            self._submit_bytes(data, n)     # the usual case: nothing queued, no deque needed
+        else:
+            if self.sendq is None:
+                self.sendq = deque()        # made on first need: idle connections carry none
+            self.sendq.append(data)
+            if self.send_io == NULL and self.state != C_CONNECTING:
+                self._send_next()
         self.eng._kick()
 
     cdef int _reserve(self, Py_ssize_t n) except -1:
@@ -1493,6 +1542,8 @@ cdef class Connection:
             job.finish()
             return 0
         self._reserve(count)
+        if self.sendq is None:
+            self.sendq = deque()
         self.sendq.append(job)
         if self.send_io == NULL and self.state != C_CONNECTING:
             self._send_next()

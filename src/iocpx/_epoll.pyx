@@ -21,7 +21,7 @@ from cpython.mem cimport PyMem_RawMalloc, PyMem_RawCalloc, PyMem_RawRealloc, PyM
 from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, ENOENT, EEXIST
 cdef extern from "<errno.h>" nogil:
     int ECANCELED, EWOULDBLOCK
-from libc.string cimport memset
+from libc.string cimport memset, memcpy
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from posix.unistd cimport close as c_close, read as c_read, write as c_write
 
@@ -66,6 +66,7 @@ cdef extern from "<fcntl.h>" nogil:
 
 cdef enum:
     MAX_UNREAD = 8          # data events of one receive waiting for dispatch
+    READ_MIN = 65536        # bytes one read may take, whatever the buffer size
     WAKE_TAG = 0xFFFFFFFF   # epoll data of the wake-up eventfd
 
 # Per-descriptor state: the operations armed on it. Accepts queue up through
@@ -558,12 +559,20 @@ cdef class EpollBackend(Backend):
     cdef int _do_recv(self, int fd, FdState* st, Event* out) noexcept nogil:
         cdef IoCtx* io = st.recv
         cdef uint32_t size = self.sizes[io.group]
-        cdef char* buf = <char*>PyMem_RawMalloc(size)   # handed to the engine in out.data
+        cdef char* buf
+        cdef char* small
         cdef ssize_t r
+        if size < READ_MIN:
+            size = READ_MIN         # one read takes what is there (a 64 KiB message at once)
+        buf = <char*>PyMem_RawMalloc(size)      # handed to the engine in out.data
         if buf == NULL:
             return 0
         r = recv(fd, buf, size, MSG_DONTWAIT)
         if r > 0:
+            if r < size // 2:       # give back what the read did not use
+                small = <char*>PyMem_RawRealloc(buf, r)
+                if small != NULL:
+                    buf = small
             io.aux += 1
             out.io = io
             out.res = <int>r
@@ -616,10 +625,22 @@ cdef class EpollBackend(Backend):
         if ev.data == NULL:
             return None
         data = PyBytes_FromStringAndSize(<char*>ev.data, ev.res)
-        PyMem_RawFree(ev.data)
-        ev.data = NULL
+        self._consumed(ev)
+        return data
+
+    cdef Py_ssize_t recv_copy(self, Event* ev, char* dst) except -1:
+        if ev.data == NULL:
+            return 0
+        memcpy(dst, ev.data, ev.res)
+        self._consumed(ev)
+        return ev.res
+
+    cdef void _consumed(self, Event* ev) noexcept:
+        """A data event was taken: free its buffer; the receive may read again."""
         cdef IoCtx* io = ev.io
         cdef FdState* st
+        PyMem_RawFree(ev.data)
+        ev.data = NULL
         iocpx_mutex_lock(&self.mu)
         io.aux -= 1
         if io.fd < self.nfds:
@@ -627,7 +648,6 @@ cdef class EpollBackend(Backend):
             if st.recv == io:
                 self._interest(io.fd, st)
         iocpx_mutex_unlock(&self.mu)
-        return data
 
 
 def probe():

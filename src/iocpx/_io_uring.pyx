@@ -22,7 +22,7 @@ goes straight back to the ring.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport errno, EINTR, ETIME, EBUSY, EAGAIN, EINVAL, ENOMEM
-from libc.string cimport memset
+from libc.string cimport memset, memcpy
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from cpython.mem cimport PyMem_RawMalloc, PyMem_RawCalloc, PyMem_RawFree
 from posix.unistd cimport close as c_close, write as c_write
@@ -565,22 +565,37 @@ cdef class UringBackend(Backend):
 
     cdef object recv_bytes(self, Event* ev):
         """The bytes a receive completion carried (None if none) and the buffer
-        given back to the kernel at once. Must be called for every recv event."""
+        given back to the kernel at once. Must be called for every recv event
+        (or recv_copy)."""
         if not (ev.flags & EV_BUFFER):
             return None
         cdef BufGroup* g = &self.groups[ev.io.group]
         cdef uint16_t bid = <uint16_t>(ev.flags >> EV_BUFFER_SHIFT)
-        cdef char* p = g.mem + <size_t>bid * g.size
         data = None
         if ev.res > 0:
-            data = PyBytes_FromStringAndSize(p, ev.res)
+            data = PyBytes_FromStringAndSize(g.mem + <size_t>bid * g.size, ev.res)
+        self._recycle(g, bid)
+        return data
+
+    cdef Py_ssize_t recv_copy(self, Event* ev, char* dst) except -1:
+        if not (ev.flags & EV_BUFFER):
+            return 0
+        cdef BufGroup* g = &self.groups[ev.io.group]
+        cdef uint16_t bid = <uint16_t>(ev.flags >> EV_BUFFER_SHIFT)
+        cdef Py_ssize_t n = ev.res if ev.res > 0 else 0
+        memcpy(dst, g.mem + <size_t>bid * g.size, n)
+        self._recycle(g, bid)
+        return n
+
+    cdef inline void _recycle(self, BufGroup* g, uint16_t bid) noexcept:
+        """Give buffer bid back to the kernel's ring (dispatch holds the GIL,
+        which serializes this producer side)."""
         cdef io_uring_buf* slot = &g.ring[g.tail & g.mask]
-        slot.addr = <uint64_t><size_t>p
+        slot.addr = <uint64_t><size_t>(g.mem + <size_t>bid * g.size)
         slot.len = g.size
         slot.bid = bid
         g.tail += 1
         IOCPX_STORE_REL_U16(&g.ring[0].resv, g.tail)
-        return data
 
 
 def probe():
