@@ -1,6 +1,8 @@
 """Echo benchmark: server CPU per round trip of iocpx against asyncio and uvloop, side by side.
 
-What it shows: for each server (asyncio, uvloop, iocpx with 1 or more workers) and each
+What it shows: for each server (asyncio, uvloop, iocpx with 1 or more workers; also, on request,
+a thread per client ("threads") and the minimal C io_uring server uring_echo.c ("uring-c"),
+the practical limit) and each
 (connections, message size), the round trips per second, the p50/p99/max latency, and the figure
 that matters, **server CPU microseconds per round trip** (utime+stime from /proc/PID/stat over the
 measured window, divided by the round trips in it), with its ratio to uvloop from the same run.
@@ -10,9 +12,10 @@ On two cores the throughput is bound by the load generator (see the "loadgen CPU
 100% means client-bound), which is why CPU per round trip is the figure to compare.
 
 What it needs: Linux, 2+ CPUs, `cc` (gcc or clang), `taskset` (util-linux), Python 3.11+;
-`pip install uvloop` for the uvloop rows; for the iocpx rows an iocpx that imports, normally
-the in-place build in src/iocpx (put first on the servers' PYTHONPATH; this script never
-builds it). A server that is missing gets a row saying why, and the others still run.
+`pip install uvloop` for the uvloop rows; for the uring-c rows Linux 6.1+ and the kernel
+header <linux/io_uring.h> (Debian: linux-libc-dev); for the iocpx rows an iocpx that imports,
+normally the in-place build in src/iocpx (put first on the servers' PYTHONPATH; this script
+never builds it). A server that is missing gets a row saying why, and the others still run.
 
 How to run it, from the repo root:
 
@@ -20,6 +23,9 @@ How to run it, from the repo root:
     python bench/echo.py --connections 1,100,1000 --size 64,4096 --iocpx-workers 1,4 \
         --out /tmp/echo.md
     python bench/echo.py --servers asyncio,uvloop --duration 3 --repeat 3 --json /tmp/raw.json
+    python bench/echo.py --servers uvloop,threads,uring-c --connections 100,1000
+
+The whole suite (every peer and scenario, a dated table and charts) is bench/run_all.py.
 
 Other processes running on the two cores spoil a run: each row first waits (up to
 --quiet-wait s) for the machine to be idle, the "other CPU %" column says what else ran during
@@ -48,6 +54,9 @@ BUILD_DIR = os.path.join(BENCH_DIR, ".build")
 LOADGEN_SRC = os.path.join(BENCH_DIR, "loadgen.c")
 LOADGEN_BIN = os.path.join(BUILD_DIR, "loadgen")
 SERVERS_PY = os.path.join(BENCH_DIR, "servers.py")
+URING_SRC = os.path.join(BENCH_DIR, "uring_echo.c")
+URING_BIN = os.path.join(BUILD_DIR, "uring_echo")
+KINDS = ("asyncio", "uvloop", "iocpx", "threads", "uring-c")
 
 SERVER_CPU = "0"
 CLIENT_CPU = "1"
@@ -136,17 +145,53 @@ def rss_kib(pid):
     return 0
 
 
-def build_loadgen():
-    """Compile loadgen.c into bench/.build/ unless the binary is newer than the source."""
-    if (os.path.exists(LOADGEN_BIN)
-            and os.path.getmtime(LOADGEN_BIN) >= os.path.getmtime(LOADGEN_SRC)):
+def build_c(src, binary):
+    """Compile one bench C file into bench/.build/ unless the binary is newer than the source."""
+    if os.path.exists(binary) and os.path.getmtime(binary) >= os.path.getmtime(src):
         return
     os.makedirs(BUILD_DIR, exist_ok=True)
     cc = os.environ.get("CC", "cc")
-    cmd = [cc, "-O2", "-Wall", "-o", LOADGEN_BIN + ".tmp", LOADGEN_SRC]
+    cmd = [cc, "-O2", "-Wall", "-o", binary + ".tmp", src]
     print("building:", " ".join(cmd), file=sys.stderr)
     subprocess.run(cmd, check=True)
-    os.replace(LOADGEN_BIN + ".tmp", LOADGEN_BIN)
+    os.replace(binary + ".tmp", binary)
+
+
+def build_loadgen():
+    build_c(LOADGEN_SRC, LOADGEN_BIN)
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 below the ephemeral range, free right now. Why not port 0: on a
+    shared machine the ephemeral range can be full of TIME_WAIT sockets (every loopback client
+    leaves some), and then bind(port 0) fails with EADDRINUSE."""
+    import random
+    import socket
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        lo = 32768
+    lo = max(lo, 2048)
+    for _ in range(200):
+        port = random.randrange(1024 + (lo - 1024) // 4, lo)
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    return 0
+
+
+def server_command(kind, server_args, port=None):
+    """The command line that serves `kind` on `port` (default: free_port()) and prints
+    READY <port>."""
+    port = str(free_port() if port is None else port)
+    if kind == "uring-c":
+        return [URING_BIN, port] + server_args
+    return [sys.executable, SERVERS_PY, kind, port] + server_args
 
 
 def child_env():
@@ -202,11 +247,12 @@ def _tail(path, n=1):
         return ""
 
 
-def run_one(kind, label, server_args, connections, size, args, log_path):
-    """Start a server, drive it with the loadgen, return a result dict (with 'error' on failure)."""
+def run_one(kind, label, server_args, connections, size, args, log_path, client=None):
+    """Start a server, drive it with the loadgen, return a result dict (with 'error' on failure).
+    `client(port)`, if given, returns (command, connect timeout s) of another load generator that
+    speaks loadgen.c's START/END/JSON protocol (bench/churn.c)."""
     res = {"label": label, "kind": kind, "connections": connections, "size": size}
-    cmd = (["taskset", "-c", SERVER_CPU] if args.pin else []) + \
-        [sys.executable, SERVERS_PY, kind, "0"] + server_args
+    cmd = (["taskset", "-c", SERVER_CPU] if args.pin else []) + server_command(kind, server_args)
     with open(log_path, "w") as log:
         server = _spawn(cmd, stdout=subprocess.PIPE, stderr=log, env=child_env(),
                         cwd=BENCH_DIR, start_new_session=True)
@@ -224,10 +270,13 @@ def run_one(kind, label, server_args, connections, size, args, log_path):
         port = int(line.split()[1])
         spid = server.pid   # taskset execs the server, so the pid is the server's own
 
-        connect_timeout = 10.0 + connections / 1000.0
-        lg_cmd = (["taskset", "-c", CLIENT_CPU] if args.pin else []) + \
-            [LOADGEN_BIN, "127.0.0.1", str(port), str(connections), str(size),
-             str(args.warmup), str(args.duration), str(connect_timeout)]
+        if client is None:
+            connect_timeout = 10.0 + connections / 1000.0
+            client_cmd = [LOADGEN_BIN, "127.0.0.1", str(port), str(connections), str(size),
+                          str(args.warmup), str(args.duration), str(connect_timeout)]
+        else:
+            client_cmd, connect_timeout = client(port)
+        lg_cmd = (["taskset", "-c", CLIENT_CPU] if args.pin else []) + client_cmd
         loadgen = _spawn(lg_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          start_new_session=True)
         deadline = time.monotonic() + connect_timeout + args.warmup + args.duration + MARGIN
@@ -424,7 +473,8 @@ def main(argv=None):
     ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per row")
     ap.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per row")
     ap.add_argument("--servers", default="asyncio,uvloop,iocpx",
-                    help="comma-separated: asyncio, uvloop, iocpx (default all)")
+                    help="comma-separated: asyncio, uvloop, iocpx, threads, uring-c "
+                         "(default asyncio,uvloop,iocpx)")
     ap.add_argument("--iocpx-workers", type=_int_list, default=[1],
                     help="iocpx worker counts, one row each (default 1)")
     ap.add_argument("--iocpx-backend", default=None,
@@ -442,7 +492,7 @@ def main(argv=None):
 
     kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
     for k in kinds:
-        if k not in ("asyncio", "uvloop", "iocpx"):
+        if k not in KINDS:
             ap.error(f"unknown server {k!r}")
     if args.duration <= 0 or args.warmup < 0 or args.repeat < 1:
         ap.error("--duration must be > 0, --warmup >= 0 and --repeat >= 1")
@@ -459,6 +509,8 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     build_loadgen()
+    if "uring-c" in kinds:
+        build_c(URING_SRC, URING_BIN)
     os.makedirs(BUILD_DIR, exist_ok=True)
 
     # Decide once what can run; missing frameworks become rows that say why.

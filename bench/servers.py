@@ -1,10 +1,13 @@
-"""Echo servers for the iocpx benchmarks: the same echo served by asyncio, uvloop and iocpx.
+"""Echo servers for the iocpx benchmarks: the same echo served by asyncio, uvloop, iocpx and a
+thread per client (plain blocking sockets: the model's counter-example).
 
 What it shows: nothing by itself. bench/echo.py starts one of these per benchmark row, pinned to
 CPU 0, and measures its CPU time per round trip. Each server echoes every received chunk back on
 the same connection, with the least code its framework allows (asyncio/uvloop: a Protocol whose
 data_received calls transport.write; iocpx: on_recv calls conn.send), so the figure is the cost
-of the framework, not of the application.
+of the framework, not of the application. The thread-per-client server runs one Python thread
+per connection doing blocking recv/sendall, the design iocpx exists to replace. (The C io_uring
+server, the practical limit, is bench/uring_echo.c, a separate binary with the same protocol.)
 
 What it needs: Python 3.11+; `pip install uvloop` for the uvloop server; an importable iocpx
 (normally the in-place build in src/iocpx, found through PYTHONPATH) for the iocpx server.
@@ -12,6 +15,7 @@ What it needs: Python 3.11+; `pip install uvloop` for the uvloop server; an impo
 How to run it (by hand; bench/echo.py does this for you):
 
     python bench/servers.py asyncio 0                        # port 0: the kernel picks one
+    python bench/servers.py threads 0
     PYTHONPATH=src python bench/servers.py iocpx 9000 --workers 1 --backend io_uring
 
 Once listening it prints "READY <port>" on stdout (flushed). It serves until SIGTERM or SIGINT,
@@ -86,6 +90,61 @@ def serve_asyncio(kind, port, backlog):
         return runner.run(main())
 
 
+# ---- a thread per client: blocking sockets, the counter-example ----
+
+def serve_threads(port, backlog):
+    import socket
+    import threading
+
+    stopping = threading.Event()
+    conns = set()               # open sockets, so shutdown can close them
+    lock = threading.Lock()
+
+    def handle(sock):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            recv, sendall = sock.recv, sock.sendall
+            while True:
+                data = recv(65536)
+                if not data:
+                    break
+                sendall(data)
+        except OSError:
+            pass
+        finally:
+            with lock:
+                conns.discard(sock)
+            sock.close()
+
+    def on_stop(signum, frame):
+        stopping.set()
+        raise KeyboardInterrupt     # interrupts the blocking accept() below
+
+    lsock = socket.create_server(("127.0.0.1", port), backlog=backlog)
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    _ready(lsock.getsockname()[1])
+    accepted = 0
+    try:
+        while not stopping.is_set():
+            sock, _ = lsock.accept()
+            accepted += 1
+            with lock:
+                conns.add(sock)
+            threading.Thread(target=handle, args=(sock,), daemon=True).start()
+    except KeyboardInterrupt:
+        pass
+    lsock.close()
+    with lock:
+        n_open = len(conns)
+        for sock in list(conns):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)     # the thread sees EOF and exits
+            except OSError:
+                pass
+    return {"kind": "threads", "accepted": accepted, "open_at_stop": n_open}
+
+
 # ---- iocpx: the public API, nothing else ----
 
 def serve_iocpx(port, workers, backend, backlog):
@@ -121,16 +180,19 @@ def serve_iocpx(port, workers, backend, backlog):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Echo server for bench/echo.py")
-    ap.add_argument("kind", choices=["asyncio", "uvloop", "iocpx"])
+    ap.add_argument("kind", choices=["asyncio", "uvloop", "iocpx", "threads"])
     ap.add_argument("port", type=int, help="TCP port on 127.0.0.1; 0 lets the kernel choose")
-    ap.add_argument("--workers", type=int, default=1, help="iocpx worker threads (default 1)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="iocpx worker threads (default 1; 0: iocpx's own default)")
     ap.add_argument("--backend", default=None, help="iocpx backend (default: iocpx's choice)")
     ap.add_argument("--backlog", type=int, default=None,
-                    help="listen backlog (default: 1024 for asyncio/uvloop, iocpx's own default)")
+                    help="listen backlog (default: 1024 for asyncio/uvloop/threads, iocpx's own)")
     args = ap.parse_args(argv)
 
     if args.kind == "iocpx":
-        stats = serve_iocpx(args.port, args.workers, args.backend, args.backlog)
+        stats = serve_iocpx(args.port, args.workers or None, args.backend, args.backlog)
+    elif args.kind == "threads":
+        stats = serve_threads(args.port, args.backlog or 1024)
     else:
         stats = serve_asyncio(args.kind, args.port, args.backlog or 1024)
     stats["pid"] = os.getpid()
