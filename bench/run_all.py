@@ -339,6 +339,8 @@ def run_stress_row(key, n, messages, interval, quiet_wait):
             out, _ = st.communicate()
             res["error"] = f"stress client did not finish in {limit:.0f} s"
         out = out.decode(errors="replace")
+        with open(os.path.join(E.BUILD_DIR, f"stress-client-{key}.log"), "w") as f:
+            f.write(" ".join(scmd) + "\n" + out)
         res["cpu_s_own"] = E.cpu_seconds(spid) - cpu0
         res["wall_s"] = time.monotonic() - t0
         res["exit"] = st.returncode
@@ -358,6 +360,10 @@ def run_stress_row(key, n, messages, interval, quiet_wait):
         m = re.search(r"server\s+pid \d+: CPU ([\d.]+) s .*peak RSS ([\d.]+) MiB", out)
         if m:
             res["cpu_s"], res["peak_rss_mib"] = float(m.group(1)), float(m.group(2))
+        if not res["ok"]:
+            res["output_tail"] = " / ".join(
+                ln.strip() for ln in out.strip().splitlines()[-12:]
+                if ln.strip() and not ln.strip().startswith("t="))[-600:]
         if "verified" not in res and "error" not in res:
             res["error"] = "no report from the stress client: " + \
                 " / ".join(out.strip().splitlines()[-3:])
@@ -597,6 +603,9 @@ def render(res, meta, peers, charts):
             for k in ("error", "note"):
                 if r.get(k):
                     notes.append(f"{r['label']} @ stress: {r[k]}")
+            if r.get("output_tail") and not r.get("ok"):
+                notes.append(f"{r['label']} @ stress: the client's last lines: "
+                             f"{r['output_tail']}")
             if "EADDRINUSE" in str(r.get("errors")):
                 notes.append(f"{r['label']} @ stress: EADDRINUSE is the client running out of "
                              f"local ports ({r.get('tcp_sockets_before', 0):,} loopback ports "

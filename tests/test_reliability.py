@@ -245,7 +245,8 @@ def test_emfile_listener_survives(backend):
 
 def test_connection_storm_10000_cycles_no_leak(engine):
     lst = engine.listen(("127.0.0.1", 0), on_recv=echo)
-    n, par = 10_000, 200
+    # under Wine a client's implicit bind() counts TIME_WAIT ports: fewer cycles there
+    n, par = (3_000 if UNDER_WINE else 10_000), 200
 
     async def main():
         sem = asyncio.Semaphore(par)
