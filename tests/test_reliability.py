@@ -273,28 +273,28 @@ def test_connection_storm_10000_cycles_no_leak(engine):
 
 
 BUSY_CLIENTS = textwrap.dedent("""
-    import asyncio, sys
+    import asyncio, collections, sys
     port, n = int(sys.argv[1]), int(sys.argv[2])
+    errors = collections.Counter()
     async def main():
         sem = asyncio.Semaphore(500)
-        async def one():
+        async def one(i):
             try:
                 async with sem:
-                    r, w = await asyncio.open_connection("127.0.0.1", port)
+                    # eight source addresses: loopback ports still in TIME_WAIT from
+                    # earlier tests cannot starve one of them
+                    r, w = await asyncio.open_connection(
+                        "127.0.0.1", port, local_addr=(f"127.0.0.{2 + i % 8}", 0))
                 w.write(b"x" * 512)
                 while True:
                     d = await r.read(65536)
                     if not d:
                         return
                     w.write(d)
-            except OSError:
-                return
-        tasks = [asyncio.ensure_future(one()) for _ in range(n)]
-        await asyncio.sleep(0.5)
-        while sum(1 for t in tasks if not t.done()) < n and not all(t.done() for t in tasks):
-            break
-        print("up", flush=True)
-        await asyncio.gather(*tasks)
+            except OSError as e:
+                errors[type(e).__name__ + ":" + str(e.errno)] += 1
+        await asyncio.gather(*(one(i) for i in range(n)))
+        print("client errors:", dict(errors), flush=True)
     asyncio.run(main())
 """)
 
@@ -311,7 +311,12 @@ def test_engine_close_with_10000_busy_connections(backend):
     p = subprocess.Popen([sys.executable, "-c", BUSY_CLIENTS, str(lst.address[1]), "10000"],
                          stdout=subprocess.PIPE, text=True, env=env)
     try:
-        wait_for(lambda: eng.stats()["connections"] >= 9_900, timeout=120, what="10,000 connections")
+        try:
+            wait_for(lambda: eng.stats()["connections"] >= 9_900, timeout=120, what="10,000 connections")
+        except AssertionError:
+            p.kill()
+            raise AssertionError(f"only {eng.stats()['connections']} connections came up; "
+                                 f"{p.communicate()[0].strip()}") from None
         time.sleep(0.5)
         st = eng.stats()
         assert st["bytes_in"] > 0
