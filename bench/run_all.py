@@ -294,18 +294,28 @@ STRESS_PEERS = {      # label, command (PORT filled in), line that gives the por
 }
 
 
-_stress_runs = [0]      # stress rows so far: each gets its own client source address
-
-
 def stress_source_ip():
-    """A loopback source address of its own for each stress run (--source-ip), when the stress
-    client has the option. Its client binds every socket to (address, port 0) and closes
-    first, so for 60 s each run leaves ~19,000 TIME_WAIT sockets whose ports a second bind to
-    the same address cannot take: the next run would fail with EADDRINUSE."""
-    _stress_runs[0] += 1
+    """A loopback source address no TCP socket uses yet, for the stress client's --source-ip
+    (when it has the option). The client binds every socket to (address, port 0) and closes
+    first, so for 60 s a run leaves ~19,000 TIME_WAIT sockets whose ports a second bind to the
+    same address cannot take: the next run on that address would fail with EADDRINUSE."""
     ok, out = E.probe_import("import iocpx._stress, inspect; "
                              "print('--source-ip' in inspect.getsource(iocpx._stress))")
-    return f"127.0.0.{100 + _stress_runs[0] % 150}" if ok and out.endswith("True") else None
+    if not (ok and out.endswith("True")):
+        return None
+    used = set()
+    for path in ("/proc/net/tcp",):
+        try:
+            with open(path) as f:
+                next(f, None)
+                for line in f:
+                    used.add(line.split(None, 2)[1].split(":")[0])
+        except OSError:
+            pass
+    for n in range(100, 250):
+        if f"{n:02X}00007F" not in used:        # /proc/net/tcp: 127.0.0.n, little-endian hex
+            return f"127.0.0.{n}"
+    return None
 
 
 def run_stress_row(key, n, messages, interval, quiet_wait):
