@@ -41,9 +41,9 @@ cdef struct SchedNode:
     int bl_head
     int bl_len
     int bl_cap
-    Event* backlog      # owned: PyMem_Raw array of events queued while running
+    Event* backlog      # owned: malloc array of events queued while running
 
-# The per-I/O context: plain C memory (PyMem_RawCalloc), its address is what
+# The per-I/O context: plain C memory (calloc), its address is what
 # the kernel hands back. Freed in exactly two places: a synchronous submit
 # failure, and the dispatch of its final completion (io_free).
 cdef struct IoCtx:

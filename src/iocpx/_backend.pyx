@@ -3,7 +3,7 @@
 with a live counter, errno -> OSError mapping, and the Backend base class."""
 import os
 
-from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
+from libc.stdlib cimport malloc, calloc, realloc, free
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.string cimport memcpy
 from iocpx._sys cimport IOCPX_ADD_I64, IOCPX_LOAD_I64
@@ -14,7 +14,7 @@ cdef int64_t _live_io = 0   # per-I/O contexts allocated and not yet freed (all 
 cdef IoCtx* io_alloc(uint8_t op, object owner, SchedNode* sched) except NULL:
     """Allocate a zeroed context holding a strong ref to owner. The caller
     frees it with io_free, on submit failure or at its final completion."""
-    cdef IoCtx* io = <IoCtx*>PyMem_RawCalloc(1, sizeof(IoCtx))
+    cdef IoCtx* io = <IoCtx*>calloc(1, sizeof(IoCtx))
     if io == NULL:
         raise MemoryError()
     io.op = op
@@ -42,8 +42,8 @@ cdef void io_free(IoCtx* io) noexcept:
     Py_XDECREF(io.owner)
     Py_XDECREF(io.obj)
     if io.extra != NULL:
-        PyMem_RawFree(io.extra)
-    PyMem_RawFree(io)
+        free(io.extra)
+    free(io)
     IOCPX_ADD_I64(&_live_io, -1)
 
 

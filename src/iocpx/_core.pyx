@@ -33,8 +33,8 @@ from collections import deque
 
 cimport cython
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
-from cpython.mem cimport PyMem_RawMalloc, PyMem_RawRealloc, PyMem_RawFree
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, int64_t
 
@@ -236,12 +236,12 @@ cdef int _backlog_push(SchedNode* s, Event* ev) noexcept nogil:
     cdef int i
     if s.bl_len == s.bl_cap:
         cap = s.bl_cap * 2 if s.bl_cap else 8
-        nb = <Event*>PyMem_RawMalloc(cap * sizeof(Event))
+        nb = <Event*>malloc(cap * sizeof(Event))
         if nb == NULL:
             return -1
         for i in range(s.bl_len):
             nb[i] = s.backlog[(s.bl_head + i) % s.bl_cap]
-        PyMem_RawFree(s.backlog)
+        free(s.backlog)
         s.backlog = nb
         s.bl_cap = cap
         s.bl_head = 0
@@ -314,7 +314,7 @@ cdef class Engine:
         self.be = _make_backend(backend, workers == 1)
         self.workers = workers
         self.rq_cap = 1024
-        self.rq = <Event*>PyMem_RawMalloc(self.rq_cap * sizeof(Event))
+        self.rq = <Event*>malloc(self.rq_cap * sizeof(Event))
         if self.rq == NULL:
             raise MemoryError()
         self._conns = {}
@@ -330,7 +330,7 @@ cdef class Engine:
 
     def __dealloc__(self):
         if self.rq != NULL:
-            PyMem_RawFree(self.rq)
+            free(self.rq)
             self.rq = NULL
         iocpx_cond_destroy(&self.cv)
         iocpx_mutex_destroy(&self.mu)
@@ -447,7 +447,7 @@ cdef class Engine:
         cdef Event* nq
         while self.rq_len + n > self.rq_cap:
             cap = self.rq_cap * 2
-            nq = <Event*>PyMem_RawMalloc(cap * sizeof(Event))
+            nq = <Event*>malloc(cap * sizeof(Event))
             if nq == NULL:      # cannot drop completions: wait for memory
                 iocpx_mutex_unlock(&self.mu)
                 iocpx_sleep_ms(1)
@@ -455,7 +455,7 @@ cdef class Engine:
                 continue
             for i in range(self.rq_len):
                 nq[i] = self.rq[(self.rq_head + i) % self.rq_cap]
-            PyMem_RawFree(self.rq)
+            free(self.rq)
             self.rq = nq
             self.rq_cap = cap
             self.rq_head = 0
@@ -1037,7 +1037,7 @@ cdef class Connection:
 
     def __dealloc__(self):
         if self.sched.backlog != NULL:
-            PyMem_RawFree(self.sched.backlog)
+            free(self.sched.backlog)
         _sock_close(self.fd)
         _sock_close(self.pipe_r)
         _sock_close(self.pipe_w)
@@ -1166,7 +1166,7 @@ cdef class Connection:
                 total += evs[i].res
             data = PyBytes_FromStringAndSize(NULL, total)
             for i in range(k):
-                off += eng.be.recv_copy(&evs[i], PyBytes_AS_STRING(data) + off)
+                off += eng.be.recv_copy(&evs[i], iocpx_bytes_ptr(data) + off)
             res = total
             eng.n_msgs_in += k - 1
         if not (ev.flags & EV_MORE):        # this receive op is over
@@ -1242,15 +1242,15 @@ cdef class Connection:
                 self.sendq.popleft()
                 (<_FileJob>item).finish()
                 continue
-            n = PyBytes_GET_SIZE(item)
+            n = iocpx_bytes_len(item)
             self.sendq.popleft()
             if n < COALESCE and self.sendq and type(self.sendq[0]) is bytes:
                 parts = [item]
                 total = n
                 while self.sendq and type(self.sendq[0]) is bytes and \
-                        total + PyBytes_GET_SIZE(self.sendq[0]) <= COALESCE:
+                        total + iocpx_bytes_len(self.sendq[0]) <= COALESCE:
                     nxt = self.sendq.popleft()
-                    total += PyBytes_GET_SIZE(nxt)
+                    total += iocpx_bytes_len(nxt)
                     parts.append(nxt)
                 if len(parts) > 1:
                     item = b"".join(parts)
@@ -1264,7 +1264,7 @@ cdef class Connection:
         cdef IoCtx* io
         cdef Py_ssize_t sent = 0
         if self.eng.be.sync_send:   # try now: done at once costs no completion
-            sent = self.eng.be.try_send(self.fd, PyBytes_AS_STRING(item), n)
+            sent = self.eng.be.try_send(self.fd, iocpx_bytes_ptr(item), n)
             if sent == n:
                 self._count_sent(n)
                 self._drain_due()
@@ -1278,7 +1278,7 @@ cdef class Connection:
                 self._count_sent(sent)
         io = self._new_io(OP_SEND)
         io_set_obj(io, item)        # the kernel reads item's buffer until completion
-        io.buf = PyBytes_AS_STRING(item) + sent
+        io.buf = iocpx_bytes_ptr(item) + sent
         io.len = n - sent
         try:
             self.eng.be.submit_send(io)
@@ -1471,7 +1471,7 @@ cdef class Connection:
                 raise TypeError(f"send() takes bytes-like data, not {type(data).__name__}") from None
         if self.user_closed or self.state >= C_ABORTING:
             raise _closed_error("connection")
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t n = iocpx_bytes_len(data)
         if n == 0:
             return
         self._reserve(n)

@@ -17,7 +17,7 @@ wait for dispatch (EPOLLIN is dropped until recv_bytes() consumes one), so a
 slow callback throttles its own peer instead of growing memory.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from cpython.mem cimport PyMem_RawMalloc, PyMem_RawCalloc, PyMem_RawRealloc, PyMem_RawFree
+from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, ENOENT, EEXIST
 cdef extern from "<errno.h>" nogil:
     int ECANCELED, EWOULDBLOCK
@@ -117,7 +117,7 @@ cdef class EpollBackend(Backend):
         if epoll_ctl(self.ep, EPOLL_CTL_ADD, self.wake_fd, &ev) < 0:
             raise oserror(errno, "epoll_ctl")
         self.r_cap = 256
-        self.ready = <Event*>PyMem_RawMalloc(self.r_cap * sizeof(Event))
+        self.ready = <Event*>malloc(self.r_cap * sizeof(Event))
         if self.ready == NULL:
             raise MemoryError()
 
@@ -132,12 +132,12 @@ cdef class EpollBackend(Backend):
         if self.wake_fd >= 0:
             c_close(self.wake_fd)
             self.wake_fd = -1
-        PyMem_RawFree(self.fds)
+        free(self.fds)
         self.fds = NULL
         self.nfds = 0
-        PyMem_RawFree(self.ready)
+        free(self.ready)
         self.ready = NULL
-        PyMem_RawFree(self.timers)
+        free(self.timers)
         self.timers = NULL
 
     # ---- helpers (mu held) ------------------------------------------------
@@ -152,7 +152,7 @@ cdef class EpollBackend(Backend):
             n = self.nfds * 2 if self.nfds else 1024
             while n <= fd:
                 n *= 2
-            t = <FdState*>PyMem_RawRealloc(self.fds, n * sizeof(FdState))
+            t = <FdState*>realloc(self.fds, n * sizeof(FdState))
             if t == NULL:
                 return NULL
             memset(t + self.nfds, 0, (n - self.nfds) * sizeof(FdState))
@@ -190,12 +190,12 @@ cdef class EpollBackend(Backend):
         cdef Event* nr
         cdef int i
         if self.r_len == self.r_cap:
-            nr = <Event*>PyMem_RawMalloc(self.r_cap * 2 * sizeof(Event))
+            nr = <Event*>malloc(self.r_cap * 2 * sizeof(Event))
             if nr == NULL:
                 return -1
             for i in range(self.r_len):
                 nr[i] = self.ready[(self.r_head + i) % self.r_cap]
-            PyMem_RawFree(self.ready)
+            free(self.ready)
             self.ready = nr
             self.r_head = 0
             self.r_cap *= 2
@@ -298,7 +298,7 @@ cdef class EpollBackend(Backend):
     cdef int submit_sendfile(self, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1:
         cdef FileSend* fs
         if io.extra == NULL:
-            io.extra = PyMem_RawMalloc(sizeof(FileSend))   # freed by io_free
+            io.extra = malloc(sizeof(FileSend))   # freed by io_free
             if io.extra == NULL:
                 raise MemoryError()
         fs = <FileSend*>io.extra
@@ -431,7 +431,7 @@ cdef class EpollBackend(Backend):
         iocpx_mutex_lock(&self.mu)
         try:
             if self.n_timers == self.cap_timers:
-                t = <IoCtx**>PyMem_RawRealloc(self.timers, (self.cap_timers * 2 + 8) * sizeof(IoCtx*))
+                t = <IoCtx**>realloc(self.timers, (self.cap_timers * 2 + 8) * sizeof(IoCtx*))
                 if t == NULL:
                     raise MemoryError()
                 self.timers = t
@@ -564,13 +564,13 @@ cdef class EpollBackend(Backend):
         cdef ssize_t r
         if size < READ_MIN:
             size = READ_MIN         # one read takes what is there (a 64 KiB message at once)
-        buf = <char*>PyMem_RawMalloc(size)      # handed to the engine in out.data
+        buf = <char*>malloc(size)      # handed to the engine in out.data
         if buf == NULL:
             return 0
         r = recv(fd, buf, size, MSG_DONTWAIT)
         if r > 0:
             if r < size // 2:       # give back what the read did not use
-                small = <char*>PyMem_RawRealloc(buf, r)
+                small = <char*>realloc(buf, r)
                 if small != NULL:
                     buf = small
             io.aux += 1
@@ -579,7 +579,7 @@ cdef class EpollBackend(Backend):
             out.flags = EV_MORE
             out.data = buf
             return 1
-        PyMem_RawFree(buf)
+        free(buf)
         if r < 0 and (errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR):
             return 0
         st.recv = NULL              # EOF or error: the receive ends here
@@ -639,7 +639,7 @@ cdef class EpollBackend(Backend):
         """A data event was taken: free its buffer; the receive may read again."""
         cdef IoCtx* io = ev.io
         cdef FdState* st
-        PyMem_RawFree(ev.data)
+        free(ev.data)
         ev.data = NULL
         iocpx_mutex_lock(&self.mu)
         io.aux -= 1

@@ -24,7 +24,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport errno, EINTR, ETIME, EBUSY, EAGAIN, EINVAL, ENOMEM
 from libc.string cimport memset, memcpy
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from cpython.mem cimport PyMem_RawMalloc, PyMem_RawCalloc, PyMem_RawFree
+from libc.stdlib cimport malloc, calloc, realloc, free
 from posix.unistd cimport close as c_close, write as c_write
 
 from iocpx._sys cimport iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy, iocpx_mutex_lock, \
@@ -125,7 +125,7 @@ cdef class UringBackend(Backend):
         self.ring_fd = <int>fd
         if single:
             self.wake_fd = eventfd(0, EFD_CLOEXEC)     # blocking: io_uring polls it
-            self.wake_io = <IoCtx*>PyMem_RawCalloc(1, sizeof(IoCtx))
+            self.wake_io = <IoCtx*>calloc(1, sizeof(IoCtx))
             if self.wake_fd < 0 or self.wake_io == NULL:
                 err = errno
                 self.release()
@@ -214,7 +214,7 @@ cdef class UringBackend(Backend):
             c_close(self.wake_fd)
             self.wake_fd = -1
         if self.wake_io != NULL:
-            PyMem_RawFree(self.wake_io)
+            free(self.wake_io)
             self.wake_io = NULL
 
     cdef int socket_open(self, int family) except -1:
@@ -435,7 +435,7 @@ cdef class UringBackend(Backend):
     cdef int submit_timer(self, IoCtx* io, long ms) except -1:
         cdef __kernel_timespec* ts
         if io.extra == NULL:
-            io.extra = PyMem_RawMalloc(sizeof(__kernel_timespec))   # freed by io_free
+            io.extra = malloc(sizeof(__kernel_timespec))   # freed by io_free
             if io.extra == NULL:
                 raise MemoryError()
         ts = <__kernel_timespec*>io.extra

@@ -39,7 +39,7 @@ import errno as _errno
 import os as _os
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from cpython.mem cimport PyMem_RawMalloc, PyMem_RawRealloc, PyMem_RawFree
+from libc.stdlib cimport malloc, calloc, realloc, free
 from cpython.unicode cimport PyUnicode_FromWideChar
 from libc.string cimport memset, memcpy
 from libc.stddef cimport wchar_t
@@ -227,7 +227,7 @@ cdef int resolve_extensions() except -1:
 
 
 # ---------------------------------------------------------------------------
-# per-op state kept in io.extra (PyMem_Raw, freed by io_free)
+# per-op state kept in io.extra (malloc, freed by io_free)
 
 cdef struct AcceptState:
     SOCKET sock             # the socket created in advance; ours until handed to the engine
@@ -290,10 +290,10 @@ cdef class IocpBackend(Backend):
         if self.port != NULL:
             CloseHandle(self.port)
             self.port = NULL
-        PyMem_RawFree(self.ready)
+        free(self.ready)
         self.ready = NULL
         self.ready_len = self.ready_cap = 0
-        PyMem_RawFree(self.timers)
+        free(self.timers)
         self.timers = NULL
         self.ntimers = self.timers_cap = 0
 
@@ -353,7 +353,7 @@ cdef class IocpBackend(Backend):
         iocpx_mutex_lock(&self.mu)
         if self.ready_len == self.ready_cap:
             cap = self.ready_cap * 2 if self.ready_cap else 64
-            nr = <Event*>PyMem_RawRealloc(self.ready, cap * sizeof(Event))
+            nr = <Event*>realloc(self.ready, cap * sizeof(Event))
             if nr == NULL:
                 iocpx_mutex_unlock(&self.mu)
                 return -1
@@ -394,7 +394,7 @@ cdef class IocpBackend(Backend):
         if st == NULL:
             if getsockname(<SOCKET>io.fd, <sockaddr*>&a, &alen) != 0:
                 raise win_error(WSAGetLastError(), "getsockname")
-            st = <AcceptState*>PyMem_RawMalloc(sizeof(AcceptState) + rcvlen + 2 * ADDR_SLOT)
+            st = <AcceptState*>malloc(sizeof(AcceptState) + rcvlen + 2 * ADDR_SLOT)
             if st == NULL:
                 raise MemoryError()
             memset(st, 0, sizeof(AcceptState))
@@ -594,7 +594,7 @@ cdef class IocpBackend(Backend):
         iocpx_mutex_lock(&self.mu)
         if self.ntimers == self.timers_cap:
             cap = self.timers_cap * 2 if self.timers_cap else 16
-            nt = <Timer*>PyMem_RawRealloc(self.timers, cap * sizeof(Timer))
+            nt = <Timer*>realloc(self.timers, cap * sizeof(Timer))
             if nt == NULL:
                 iocpx_mutex_unlock(&self.mu)
                 raise MemoryError()
@@ -663,7 +663,7 @@ cdef class IocpBackend(Backend):
                 ev.res = win_errno(err)
                 return
             size = self.sizes[io.group] if io.group < self.ngroups else 4096
-            blk = <char*>PyMem_RawMalloc(size)      # freed by recv_bytes
+            blk = <char*>malloc(size)      # freed by recv_bytes
             if blk == NULL:
                 ev.res = -E_NOBUFS                  # the engine arms the receive again
                 return
@@ -672,7 +672,7 @@ cdef class IocpBackend(Backend):
                 ev.res = n
                 ev.data = blk
                 return
-            PyMem_RawFree(blk)
+            free(blk)
             if n == 0:
                 ev.res = 0                          # EOF
                 return
@@ -841,7 +841,7 @@ cdef class IocpBackend(Backend):
         if ev.data == NULL:
             return None
         data = PyBytes_FromStringAndSize(<char*>ev.data, ev.res) if ev.res > 0 else None
-        PyMem_RawFree(ev.data)
+        free(ev.data)
         ev.data = NULL
         return data
 

@@ -162,12 +162,46 @@ static inline int iocpx_sock_peer(int s, iocpx_addr_t *a) {
     return getpeername(s, &a->sa, &n);
 }
 
-/* Acquire/release accessors for memory shared with the kernel or other threads. */
-#define IOCPX_LOAD_ACQ_U32(p)      __atomic_load_n((p), __ATOMIC_ACQUIRE)
-#define IOCPX_STORE_REL_U32(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELEASE)
-#define IOCPX_STORE_REL_U16(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELEASE)
-#define IOCPX_ADD_I64(p, v)        __atomic_add_fetch((p), (v), __ATOMIC_RELAXED)
-#define IOCPX_LOAD_I64(p)          __atomic_load_n((p), __ATOMIC_RELAXED)
+/* Acquire/release accessors for memory shared with the kernel or other threads.
+ * GCC and Clang (mingw-w64 included) have the __atomic builtins; MSVC gets the
+ * documented intrinsics: on x86-64 an aligned load/store is atomic and ordered
+ * (TSO), so acquire/release only need a compiler barrier (_ReadWriteBarrier);
+ * the read-modify-write is _InterlockedExchangeAdd64. The MSVC branch is
+ * written to Microsoft's documentation but built here with mingw-w64 only. */
+#if defined(_MSC_VER) && !defined(__clang__)
+#  include <intrin.h>
+static __forceinline uint32_t iocpx_load_acq_u32(uint32_t *p) {
+    uint32_t v = *(volatile uint32_t *)p; _ReadWriteBarrier(); return v;
+}
+static __forceinline void iocpx_store_rel_u32(uint32_t *p, uint32_t v) {
+    _ReadWriteBarrier(); *(volatile uint32_t *)p = v;
+}
+static __forceinline void iocpx_store_rel_u16(uint16_t *p, uint16_t v) {
+    _ReadWriteBarrier(); *(volatile uint16_t *)p = v;
+}
+#  define IOCPX_LOAD_ACQ_U32(p)      iocpx_load_acq_u32(p)
+#  define IOCPX_STORE_REL_U32(p, v)  iocpx_store_rel_u32((p), (v))
+#  define IOCPX_STORE_REL_U16(p, v)  iocpx_store_rel_u16((p), (v))
+#  define IOCPX_ADD_I64(p, v)        (_InterlockedExchangeAdd64((volatile __int64 *)(p), (v)) + (v))
+#  define IOCPX_LOAD_I64(p)          (*(volatile int64_t *)(p))
+#else
+#  define IOCPX_LOAD_ACQ_U32(p)      __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#  define IOCPX_STORE_REL_U32(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#  define IOCPX_STORE_REL_U16(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#  define IOCPX_ADD_I64(p, v)        __atomic_add_fetch((p), (v), __ATOMIC_RELAXED)
+#  define IOCPX_LOAD_I64(p)          __atomic_load_n((p), __ATOMIC_RELAXED)
+#endif
+
+/* A bytes object's buffer and size: the macros where the full C API is there,
+ * the functions in a stable-ABI (Py_LIMITED_API) build, which lacks the macros.
+ * The caller has checked that o is a bytes object. */
+#ifdef Py_LIMITED_API
+#  define iocpx_bytes_ptr(o) PyBytes_AsString(o)
+#  define iocpx_bytes_len(o) PyBytes_Size(o)
+#else
+#  define iocpx_bytes_ptr(o) PyBytes_AS_STRING(o)
+#  define iocpx_bytes_len(o) PyBytes_GET_SIZE(o)
+#endif
 
 /* The engine whose worker runs on this thread (NULL elsewhere): lets send()
  * defer its submit to the end of the worker's batch instead of a syscall each. */

@@ -26,6 +26,8 @@ cdef extern from "_sys.h" nogil:
     int64_t IOCPX_LOAD_I64(int64_t* p)
     void* iocpx_tls_get()
     void iocpx_tls_set(void* e)
+    char* iocpx_bytes_ptr(object o)
+    Py_ssize_t iocpx_bytes_len(object o)
 
 cdef extern from "_sys.h":
     ctypedef struct sockaddr:
