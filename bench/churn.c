@@ -39,12 +39,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "loadgen_common.h"   /* histogram, clock, RNG, errors, window, JSON */
+
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
 #endif
 
-#define STALL_NS (10ull * 1000000000ull)
-#define MAX_EVENTS 512
 #define N_SOURCES 250           /* source addresses 127.0.0.2 .. 127.0.0.251 */
 
 enum slot_state { S_CONNECTING, S_WAITING_ECHO };
@@ -60,60 +60,10 @@ struct slot {
     uint64_t t0;                /* CLOCK_MONOTONIC ns just before socket() */
 };
 
-#define HIST_SUB 512
-#define HIST_BUCKETS (64 * HIST_SUB)
-static uint64_t hist[HIST_BUCKETS];
-
-static int hist_index(uint64_t ns)
-{
-    if (ns < 2 * HIST_SUB)
-        return (int)ns;
-    int msb = 63 - __builtin_clzll(ns);
-    int shift = msb - 9;
-    return (shift + 1) * HIST_SUB + (int)((ns >> shift) & (HIST_SUB - 1));
-}
-
-static double hist_value(int idx)
-{
-    if (idx < 2 * HIST_SUB)
-        return (double)idx;
-    int shift = idx / HIST_SUB - 1;
-    uint64_t lo = ((uint64_t)HIST_SUB + (uint64_t)(idx % HIST_SUB)) << shift;
-    return (double)lo + (double)(1ull << shift) / 2.0;
-}
-
-static double hist_percentile(uint64_t total, double p)
-{
-    if (total == 0)
-        return 0.0;
-    uint64_t rank = (uint64_t)(p * (double)total + 0.999999);
-    if (rank < 1)
-        rank = 1;
-    uint64_t seen = 0;
-    for (int i = 0; i < HIST_BUCKETS; i++) {
-        seen += hist[i];
-        if (seen >= rank)
-            return hist_value(i);
-    }
-    return hist_value(HIST_BUCKETS - 1);
-}
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t splitmix64(uint64_t x)
-{
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
-}
-
-static void pattern_fill(unsigned char *buf, size_t len, uint32_t id, uint64_t n)
+/* Fill the message with a pattern unique to (slot, connection number): a fresh splitmix64 every
+ * 8 bytes (messages here are small; loadgen.c's message_pattern_fill is the cheap one for large
+ * messages). */
+static void connection_pattern_fill(unsigned char *buf, size_t len, uint32_t id, uint64_t n)
 {
     uint64_t x = splitmix64(((uint64_t)id << 40) ^ n);
     for (size_t i = 0; i < len; i++) {
@@ -126,17 +76,8 @@ static void pattern_fill(unsigned char *buf, size_t len, uint32_t id, uint64_t n
 static struct sockaddr_in server_addr;
 static size_t msg_size;
 static int epfd;
-static int measuring;
-static uint64_t done_conns, max_ns, errors, verify_failures, started;
-static char last_error[160];
-
-static void note_error(const struct slot *s, const char *what, int err)
-{
-    errors++;
-    if (!last_error[0])
-        snprintf(last_error, sizeof last_error, "slot %d: %s%s%s", s->id, what,
-                 err ? ": " : "", err ? strerror(err) : "");
-}
+static struct window win;
+static uint64_t started;
 
 /* Open the slot's next connection (nonblocking connect; EPOLLOUT says when it is done). */
 static void slot_open(struct slot *s)
@@ -146,25 +87,25 @@ static void slot_open(struct slot *s)
     s->t0 = now_ns();
     s->state = S_CONNECTING;
     started++;
-    pattern_fill(s->msg, msg_size, (uint32_t)s->id, s->conn_no);
+    connection_pattern_fill(s->msg, msg_size, (uint32_t)s->id, s->conn_no);
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        note_error(s, "socket", errno);
+        note_error("slot", (unsigned)s->id, "socket", errno);
         s->fd = -1;
         return;                     /* retried by the next stall check, 100 ms on */
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
-    struct sockaddr_in src = { .sin_family = AF_INET,
-                               .sin_addr.s_addr = htonl(0x7f000002u + (uint32_t)(s->id % N_SOURCES)) };
+    uint32_t src_ip = 0x7f000002u + (uint32_t)(s->id % N_SOURCES);     /* 127.0.0.2 + id */
+    struct sockaddr_in src = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(src_ip) };
     bind(fd, (struct sockaddr *)&src, sizeof src);  /* on failure: the kernel's choice */
     s->fd = fd;
     struct epoll_event ev = { .events = EPOLLOUT, .data.ptr = s };
     epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
     if (connect(fd, (struct sockaddr *)&server_addr, sizeof server_addr) < 0
         && errno != EINPROGRESS) {
-        note_error(s, "connect", errno);
+        note_error("slot", (unsigned)s->id, "connect", errno);
         close(fd);
         s->fd = -1;                 /* retried by the next stall check, 100 ms on */
     }
@@ -184,13 +125,13 @@ static void slot_on_event(struct slot *s, uint32_t events)
         socklen_t len = sizeof err;
         getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &len);
         if (err) {
-            note_error(s, "connect", err);
+            note_error("slot", (unsigned)s->id, "connect", err);
             slot_restart(s);
             return;
         }
         ssize_t n = send(s->fd, s->msg, msg_size, MSG_NOSIGNAL);
         if (n < 0 && errno != EAGAIN) {
-            note_error(s, "send", errno);
+            note_error("slot", (unsigned)s->id, "send", errno);
             slot_restart(s);
             return;
         }
@@ -204,7 +145,7 @@ static void slot_on_event(struct slot *s, uint32_t events)
     if ((events & EPOLLOUT) && s->sent < msg_size) {
         ssize_t n = send(s->fd, s->msg + s->sent, msg_size - s->sent, MSG_NOSIGNAL);
         if (n < 0 && errno != EAGAIN) {
-            note_error(s, "send", errno);
+            note_error("slot", (unsigned)s->id, "send", errno);
             slot_restart(s);
             return;
         }
@@ -217,42 +158,22 @@ static void slot_on_event(struct slot *s, uint32_t events)
     }
     if (!(events & (EPOLLIN | EPOLLERR | EPOLLHUP)))
         return;
-    for (;;) {
-        ssize_t n = recv(s->fd, s->echo + s->got, msg_size - s->got, 0);
-        if (n > 0) {
-            s->got += (size_t)n;
-            if (s->got < msg_size)
-                continue;
-            uint64_t t = now_ns();
-            if (memcmp(s->echo, s->msg, msg_size) != 0) {
-                verify_failures++;
-                if (!last_error[0])
-                    snprintf(last_error, sizeof last_error,
-                             "slot %d: echo of connection %llu differs from what was sent",
-                             s->id, (unsigned long long)s->conn_no);
-            } else if (measuring) {
-                uint64_t d = t - s->t0;
-                done_conns++;
-                hist[hist_index(d)]++;
-                if (d > max_ns)
-                    max_ns = d;
-            }
-            slot_restart(s);        /* close (graceful FIN) and connect again */
-            return;
-        }
-        if (n == 0) {
-            note_error(s, "server closed before the whole echo", 0);
-            slot_restart(s);
-            return;
-        }
-        if (errno == EINTR)
-            continue;
-        if (errno == EAGAIN)
-            return;
-        note_error(s, "recv", errno);
+    int r = recv_message(s->fd, s->echo, &s->got, msg_size);
+    if (r < 0) {
+        int err = errno;
+        note_error("slot", (unsigned)s->id, err ? "recv" : "server closed before the whole echo",
+                   err);
         slot_restart(s);
         return;
     }
+    if (r == 0)
+        return;                     /* more of the echo is to come */
+    uint64_t t = now_ns();
+    if (memcmp(s->echo, s->msg, msg_size) != 0)
+        note_verify_failure("slot", (unsigned)s->id, "connection", (unsigned long long)s->conn_no);
+    else if (win.measuring)
+        hist_record(t - s->t0);
+    slot_restart(s);                /* close (graceful FIN) and connect again */
 }
 
 int main(int argc, char **argv)
@@ -288,38 +209,27 @@ int main(int argc, char **argv)
             return 2;
     }
     uint64_t t0 = now_ns();
-    uint64_t t_start = t0 + (uint64_t)(warmup_s * 1e9);
-    uint64_t t_end = t_start + (uint64_t)(duration_s * 1e9);
-    uint64_t t_measure_start = 0, t_measure_end = 0, next_check = t0 + 100000000ull;
+    uint64_t next_check = t0 + 100000000ull;
+    window_plan(&win, t0 + (uint64_t)(warmup_s * 1e9), duration_s);
     for (int i = 0; i < nslots; i++)
         slot_open(&slots[i]);
 
     struct epoll_event events[MAX_EVENTS];
     for (;;) {
         uint64_t t = now_ns();
-        if (!measuring && !t_measure_start && t >= t_start) {
-            measuring = 1;
-            t_measure_start = t;
-            fputs("START\n", stdout);
-            fflush(stdout);
-        }
-        if (measuring && t >= t_end) {
-            measuring = 0;
-            t_measure_end = t;
-            fputs("END\n", stdout);
-            fflush(stdout);
+        if (window_tick(&win, t))
             break;
-        }
         if (t >= next_check) {
             next_check = t + 100000000ull;
             for (int i = 0; i < nslots; i++)
                 if (slots[i].fd < 0 || t - slots[i].t0 > STALL_NS) {
                     if (slots[i].fd >= 0)
-                        note_error(&slots[i], "connection slower than 10 s", 0);
+                        note_error("slot", (unsigned)slots[i].id, "connection slower than 10 s",
+                                   0);
                     slot_restart(&slots[i]);
                 }
         }
-        uint64_t until = measuring ? t_end : t_start;
+        uint64_t until = window_next(&win);
         if (next_check < until)
             until = next_check;
         int timeout_ms = until > t ? (int)((until - t + 999999) / 1000000) : 0;
@@ -331,28 +241,10 @@ int main(int argc, char **argv)
         for (int i = 0; i < n; i++)
             slot_on_event(events[i].data.ptr, events[i].events);
     }
-    double seconds = (double)(t_measure_end - t_measure_start) / 1e9;
-    printf("{\"round_trips\":%llu,\"connections_done\":%llu,\"seconds\":%.6f,\"p50_us\":%.2f,"
-           "\"p99_us\":%.2f,\"max_us\":%.2f,\"errors\":%llu,\"verify_failures\":%llu,"
-           "\"connections\":%d,\"ready\":%d,\"started\":%llu,\"size\":%zu,\"first_error\":\"",
-           (unsigned long long)done_conns, (unsigned long long)done_conns, seconds,
-           hist_percentile(done_conns, 0.50) / 1000.0, hist_percentile(done_conns, 0.99) / 1000.0,
-           (double)max_ns / 1000.0, (unsigned long long)errors,
-           (unsigned long long)verify_failures, nslots, nslots, (unsigned long long)started,
-           msg_size);
-    for (const char *p = last_error; *p; p++)
-        if (*p == '"' || *p == '\\')
-            printf("\\%c", *p);
-        else if ((unsigned char)*p >= 0x20)
-            putchar(*p);
-    printf("\"}\n");
-    fflush(stdout);
-    for (int i = 0; i < nslots; i++) {
-        if (slots[i].fd >= 0)
-            close(slots[i].fd);
-        free(slots[i].msg);
-        free(slots[i].echo);
-    }
-    free(slots);
-    return (errors || verify_failures) ? 1 : 0;
+    json_begin(window_seconds(&win));
+    printf("\"connections_done\":%llu,\"connections\":%d,\"ready\":%d,\"started\":%llu,"
+           "\"size\":%zu,", (unsigned long long)hist_count, nslots, nslots,
+           (unsigned long long)started, msg_size);
+    json_end();
+    return exit_status();
 }

@@ -48,10 +48,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "loadgen_common.h"   /* histogram, clock, RNG, errors, window, JSON */
+
 #define RAMP_INFLIGHT 64        /* connects in progress at once: stays under any listen backlog */
-#define STALL_NS (10ull * 1000000000ull)  /* a round trip this slow is dropped as an error */
 #define STALL_AT_END_NS (2ull * 1000000000ull)  /* unanswered this long at the end: an error */
-#define MAX_EVENTS 512
 
 enum conn_state { CONN_IDLE, CONN_CONNECTING, CONN_RUNNING, CONN_DEAD };
 
@@ -70,64 +70,9 @@ struct conn {
     int idle;                   /* ready, no message in flight: waits for the ramp to end */
 };
 
-/* Latency histogram, HDR style: exact below 1024 ns, then 512 sub-buckets per power of two
- * (0.2% precision) up to 2^63 ns. */
-#define HIST_SUB 512
-#define HIST_BUCKETS (64 * HIST_SUB)
-static uint64_t hist[HIST_BUCKETS];
-
-static int hist_index(uint64_t ns)
-{
-    if (ns < 2 * HIST_SUB)
-        return (int)ns;
-    int msb = 63 - __builtin_clzll(ns);
-    int shift = msb - 9;                      /* 2^9 == HIST_SUB */
-    return (shift + 1) * HIST_SUB + (int)((ns >> shift) & (HIST_SUB - 1));
-}
-
-/* Middle of the bucket's value range, in ns. */
-static double hist_value(int idx)
-{
-    if (idx < 2 * HIST_SUB)
-        return (double)idx;
-    int shift = idx / HIST_SUB - 1;
-    uint64_t lo = ((uint64_t)HIST_SUB + (uint64_t)(idx % HIST_SUB)) << shift;
-    return (double)lo + (double)(1ull << shift) / 2.0;
-}
-
-static double hist_percentile(uint64_t total, double p)
-{
-    if (total == 0)
-        return 0.0;
-    uint64_t rank = (uint64_t)(p * (double)total + 0.999999);
-    if (rank < 1)
-        rank = 1;
-    uint64_t seen = 0;
-    for (int i = 0; i < HIST_BUCKETS; i++) {
-        seen += hist[i];
-        if (seen >= rank)
-            return hist_value(i);
-    }
-    return hist_value(HIST_BUCKETS - 1);
-}
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t splitmix64(uint64_t x)
-{
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
-}
-
-/* Fill the message with a pattern unique to (connection, message number). */
-static void pattern_fill(unsigned char *buf, size_t len, uint32_t id, uint64_t msg_no)
+/* Fill the message with a pattern unique to (connection, message number): one splitmix64 per
+ * message, then a cheap stride, so a 1 MiB message costs the client little. */
+static void message_pattern_fill(unsigned char *buf, size_t len, uint32_t id, uint64_t msg_no)
 {
     uint64_t x = splitmix64(((uint64_t)id << 40) ^ msg_no);
     size_t i = 0;
@@ -146,25 +91,11 @@ static int nconns;
 static size_t msg_size;
 static int epfd;
 static int alive;               /* connections not dead */
-static int measuring;           /* inside the measured window */
-static uint64_t round_trips;    /* completed inside the window */
-static uint64_t max_ns;
-static uint64_t errors;         /* failed connects, resets, EOFs, stalls */
-static uint64_t verify_failures;
+static struct window win = { .start = UINT64_MAX };  /* planned once the ramp-up is over */
 static uint64_t connect_retries;
 static int pending;             /* connecting, or connected without a first echo yet */
 static int ready;               /* connections through their first echo */
 static int ramping = 1;         /* ramp-up: a connection stops after its first echo */
-static char last_error[160];    /* first error seen, for the JSON line */
-
-static void note_error(const struct conn *c, const char *what, int err)
-{
-    errors++;
-    if (!last_error[0])
-        snprintf(last_error, sizeof last_error, "conn %u: %s%s%s", c->id, what,
-                 err ? ": " : "", err ? strerror(err) : "");
-}
-
 static void conn_kill(struct conn *c)
 {
     if (c->fd >= 0) {
@@ -186,7 +117,7 @@ static void conn_set_out(struct conn *c, int want)
         return;
     struct epoll_event ev = { .events = EPOLLIN | (want ? EPOLLOUT : 0), .data.ptr = c };
     if (epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev) < 0) {
-        note_error(c, "epoll_ctl", errno);
+        note_error("conn", c->id, "epoll_ctl", errno);
         conn_kill(c);
         return;
     }
@@ -208,7 +139,7 @@ static int conn_flush(struct conn *c)
             conn_set_out(c, 1);
             return 0;
         }
-        note_error(c, "send", n < 0 ? errno : 0);
+        note_error("conn", c->id, "send", n < 0 ? errno : 0);
         conn_kill(c);
         return -1;
     }
@@ -220,7 +151,7 @@ static int conn_flush(struct conn *c)
 static void conn_start_message(struct conn *c, uint64_t t)
 {
     c->msg_no++;
-    pattern_fill(c->sendbuf, msg_size, c->id, c->msg_no);
+    message_pattern_fill(c->sendbuf, msg_size, c->id, c->msg_no);
     c->sent = 0;
     c->got = 0;
     c->t_send = t;
@@ -229,54 +160,33 @@ static void conn_start_message(struct conn *c, uint64_t t)
 
 static void conn_on_readable(struct conn *c)
 {
-    for (;;) {
-        ssize_t n = recv(c->fd, c->recvbuf + c->got, msg_size - c->got, 0);
-        if (n > 0) {
-            c->got += (size_t)n;
-            if (c->got < msg_size)
-                continue;
-            uint64_t t = now_ns();
-            if (memcmp(c->recvbuf, c->sendbuf, msg_size) != 0) {
-                verify_failures++;
-                if (!last_error[0])
-                    snprintf(last_error, sizeof last_error,
-                             "conn %u: echo of message %llu differs from what was sent",
-                             c->id, (unsigned long long)c->msg_no);
-                conn_kill(c);    /* the stream is out of step: every later message would differ */
-                return;
-            }
-            if (!c->ready) {
-                c->ready = 1;
-                ready++;
-                pending--;
-            }
-            if (measuring) {
-                uint64_t d = t - c->t_send;
-                round_trips++;
-                hist[hist_index(d)]++;
-                if (d > max_ns)
-                    max_ns = d;
-            }
-            if (ramping) {
-                c->idle = 1;    /* waits, so the ramp's first echoes queue behind no traffic */
-                return;
-            }
-            conn_start_message(c, t);
-            return;             /* level-triggered: anything extra is read on the next wakeup */
-        }
-        if (n == 0) {
-            note_error(c, "server closed the connection", 0);
-            conn_kill(c);
-            return;
-        }
-        if (errno == EINTR)
-            continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
-            return;
-        note_error(c, "recv", errno);
+    int r = recv_message(c->fd, c->recvbuf, &c->got, msg_size);
+    if (r < 0) {
+        int err = errno;
+        note_error("conn", c->id, err ? "recv" : "server closed the connection", err);
         conn_kill(c);
         return;
     }
+    if (r == 0)
+        return;                 /* more of the echo is to come */
+    uint64_t t = now_ns();
+    if (memcmp(c->recvbuf, c->sendbuf, msg_size) != 0) {
+        note_verify_failure("conn", c->id, "message", (unsigned long long)c->msg_no);
+        conn_kill(c);           /* the stream is out of step: every later message would differ */
+        return;
+    }
+    if (!c->ready) {
+        c->ready = 1;
+        ready++;
+        pending--;
+    }
+    if (win.measuring)
+        hist_record(t - c->t_send);
+    if (ramping) {
+        c->idle = 1;            /* waits, so the ramp's first echoes queue behind no traffic */
+        return;
+    }
+    conn_start_message(c, t);   /* level-triggered: anything extra is read on the next wakeup */
 }
 
 /* Start one nonblocking connect. Returns 1 if started (or failed for good), 0 to retry later. */
@@ -286,7 +196,7 @@ static int conn_connect(struct conn *c, const struct sockaddr_in *addr)
     c->state = CONN_CONNECTING;
     pending++;
     if (fd < 0) {
-        note_error(c, "socket", errno);
+        note_error("conn", c->id, "socket", errno);
         conn_kill(c);
         return 1;
     }
@@ -296,7 +206,7 @@ static int conn_connect(struct conn *c, const struct sockaddr_in *addr)
     c->want_out = 1;
     struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT, .data.ptr = c };
     if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-        note_error(c, "epoll_ctl", errno);
+        note_error("conn", c->id, "epoll_ctl", errno);
         conn_kill(c);
         return 1;
     }
@@ -311,7 +221,7 @@ static int conn_connect(struct conn *c, const struct sockaddr_in *addr)
         connect_retries++;
         return 0;
     }
-    note_error(c, "connect", errno);
+    note_error("conn", c->id, "connect", errno);
     conn_kill(c);
     return 1;
 }
@@ -324,7 +234,7 @@ static void conn_on_connect_event(struct conn *c)
     if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
         err = errno;
     if (err) {
-        note_error(c, "connect", err);
+        note_error("conn", c->id, "connect", err);
         conn_kill(c);
         return;
     }
@@ -357,16 +267,8 @@ int main(int argc, char **argv)
     msg_size = (size_t)size;
     signal(SIGPIPE, SIG_IGN);
 
-    /* Each connection needs one descriptor: raise the soft limit to the hard one. */
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
-        && (rlim_t)nconns + 16 > rl.rlim_cur) {
-        fprintf(stderr, "loadgen: %d connections need more than the open-files limit %llu\n",
-                nconns, (unsigned long long)rl.rlim_cur);
+    if (raise_nofile((unsigned long)nconns + 16) < 0) {   /* one descriptor per connection */
+        fprintf(stderr, "loadgen: %d connections need more than the open-files limit\n", nconns);
         return 2;
     }
 
@@ -401,17 +303,15 @@ int main(int argc, char **argv)
 
     struct epoll_event events[MAX_EVENTS];
 
-    enum { PHASE_RAMP, PHASE_WARMUP, PHASE_MEASURE } phase = PHASE_RAMP;
     uint64_t t0 = now_ns();
     uint64_t ramp_deadline = t0 + (uint64_t)(connect_timeout_s * 1e9);
-    uint64_t t_start = 0, t_end = 0, t_measure_start = 0, t_measure_end = 0;
     uint64_t next_stall_check = t0 + 100000000ull;
     double ramp_s = 0;
     int next = 0;
 
     for (;;) {
         uint64_t t = now_ns();
-        if (phase == PHASE_RAMP) {
+        if (ramping) {
             while (pending < RAMP_INFLIGHT && next < nconns) {
                 if (!conn_connect(&conns[next], &addr))
                     break;                    /* EAGAIN: retry this one after the next wait */
@@ -422,7 +322,7 @@ int main(int argc, char **argv)
                 for (int i = 0; i < nconns; i++) {
                     struct conn *c = &conns[i];
                     if (c->state == CONN_IDLE || (c->state != CONN_DEAD && !c->ready)) {
-                        note_error(c, c->state == CONN_RUNNING
+                        note_error("conn", c->id, c->state == CONN_RUNNING
                                           ? "no echo before the connect timeout"
                                           : "connect timed out", 0);
                         if (c->state == CONN_IDLE)
@@ -442,46 +342,31 @@ int main(int argc, char **argv)
                         conn_start_message(c, now_ns());
                     }
                 }
-                phase = PHASE_WARMUP;
-                t_start = t + (uint64_t)(warmup_s * 1e9);
-                t_end = t_start + (uint64_t)(duration_s * 1e9);
+                window_plan(&win, t + (uint64_t)(warmup_s * 1e9), duration_s);
             }
         }
-        if (alive == 0 && phase != PHASE_RAMP) {      /* nothing left to measure: end now */
-            if (t_start > t)
-                t_start = t;
-            t_end = t;
+        if (alive == 0 && !ramping) {                 /* nothing left to measure: end now */
+            if (win.start > t)
+                win.start = t;
+            win.end = t;
         }
-        if (phase == PHASE_WARMUP && t >= t_start) {
-            phase = PHASE_MEASURE;
-            measuring = 1;
-            t_measure_start = t;
-            fputs("START\n", stdout);
-            fflush(stdout);
-        }
-        if (phase == PHASE_MEASURE && t >= t_end) {
-            measuring = 0;
-            t_measure_end = t;
-            fputs("END\n", stdout);
-            fflush(stdout);
+        if (window_tick(&win, t))
             break;
-        }
         if (t >= next_stall_check) {
             next_stall_check = t + 100000000ull;
             for (int i = 0; i < nconns; i++) {
                 struct conn *c = &conns[i];
                 if (c->state == CONN_RUNNING && !c->idle && t - c->t_send > STALL_NS) {
-                    note_error(c, "no complete echo within 10 s", 0);
+                    note_error("conn", c->id, "no complete echo within 10 s", 0);
                     conn_kill(c);
                 }
             }
         }
-        uint64_t until = phase == PHASE_RAMP ? ramp_deadline
-                       : phase == PHASE_WARMUP ? t_start : t_end;
+        uint64_t until = ramping ? ramp_deadline : window_next(&win);
         if (next_stall_check < until)
             until = next_stall_check;
         int timeout_ms = until > t ? (int)((until - t + 999999) / 1000000) : 0;
-        if (phase == PHASE_RAMP && next < nconns && pending < RAMP_INFLIGHT)
+        if (ramping && next < nconns && pending < RAMP_INFLIGHT)
             timeout_ms = 1;                   /* a connect waits for a free local port */
         int n = epoll_wait(epfd, events, MAX_EVENTS, timeout_ms);
         if (n < 0 && errno != EINTR) {
@@ -505,40 +390,20 @@ int main(int argc, char **argv)
         }
     }
 
-    double seconds = (double)(t_measure_end - t_measure_start) / 1e9;
+
     /* A connection the server starves for the whole window must not go unnoticed. */
     int running = 0;
     for (int i = 0; i < nconns; i++) {
         struct conn *c = &conns[i];
-        if (c->state == CONN_RUNNING && t_measure_end - c->t_send > STALL_AT_END_NS)
-            note_error(c, "no echo for over 2 s at the end of the run", 0);
+        if (c->state == CONN_RUNNING && win.t_end - c->t_send > STALL_AT_END_NS)
+            note_error("conn", c->id, "no echo for over 2 s at the end of the run", 0);
         else
             running += c->state == CONN_RUNNING;
     }
-    printf("{\"round_trips\":%llu,\"seconds\":%.6f,\"p50_us\":%.2f,\"p99_us\":%.2f,"
-           "\"max_us\":%.2f,\"errors\":%llu,\"verify_failures\":%llu,"
-           "\"connections\":%d,\"ready\":%d,\"running_at_end\":%d,\"ramp_seconds\":%.3f,"
-           "\"connect_retries\":%llu,\"size\":%zu,\"first_error\":\"",
-           (unsigned long long)round_trips, seconds,
-           hist_percentile(round_trips, 0.50) / 1000.0, hist_percentile(round_trips, 0.99) / 1000.0,
-           (double)max_ns / 1000.0, (unsigned long long)errors,
-           (unsigned long long)verify_failures, nconns, ready, running, ramp_s,
+    json_begin(window_seconds(&win));
+    printf("\"connections\":%d,\"ready\":%d,\"running_at_end\":%d,\"ramp_seconds\":%.3f,"
+           "\"connect_retries\":%llu,\"size\":%zu,", nconns, ready, running, ramp_s,
            (unsigned long long)connect_retries, msg_size);
-    for (const char *p = last_error; *p; p++)    /* strerror text is plain ASCII; escape anyway */
-        if (*p == '"' || *p == '\\')
-            printf("\\%c", *p);
-        else if ((unsigned char)*p >= 0x20)
-            putchar(*p);
-    printf("\"}\n");
-    fflush(stdout);
-
-    for (int i = 0; i < nconns; i++) {
-        if (conns[i].fd >= 0)
-            close(conns[i].fd);
-        free(conns[i].sendbuf);
-        free(conns[i].recvbuf);
-    }
-    free(conns);
-    close(epfd);
-    return (errors || verify_failures) ? 1 : 0;
+    json_end();
+    return exit_status();
 }

@@ -1,10 +1,11 @@
-"""The iocpx benchmark suite: every peer, every scenario, one dated Markdown table and PNG charts.
+"""The iocpx benchmark suite: every peer, every scenario, one dated Markdown report (+ PNG charts).
 
 What it shows (design.md section 6): for each server, pinned to CPU 0 with the load generator
 pinned to CPU 1,
-  - echo ping-pong at 1, 100 and 1,000 connections x 64 B, 4 KiB and 64 KiB (bench/loadgen.c,
-    closed loop, every echo verified): round trips/s, p50/p99 latency and the robust figure,
-    **server CPU microseconds per round trip**, with its ratio to uvloop and to the C limit;
+  - echo ping-pong at 1, 100 and 1,000 connections x 64 B, 4 KiB and 64 KiB, and large messages,
+    1 and 100 connections x 1 MiB (bench/loadgen.c, closed loop, every echo verified): round
+    trips/s, p50/p99 latency and the robust figure, **server CPU microseconds per round trip**,
+    with its ratio to uvloop and to the C limit;
   - connection churn (bench/churn.c: connect, send 64 B, echo, close, over and over):
     connections/s and server CPU microseconds per connection;
   - 10,000 idle connections (bench/idle_client.py, in another process): server RSS per
@@ -33,13 +34,14 @@ How to run it, from the repo root:
     python bench/run_all.py                # the full run, ~20 minutes on 2 cores
     python bench/run_all.py --only echo,idle --servers uvloop,uring-c,iocpx
 
-It writes bench/results/YYYY-MM-DD.md (the table), YYYY-MM-DD-*.png (the charts, linked from
-the table), YYYY-MM-DD.json (every raw figure) and copies the table to bench/results/LATEST.md;
---quick writes YYYY-MM-DD-quick.* instead and leaves LATEST.md alone. A second run on the same
-day replaces that day's files. The machine is shared: before each row the driver waits (up to
---quiet-wait s) for the cores to be idle, the "other CPU %" column says what else ran, and each
-64 B echo row is the median of --repeat interleaved runs. Servers listen on a free port below
-the ephemeral range (bind to port 0 fails when the range is full of TIME_WAIT sockets, which a
+It writes bench/results/YYYY-MM-DD.md (the table), YYYY-MM-DD.json (every raw figure) and
+YYYY-MM-DD-*.png (charts for a local look: git-ignored, so the table names them without linking
+them), and rewrites bench/results/LATEST.md, a pointer to the newest report of each bench
+script; --quick writes YYYY-MM-DD-quick.* instead and leaves LATEST.md alone. A second run on
+the same day replaces that day's files. The machine is shared: before each row the driver waits
+(up to --quiet-wait s) for the cores to be idle, the "other CPU %" column says what else ran,
+and each 64 B echo row is the median of --repeat interleaved runs. Servers listen on a free port
+below the ephemeral range (bind to port 0 fails when the range is full of TIME_WAIT sockets, which a
 shared machine's tests leave behind); a stress run whose client runs out of local ports for
 the same reason is run once more after they expire (and the report says so). Every run is
 bounded in time and every child process is killed on exit, error or Ctrl-C (then the rows
@@ -58,15 +60,15 @@ import subprocess
 import sys
 import time
 
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, BENCH_DIR)
-import echo as E  # noqa: E402  (the shared harness: spawning, /proc sampling, run_one)
+import harness as H     # bench/harness.py: spawning, /proc sampling, run_one
+
+BENCH_DIR = H.BENCH_DIR
 
 CHURN_SRC = os.path.join(BENCH_DIR, "churn.c")
-CHURN_BIN = os.path.join(E.BUILD_DIR, "churn")
+CHURN_BIN = os.path.join(H.BUILD_DIR, "churn")
 IDLE_CLIENT = os.path.join(BENCH_DIR, "idle_client.py")
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
-SRC_PKG = os.path.join(E.REPO_ROOT, "src", "iocpx")
+SRC_PKG = os.path.join(H.REPO_ROOT, "src", "iocpx")
 
 UV = "uvloop"
 LIMIT = "uring-c"
@@ -80,7 +82,7 @@ def log(msg):
 
 def probe_iocpx():
     """(info dict, None) about the iocpx the servers will import, or (None, reason)."""
-    ok, out = E.probe_import(
+    ok, out = H.probe_import(
         "import json, iocpx; e = iocpx.Engine(); w, b = e.workers, e.backend; e.close(); "
         "print(json.dumps({'version': getattr(iocpx, '__version__', '?'), 'file': iocpx.__file__,"
         " 'backends': list(iocpx.available_backends()), 'default_backend': b,"
@@ -111,116 +113,26 @@ def make_peers(iocpx_info, iocpx_err, want):
         {"id": LIMIT, "kind": "uring-c", "label": "C io_uring (limit)", "sargs": []},
     ]
     if "uvloop" in want:
-        ok, why = E.probe_import("import uvloop")
+        ok, why = H.probe_import("import uvloop")
         if not ok:
             peers[[p["id"] for p in peers].index(UV)]["error"] = \
                 f"not available: {why} (pip install uvloop)"
     return [p for p in peers if p["kind"] in want]
 
 
-# ---- servers outside run_one (idle, stress) ----
-
-def start_server(cmd, log_path, ready_re=r"^READY (\d+)"):
-    """Spawn a server pinned to CPU 0; (proc, port) once a stdout line matches ready_re,
-    else (None, reason) with the process killed."""
-    with open(log_path, "w") as lf:
-        proc = E._spawn(["taskset", "-c", E.SERVER_CPU] + cmd, stdout=subprocess.PIPE, stderr=lf,
-                        env=E.child_env(), cwd=BENCH_DIR, start_new_session=True)
-    deadline = time.monotonic() + E.READY_TIMEOUT
-    while True:
-        line = E.read_line(proc, deadline)
-        if line is None:
-            stop_server(proc)
-            return None, f"server did not start: {E._tail(log_path)}"
-        m = re.search(ready_re, line)
-        if m:
-            return proc, int(m.group(1))
-        if line.startswith("UNAVAILABLE "):
-            stop_server(proc)
-            return None, "not available: " + line[len("UNAVAILABLE "):]
-
-
-def stop_server(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=E.STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    E._children[:] = [p for p in E._children if p.poll() is None]
-
-
-def drain_stdout(proc):
-    """Keep reading a server's stdout in a thread, so a chatty server never blocks on the pipe."""
-    import threading
-
-    def pump():
-        try:
-            while proc.stdout.read(65536):
-                pass
-        except (OSError, ValueError):
-            pass
-    threading.Thread(target=pump, daemon=True).start()
-
-
-def _port_range():
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            lo, hi = map(int, f.read().split())
-        return lo, hi
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def loopback_ports_in_use():
-    """Ephemeral ports held by a TCP socket (TIME_WAIT included) whose local end is
-    127.0.0.1: the ports a new loopback client may not be able to take."""
-    lo, hi = _port_range()
-    ports = set()
-    for path, prefix in (("/proc/net/tcp", "0100007F:"),
-                         ("/proc/net/tcp6", "0000000000000000FFFF00000100007F:")):
-        try:
-            with open(path) as f:
-                next(f, None)
-                for line in f:
-                    local = line.split(None, 2)[1]
-                    if local.startswith(prefix):
-                        ports.add(int(local[len(prefix):], 16))
-        except OSError:
-            pass
-    return sum(1 for p in ports if lo <= p <= hi)
-
-
-def wait_for_ports(n, max_wait):
-    """Wait (up to max_wait s) until the ephemeral port range has room for n more loopback
-    clients. A connection the client closes first holds its port in TIME_WAIT for 60 s, and a
-    client that finds no port fails (EADDRNOTAVAIL, or EADDRINUSE from io_uring connect): a
-    10,000-connection idle row right after a 19,000-connection stress run runs out.
-    Returns (seconds waited, ports in use)."""
-    lo, hi = _port_range()
-    room = hi - lo + 1 - n - 1000
-    t0 = time.monotonic()
-    while True:
-        used = loopback_ports_in_use()
-        if used <= room or time.monotonic() - t0 >= max_wait:
-            return time.monotonic() - t0, used
-        time.sleep(1.0)
-
-
 # ---- scenarios ----
 
 def run_echo_row(peer, conns, size, a):
-    return E.run_one(peer["kind"], peer["label"], peer["sargs"], conns, size, a,
-                     os.path.join(E.BUILD_DIR, f"server-{peer['id']}.log"))
+    return H.run_one(peer["kind"], peer["label"], peer["sargs"], conns, size, a,
+                     os.path.join(H.BUILD_DIR, f"server-{peer['id']}.log"))
 
 
 def run_churn_row(peer, conc, size, a):
     def client(port):
         return [CHURN_BIN, "127.0.0.1", str(port), str(conc), str(size), str(a.warmup),
                 str(a.duration)], 5.0
-    r = E.run_one(peer["kind"], peer["label"], peer["sargs"], conc, size, a,
-                  os.path.join(E.BUILD_DIR, f"server-{peer['id']}.log"), client=client)
+    r = H.run_one(peer["kind"], peer["label"], peer["sargs"], conc, size, a,
+                  os.path.join(H.BUILD_DIR, f"server-{peer['id']}.log"), client=client)
     if "error" not in r:
         r["conns_per_s"] = r["rt_per_s"]
         r["cpu_us_per_conn"] = r["cpu_us_per_rt"]
@@ -230,42 +142,42 @@ def run_churn_row(peer, conc, size, a):
 def run_idle_row(peer, n, quiet_wait):
     """Server RSS at 0, N/2 and N idle connections held by idle_client.py in another process."""
     res = {"label": peer["label"], "kind": peer["kind"], "connections": n}
-    waited, used = wait_for_ports(n, 65.0)
+    waited, used = H.wait_for_ports(n, 65.0)
     if waited >= 1:
         log(f"  waited {waited:.0f} s for local ports ({used:,} still in use, TIME_WAIT mostly)")
-    busy = E.wait_for_quiet(quiet_wait) if quiet_wait > 0 else 0.0
-    log_path = os.path.join(E.BUILD_DIR, f"server-{peer['id']}-idle.log")
-    proc, port = start_server(E.server_command(peer["kind"], peer["sargs"]), log_path)
+    busy = H.wait_for_quiet(quiet_wait) if quiet_wait > 0 else 0.0
+    log_path = os.path.join(H.BUILD_DIR, f"server-{peer['id']}-idle.log")
+    proc, port = H.start_server(H.server_command(peer["kind"], peer["sargs"]), log_path)
     if proc is None:
         res["error"] = port
         return res
-    drain_stdout(proc)
+    H.drain_stdout(proc)
     client = None
     try:
         time.sleep(0.5)
         spid = proc.pid
-        res["rss0_kib"] = E.rss_kib(spid)
-        cpu0 = E.cpu_seconds(spid)
-        client = E._spawn(["taskset", "-c", E.CLIENT_CPU, sys.executable, IDLE_CLIENT,
+        res["rss0_kib"] = H.rss_kib(spid)
+        cpu0 = H.cpu_seconds(spid)
+        client = H.spawn(["taskset", "-c", H.CLIENT_CPU, sys.executable, IDLE_CLIENT,
                            "127.0.0.1", str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                           start_new_session=True)
         half = n // 2
         for target, key in ((half, "rss_half_kib"), (n, "rss_full_kib")):
             client.stdin.write(f"OPEN {target}\n".encode())
             client.stdin.flush()
-            line = E.read_line(client, time.monotonic() + 60 + target / 100)
+            line = H.read_line(client, time.monotonic() + 60 + target / 100)
             if line is None or not line.startswith("OK "):
                 res["error"] = f"idle client at {target}: {line or 'timed out'}" + \
-                    (f" / server: {E._tail(log_path)}" if proc.poll() is not None else "")
+                    (f" / server: {H.tail(log_path)}" if proc.poll() is not None else "")
                 return res
             if target == n:
                 res["open_seconds"] = float(line.split()[2])
             time.sleep(1.0)                 # let lazy per-connection work settle
             if proc.poll() is not None:
-                res["error"] = f"server exited (status {proc.returncode}): {E._tail(log_path)}"
+                res["error"] = f"server exited (status {proc.returncode}): {H.tail(log_path)}"
                 return res
-            res[key] = E.rss_kib(spid)
-        res["setup_cpu_us_per_conn"] = (E.cpu_seconds(spid) - cpu0) * 1e6 / n
+            res[key] = H.rss_kib(spid)
+        res["setup_cpu_us_per_conn"] = (H.cpu_seconds(spid) - cpu0) * 1e6 / n
         res["kib_per_conn"] = (res["rss_full_kib"] - res["rss_half_kib"]) / (n - half)
         if busy >= 15.0:
             res["note"] = f"machine was {busy:.0f}% busy before the run"
@@ -279,18 +191,18 @@ def run_idle_row(peer, n, quiet_wait):
             except (OSError, subprocess.TimeoutExpired):
                 client.kill()
                 client.wait()
-        stop_server(proc)
+        H.stop_server(proc)
 
 
 STRESS_PEERS = {      # label, command (PORT filled in), line that gives the port
     "iocpx": ("iocpx serve", [sys.executable, "-m", "iocpx", "serve", "--host", "127.0.0.1",
                               "--port", "PORT", "--backlog", "4096", "--quiet"],
               r"listening on [\d.]+:(\d+)"),
-    "uvloop": ("uvloop", [sys.executable, E.SERVERS_PY, "uvloop", "PORT", "--backlog", "4096"],
+    "uvloop": ("uvloop", [sys.executable, H.SERVERS_PY, "uvloop", "PORT", "--backlog", "4096"],
                r"^READY (\d+)"),
-    "asyncio": ("asyncio", [sys.executable, E.SERVERS_PY, "asyncio", "PORT", "--backlog", "4096"],
+    "asyncio": ("asyncio", [sys.executable, H.SERVERS_PY, "asyncio", "PORT", "--backlog", "4096"],
                 r"^READY (\d+)"),
-    "uring-c": ("C io_uring (limit)", [E.URING_BIN, "PORT", "4096"], r"^READY (\d+)"),
+    "uring-c": ("C io_uring (limit)", [H.URING_BIN, "PORT", "4096"], r"^READY (\d+)"),
 }
 
 
@@ -299,7 +211,7 @@ def stress_source_ip():
     (when it has the option). The client binds every socket to (address, port 0) and closes
     first, so for 60 s a run leaves ~19,000 TIME_WAIT sockets whose ports a second bind to the
     same address cannot take: the next run on that address would fail with EADDRINUSE."""
-    ok, out = E.probe_import("import iocpx._stress, inspect; "
+    ok, out = H.probe_import("import iocpx._stress, inspect; "
                              "print('--source-ip' in inspect.getsource(iocpx._stress))")
     if not (ok and out.endswith("True")):
         return None
@@ -320,27 +232,27 @@ def stress_source_ip():
 
 def run_stress_row(key, n, messages, interval, quiet_wait):
     label, cmd, ready_re = STRESS_PEERS[key]
-    cmd = [str(E.free_port()) if x == "PORT" else x for x in cmd]
+    cmd = [str(H.free_port()) if x == "PORT" else x for x in cmd]
     res = {"label": label, "kind": key, "connections": n, "messages": messages,
-           "tcp_sockets_before": loopback_ports_in_use()}
+           "tcp_sockets_before": H.loopback_ports_in_use()}
     src = stress_source_ip()
-    busy = E.wait_for_quiet(quiet_wait) if quiet_wait > 0 else 0.0
-    log_path = os.path.join(E.BUILD_DIR, f"server-stress-{key}.log")
-    proc, port = start_server(cmd, log_path, ready_re)
+    busy = H.wait_for_quiet(quiet_wait) if quiet_wait > 0 else 0.0
+    log_path = os.path.join(H.BUILD_DIR, f"server-stress-{key}.log")
+    proc, port = H.start_server(cmd, log_path, ready_re)
     if proc is None:
         res["error"] = port
         return res
-    drain_stdout(proc)
+    H.drain_stdout(proc)
     try:
         spid = proc.pid
-        cpu0, t0 = E.cpu_seconds(spid), time.monotonic()
-        scmd = ["taskset", "-c", E.CLIENT_CPU, sys.executable, "-m", "iocpx", "stress",
+        cpu0, t0 = H.cpu_seconds(spid), time.monotonic()
+        scmd = ["taskset", "-c", H.CLIENT_CPU, sys.executable, "-m", "iocpx", "stress",
                 "--host", "127.0.0.1", "--port", str(port), "--connections", str(n),
                 "--messages", str(messages), "--interval", str(interval), "--size", "64",
                 "--server-pid", str(spid)] + (["--source-ip", src] if src else [])
         res["command"] = " ".join(["python"] + scmd[4:])
         limit = n / 5000 + messages * interval + 60 + 60   # stress's own timeout is 60 s extra
-        st = E._spawn(scmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=E.child_env(),
+        st = H.spawn(scmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=H.child_env(),
                       cwd=BENCH_DIR, start_new_session=True)
         try:
             out, _ = st.communicate(timeout=limit)
@@ -349,9 +261,9 @@ def run_stress_row(key, n, messages, interval, quiet_wait):
             out, _ = st.communicate()
             res["error"] = f"stress client did not finish in {limit:.0f} s"
         out = out.decode(errors="replace")
-        with open(os.path.join(E.BUILD_DIR, f"stress-client-{key}.log"), "w") as f:
+        with open(os.path.join(H.BUILD_DIR, f"stress-client-{key}.log"), "w") as f:
             f.write(" ".join(scmd) + "\n" + out)
-        res["cpu_s_own"] = E.cpu_seconds(spid) - cpu0
+        res["cpu_s_own"] = H.cpu_seconds(spid) - cpu0
         res["wall_s"] = time.monotonic() - t0
         res["exit"] = st.returncode
         res["ok"] = "stress: OK" in out
@@ -378,26 +290,23 @@ def run_stress_row(key, n, messages, interval, quiet_wait):
             res["error"] = "no report from the stress client: " + \
                 " / ".join(out.strip().splitlines()[-3:])
         if proc.poll() is not None:
-            res["note"] = f"server exited (status {proc.returncode}): {E._tail(log_path)}"
+            res["note"] = f"server exited (status {proc.returncode}): {H.tail(log_path)}"
         if busy >= 15.0:
             res.setdefault("note", f"machine was {busy:.0f}% busy before the run")
         return res
     finally:
-        stop_server(proc)
+        H.stop_server(proc)
 
 
 # ---- report ----
-
-def _f(x, fmt):
-    return "-" if x is None else format(x, fmt)
-
 
 def _ratio(x, base):
     return None if not x or not base else x / base
 
 
 def scen_name(c, s):
-    size = f"{s // 1024} KiB" if s >= 1024 and s % 1024 == 0 else f"{s} B"
+    size = (f"{s >> 20} MiB" if s >= 1 << 20 and s % (1 << 20) == 0 else
+            f"{s // 1024} KiB" if s >= 1024 and s % 1024 == 0 else f"{s} B")
     return f"{c:,} x {size}"
 
 
@@ -422,9 +331,9 @@ def targets(res, peers):
             cpu = r.get("cpu_us_per_rt")
             ucpu, lcpu = u and u.get("cpu_us_per_rt"), lim and lim.get("cpu_us_per_rt")
             ru, rl = _ratio(cpu, ucpu), _ratio(cpu, lcpu)
-            rows.append(f"| {p['label']} | {scen_name(c, 64)} | {_f(cpu, '.2f')} "
-                        f"| {_f(ucpu, '.2f')} | {_f(ru, '.2f')} | {_f(lcpu, '.2f')} "
-                        f"| {_f(rl, '.2f')} | {_yn(ru and ru < 1)} | {_yn(rl and rl <= 1.15)} |")
+            rows.append(f"| {p['label']} | {scen_name(c, 64)} | {H.fmt(cpu, '.2f')} "
+                        f"| {H.fmt(ucpu, '.2f')} | {H.fmt(ru, '.2f')} | {H.fmt(lcpu, '.2f')} "
+                        f"| {H.fmt(rl, '.2f')} | {_yn(ru and ru < 1)} | {_yn(rl and rl <= 1.15)} |")
     if rows:
         out += ["Echo, server CPU us per round trip:", "",
                 "| iocpx | scenario | iocpx | uvloop | vs uvloop | C limit | vs C "
@@ -449,8 +358,8 @@ def targets(res, peers):
                 "|---|---:|---|---|---:|---:|---:|",
                 f"| iocpx serve, {r['connections']:,} x {r['messages']} "
                 f"| {r.get('verified', 0):,} / {r.get('want', 0):,} | {r.get('errors', '?')} "
-                f"| {_yn(clean)} | {_f(r.get('cpu_s'), '.2f')} "
-                f"| {_f(u and u.get('cpu_s'), '.2f')} | {_f(rc, '.2f')} |", ""]
+                f"| {_yn(clean)} | {H.fmt(r.get('cpu_s'), '.2f')} "
+                f"| {H.fmt(u and u.get('cpu_s'), '.2f')} | {H.fmt(rc, '.2f')} |", ""]
     return out
 
 
@@ -464,7 +373,8 @@ def render(res, meta, peers, charts):
                f"{meta['mem_gib']:.0f} GiB, open-files limit {meta['nofile']}")
     out.append(f"- Python {meta['python']}, uvloop {meta['uvloop']}, iocpx {meta['iocpx']}")
     out.append(f"- tree: {meta['git']}")
-    out.append(f"- method: server pinned to CPU {E.SERVER_CPU}, client to CPU {E.CLIENT_CPU}; echo: "
+    out.append(f"- method: server pinned to CPU {H.SERVER_CPU}, client to CPU {H.CLIENT_CPU}; "
+               f"echo: "
                f"bench/loadgen.c, closed loop, one message in flight per connection, every echo "
                f"verified, warmup {meta['warmup']} s + {meta['duration']} s measured per row, "
                f"64 B rows the median of {meta['repeat']} interleaved runs; server CPU from "
@@ -492,13 +402,9 @@ def render(res, meta, peers, charts):
                     cells.append("-")
                     continue
                 ru = _ratio(r.get("cpu_us_per_rt"), u and u.get("cpu_us_per_rt"))
-                cells.append(f"{_f(r.get('cpu_us_per_rt'), '.2f')}"
+                cells.append(f"{H.fmt(r.get('cpu_us_per_rt'), '.2f')}"
                              + (f" ({ru:.2f})" if ru and p["id"] != UV else ""))
             out.append(f"| {p['label']} | " + " | ".join(cells) + " |")
-        out.append("")
-        for key in ("echo-cpu", "echo-rps", "echo-latency"):
-            if key in charts:
-                out.append(f"![{key}]({charts[key]})")
         out.append("")
         out.append("| scenario | server | round trips/s | p50 us | p99 us | **server CPU us/rt** "
                    "| vs uvloop | vs C | server CPU % | loadgen CPU % | other CPU % | errors |")
@@ -513,16 +419,7 @@ def render(res, meta, peers, charts):
                                + " | | | | | | | | | |")
                     notes.append(f"{r['label']} @ {name}: {r['error']}")
                     continue
-                cpu = r.get("cpu_us_per_rt")
-                out.append(
-                    f"| {name} | {r['label']} | {r['rt_per_s']:,.0f}{_cb(r)} "
-                    f"| {_f(r['p50_us'], '.0f')} "
-                    f"| {_f(r['p99_us'], '.0f')} | **{_f(cpu, '.2f')}** "
-                    f"| {_f(_ratio(cpu, u and u.get('cpu_us_per_rt')), '.2f')} "
-                    f"| {_f(_ratio(cpu, lim and lim.get('cpu_us_per_rt')), '.2f')} "
-                    f"| {r['server_cpu_pct']:.0f} | {r['loadgen_cpu_pct']:.0f} "
-                    f"| {max(0.0, r['other_cpu_pct']):.0f} "
-                    f"| {r['errors'] + r['verify_failures']} |")
+                out.append(f"| {name} | {r['label']} " + load_cells(r, u, lim, ".2f"))
                 notes += row_notes(r, name)
         out.append("")
 
@@ -532,8 +429,6 @@ def render(res, meta, peers, charts):
                 f"{meta['churn_concurrency']} concurrent slots, each: connect, send 64 B, read "
                 "the echo, close (bench/churn.c). Server CPU us per connection = accept + one "
                 "echo + close.", ""]
-        if "churn" in charts:
-            out += [f"![churn]({charts['churn']})", ""]
         out.append("| server | connections/s | p50 us | p99 us | **server CPU us/conn** "
                    "| vs uvloop | vs C | server CPU % | client CPU % | other CPU % | errors |")
         out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -543,14 +438,7 @@ def render(res, meta, peers, charts):
                 out.append(f"| {r['label']} | {r['error']} | | | | | | | | | |")
                 notes.append(f"{r['label']} @ churn: {r['error']}")
                 continue
-            cpu = r.get("cpu_us_per_conn")
-            out.append(
-                f"| {r['label']} | {r['conns_per_s']:,.0f}{_cb(r)} | {_f(r['p50_us'], '.0f')} "
-                f"| {_f(r['p99_us'], '.0f')} | **{_f(cpu, '.1f')}** "
-                f"| {_f(_ratio(cpu, u and u.get('cpu_us_per_conn')), '.2f')} "
-                f"| {_f(_ratio(cpu, lim and lim.get('cpu_us_per_conn')), '.2f')} "
-                f"| {r['server_cpu_pct']:.0f} | {r['loadgen_cpu_pct']:.0f} "
-                f"| {max(0.0, r['other_cpu_pct']):.0f} | {r['errors'] + r['verify_failures']} |")
+            out.append(f"| {r['label']} " + load_cells(r, u, lim, ".1f"))
             notes += row_notes(r, "churn")
         out.append("")
 
@@ -561,8 +449,6 @@ def render(res, meta, peers, charts):
                 f"{n:,} connections held by bench/idle_client.py in another process, each after "
                 "one verified 16 B echo. RSS per connection = (RSS at N - RSS at N/2) / (N/2).",
                 ""]
-        if "idle" in charts:
-            out += [f"![idle]({charts['idle']})", ""]
         out.append("| server | **RSS per idle conn KiB** | vs uvloop | RSS at 0 MiB "
                    f"| RSS at {n // 2:,} MiB | RSS at {n:,} MiB | setup CPU us/conn |")
         out.append("|---|---:|---:|---:|---:|---:|---:|")
@@ -574,7 +460,7 @@ def render(res, meta, peers, charts):
                 continue
             out.append(
                 f"| {r['label']} | **{r['kib_per_conn']:.2f}** "
-                f"| {_f(_ratio(r['kib_per_conn'], u and u['kib_per_conn']), '.2f')} "
+                f"| {H.fmt(_ratio(r['kib_per_conn'], u and u['kib_per_conn']), '.2f')} "
                 f"| {r['rss0_kib'] / 1024:.1f} | {r['rss_half_kib'] / 1024:.1f} "
                 f"| {r['rss_full_kib'] / 1024:.1f} | {r['setup_cpu_us_per_conn']:.0f} |")
             if r.get("note"):
@@ -590,8 +476,6 @@ def render(res, meta, peers, charts):
                 "PID` (one client process, pinned to CPU 1) against each server (CPU 0); "
                 "each run with its own `--source-ip 127.0.0.N`, so the previous run's TIME_WAIT "
                 "sockets leave it ports to bind.", ""]
-        if "stress" in charts:
-            out += [f"![stress]({charts['stress']})", ""]
         out.append("| server | connections made | messages verified | errors | p50 ms | p99 ms "
                    "| **server CPU s** | vs uvloop | peak RSS MiB | wall s | result |")
         out.append("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|")
@@ -605,10 +489,10 @@ def render(res, meta, peers, charts):
             out.append(
                 f"| {r['label']} | {r.get('made', 0):,} / {r['connections']:,} "
                 f"| {r.get('verified', 0):,} / {r.get('want', 0):,} | {r.get('errors', '?')} "
-                f"| {_f(r.get('p50_ms'), '.2f')} | {_f(r.get('p99_ms'), '.2f')} "
-                f"| **{_f(cpu, '.2f')}** "
-                f"| {_f(_ratio(cpu, u and u.get('cpu_s', u.get('cpu_s_own'))), '.2f')} "
-                f"| {_f(r.get('peak_rss_mib'), '.1f')} | {r['wall_s']:.1f} "
+                f"| {H.fmt(r.get('p50_ms'), '.2f')} | {H.fmt(r.get('p99_ms'), '.2f')} "
+                f"| **{H.fmt(cpu, '.2f')}** "
+                f"| {H.fmt(_ratio(cpu, u and u.get('cpu_s', u.get('cpu_s_own'))), '.2f')} "
+                f"| {H.fmt(r.get('peak_rss_mib'), '.1f')} | {r['wall_s']:.1f} "
                 f"| {'OK' if r.get('ok') else 'FAILED'} |")
             for k in ("error", "note"):
                 if r.get(k):
@@ -636,9 +520,26 @@ def render(res, meta, peers, charts):
                "window, which includes the network stack work the kernel ran on its time; "
                "vs uvloop / vs C = that figure divided by uvloop's / the C io_uring server's in "
                "the same run; (c) marks a rate the client bounded (loadgen/client CPU >= 90%: "
-               "the server had time to spare); other CPU % = everything else on the machine in the window "
-               "(another user, ksoftirqd), tick-sampled.")
+               "the server had time to spare); other CPU % = everything else on the machine in "
+               "the window (another user, ksoftirqd), tick-sampled.")
+    if charts:
+        out += ["", "Charts of these figures were written beside this report when it ran ("
+                + ", ".join(f"`{name}`" for name in charts.values())
+                + "); they are not committed (bench/results/*.png is git-ignored)."]
     return "\n".join(out) + "\n"
+
+
+def load_cells(r, u, lim, cpu_spec):
+    """The cells of a loadgen/churn row from the rate on: rate/s | p50 | p99 | **server CPU us**
+    per round trip (churn: per connection) | vs uvloop | vs C | server, client, other CPU % |
+    errors. u, lim: uvloop's and the C server's row of the same scenario (or None)."""
+    cpu = r.get("cpu_us_per_rt")
+    return (f"| {r['rt_per_s']:,.0f}{_cb(r)} | {H.fmt(r['p50_us'], '.0f')} "
+            f"| {H.fmt(r['p99_us'], '.0f')} | **{H.fmt(cpu, cpu_spec)}** "
+            f"| {H.fmt(_ratio(cpu, u and u.get('cpu_us_per_rt')), '.2f')} "
+            f"| {H.fmt(_ratio(cpu, lim and lim.get('cpu_us_per_rt')), '.2f')} "
+            f"| {r['server_cpu_pct']:.0f} | {r['loadgen_cpu_pct']:.0f} "
+            f"| {max(0.0, r['other_cpu_pct']):.0f} | {r['errors'] + r['verify_failures']} |")
 
 
 def _cb(r):
@@ -787,23 +688,6 @@ def make_charts(res, peers, stamp):
 
 # ---- main ----
 
-def machine_meta():
-    m = E.machine_info()
-    with open("/proc/meminfo") as f:
-        m["mem_gib"] = int(f.readline().split()[1]) / 2**20
-    m["nofile"] = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    try:
-        head = subprocess.run(["git", "-C", E.REPO_ROOT, "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", E.REPO_ROOT, "status", "--porcelain", "--", "src"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        m["git"] = f"commit {head}" + (f", src/ has {len(dirty.splitlines())} uncommitted "
-                                       "change(s)" if dirty else ", src/ clean")
-    except (OSError, subprocess.TimeoutExpired):
-        m["git"] = "unknown"
-    return m
-
-
 def stale_build():
     """The .pyx files in src/iocpx newer than their built module (the in-place build is stale)."""
     stale = []
@@ -832,17 +716,13 @@ def build_iocpx():
     with tempfile.TemporaryDirectory(prefix="iocpx-bench-build-") as tmp:
         lib, scratch = os.path.join(tmp, "lib"), os.path.join(tmp, "tmp")
         subprocess.run([sys.executable, "setup.py", "build_ext", "--build-lib", lib,
-                        "--build-temp", scratch], cwd=E.REPO_ROOT, check=True,
+                        "--build-temp", scratch], cwd=H.REPO_ROOT, check=True,
                        stdout=subprocess.DEVNULL)
         for name in os.listdir(os.path.join(lib, "iocpx")):
             if name.endswith(".so"):
                 dst = os.path.join(SRC_PKG, name)
                 shutil.copy2(os.path.join(lib, "iocpx", name), dst + ".bench-tmp")
                 os.replace(dst + ".bench-tmp", dst)
-
-
-def _int_list(s):
-    return [int(x) for x in s.split(",") if x.strip()]
 
 
 def main(argv=None):
@@ -856,10 +736,16 @@ def main(argv=None):
     ap.add_argument("--stress-servers", default="iocpx,uvloop,asyncio",
                     help="servers for the stress run: iocpx (python -m iocpx serve), uvloop, "
                          "asyncio, uring-c (default the first three)")
-    ap.add_argument("--connections", type=_int_list, help="echo connections (default 1,100,1000)")
-    ap.add_argument("--sizes", type=_int_list, help="echo sizes (default 64,4096,65536)")
+    ap.add_argument("--connections", type=H.int_list, help="echo connections (default 1,100,1000)")
+    ap.add_argument("--sizes", type=H.int_list, help="echo sizes (default 64,4096,65536)")
+    ap.add_argument("--large-connections", type=H.int_list,
+                    help="connections for the large-message echo rows (default 1,100; quick 100;"
+                         " 0 for none)")
+    ap.add_argument("--large-size", type=int, default=1 << 20,
+                    help="message bytes of the large-message echo rows (default 1 MiB)")
     ap.add_argument("--duration", type=float, help="measured seconds per row (default 5; quick 2)")
-    ap.add_argument("--warmup", type=float, help="unmeasured seconds per row (default 1; quick 0.5)")
+    ap.add_argument("--warmup", type=float,
+                    help="unmeasured seconds per row (default 1; quick 0.5)")
     ap.add_argument("--repeat", type=int,
                     help="interleaved runs of each 64 B echo row, median reported (default 3; "
                          "quick 1)")
@@ -877,6 +763,7 @@ def main(argv=None):
     q = a.quick
     a.connections = a.connections or ([100, 1000] if q else [1, 100, 1000])
     a.sizes = a.sizes or ([64, 4096] if q else [64, 4096, 65536])
+    a.large_connections = [c for c in (a.large_connections or ([100] if q else [1, 100])) if c > 0]
     a.duration = a.duration or (2.0 if q else 5.0)
     a.warmup = a.warmup if a.warmup is not None else (0.5 if q else 1.0)
     a.repeat = a.repeat or (1 if q else 3)
@@ -888,17 +775,17 @@ def main(argv=None):
     want = {k.strip() for k in a.servers.split(",") if k.strip()}
     stress_keys = [k.strip() for k in a.stress_servers.split(",") if k.strip()]
     for k in want | set(stress_keys):
-        if k not in E.KINDS:
+        if k not in H.KINDS:
             ap.error(f"unknown server {k!r}")
     RESULTS_DIR = os.path.abspath(a.out_dir)
 
     if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
         ap.error("need 2 CPUs and taskset (util-linux)")
     try:                # keep this driver off the server's CPU
-        os.sched_setaffinity(0, {int(E.CLIENT_CPU)})
+        os.sched_setaffinity(0, {int(H.CLIENT_CPU)})
     except OSError:
         pass
-    signal.signal(signal.SIGTERM, E._on_signal)
+    signal.signal(signal.SIGTERM, H.on_signal)
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
     warnings = []
@@ -910,15 +797,15 @@ def main(argv=None):
              "older build (run `python setup.py build_ext --inplace`, or pass --build)")
         log("WARNING: " + w)
         warnings.append(w)
-    os.makedirs(E.BUILD_DIR, exist_ok=True)
+    os.makedirs(H.BUILD_DIR, exist_ok=True)
     os.makedirs(RESULTS_DIR, exist_ok=True)
-    E.build_loadgen()
-    E.build_c(E.URING_SRC, E.URING_BIN)
-    E.build_c(CHURN_SRC, CHURN_BIN)
+    H.build_loadgen()
+    H.build_c(H.URING_SRC, H.URING_BIN)
+    H.build_c(CHURN_SRC, CHURN_BIN)
 
     iocpx_info, iocpx_err = probe_iocpx()
     peers = make_peers(iocpx_info, iocpx_err, want)
-    meta = machine_meta()
+    meta = H.machine_meta()
     meta.update({
         "iocpx": (f"{iocpx_info['version']} ({iocpx_info['file']}; backends "
                   f"{', '.join(iocpx_info['backends'])}; default {iocpx_info['default_backend']}"
@@ -946,59 +833,63 @@ def main(argv=None):
         else:
             log(f"  {r['label']}: {what(r)}")
 
+    def per_peer(part, extra, title, run, what):
+        """One row of `part` per peer: run(peer) -> result, progress shown by what(result)."""
+        for p in peers:
+            if "error" in p:
+                res[part].append(unavailable(p, extra))
+                continue
+            log(f"{title} {p['label']} ...")
+            r = run(p)
+            r["peer"] = p["id"]
+            progress(r, what)
+            res[part].append(r)
+
     try:
         if "echo" in parts:
-            for c in a.connections:
-                for s in a.sizes:
-                    reps = a.repeat if s == 64 else 1
-                    runs = {p["id"]: [] for p in peers}
-                    for i in range(reps):
-                        for p in peers:
-                            if "error" in p or (runs[p["id"]] and "error" in runs[p["id"]][-1]):
-                                continue
-                            log(f"echo {scen_name(c, s)} {p['label']}"
-                                + (f" (run {i + 1}/{reps})" if reps > 1 else "") + " ...")
-                            busy = E.wait_for_quiet(a.quiet_wait) if a.quiet_wait > 0 else 0.0
-                            r = run_echo_row(p, c, s, row_args)
-                            if busy >= 15.0:
-                                r.setdefault("note", f"machine was {busy:.0f}% busy before "
-                                                     "the run")
-                            progress(r, lambda r: f"{r['rt_per_s']:,.0f} rt/s, "
-                                     f"{_f(r['cpu_us_per_rt'], '.2f')} CPU us/rt, "
-                                     f"loadgen {r['loadgen_cpu_pct']:.0f}%, "
-                                     f"other {r['other_cpu_pct']:.0f}%")
-                            runs[p["id"]].append(r)
+            scenarios = [(c, s) for c in a.connections for s in a.sizes]
+            scenarios += [(c, a.large_size) for c in a.large_connections
+                          if (c, a.large_size) not in scenarios]
+            for c, s in scenarios:
+                reps = a.repeat if s == 64 else 1
+                runs = {p["id"]: [] for p in peers}
+                for i in range(reps):
                     for p in peers:
-                        if "error" in p:
-                            r = unavailable(p, {"connections": c, "size": s})
-                        else:
-                            r = E.pick_median(runs[p["id"]])
-                        r["peer"] = p["id"]
-                        res["echo"].append(r)
+                        if "error" in p or (runs[p["id"]] and "error" in runs[p["id"]][-1]):
+                            continue
+                        log(f"echo {scen_name(c, s)} {p['label']}"
+                            + (f" (run {i + 1}/{reps})" if reps > 1 else "") + " ...")
+                        busy = H.wait_for_quiet(a.quiet_wait) if a.quiet_wait > 0 else 0.0
+                        r = run_echo_row(p, c, s, row_args)
+                        if busy >= 15.0:
+                            r.setdefault("note", f"machine was {busy:.0f}% busy before "
+                                                 "the run")
+                        progress(r, lambda r: f"{r['rt_per_s']:,.0f} rt/s, "
+                                 f"{H.fmt(r['cpu_us_per_rt'], '.2f')} CPU us/rt, "
+                                 f"loadgen {r['loadgen_cpu_pct']:.0f}%, "
+                                 f"other {r['other_cpu_pct']:.0f}%")
+                        runs[p["id"]].append(r)
+                for p in peers:
+                    if "error" in p:
+                        r = unavailable(p, {"connections": c, "size": s})
+                    else:
+                        r = H.pick_median(runs[p["id"]])
+                    r["peer"] = p["id"]
+                    res["echo"].append(r)
         if "churn" in parts:
-            for p in peers:
-                if "error" in p:
-                    res["churn"].append(unavailable(p, {"connections": a.churn_concurrency}))
-                    continue
-                log(f"churn {p['label']} ...")
+            def churn(p):
                 if a.quiet_wait > 0:
-                    E.wait_for_quiet(a.quiet_wait)
-                r = run_churn_row(p, a.churn_concurrency, 64, row_args)
-                r["peer"] = p["id"]
-                progress(r, lambda r: f"{r['conns_per_s']:,.0f} conn/s, "
-                         f"{_f(r['cpu_us_per_conn'], '.1f')} CPU us/conn, "
-                         f"client {r['loadgen_cpu_pct']:.0f}%")
-                res["churn"].append(r)
+                    H.wait_for_quiet(a.quiet_wait)
+                return run_churn_row(p, a.churn_concurrency, 64, row_args)
+            per_peer("churn", {"connections": a.churn_concurrency}, "churn", churn,
+                     lambda r: f"{r['conns_per_s']:,.0f} conn/s, "
+                     f"{H.fmt(r['cpu_us_per_conn'], '.1f')} CPU us/conn, "
+                     f"client {r['loadgen_cpu_pct']:.0f}%")
         if "idle" in parts:
-            for p in peers:
-                if "error" in p:
-                    res["idle"].append(unavailable(p, {"connections": a.idle_connections}))
-                    continue
-                log(f"idle {a.idle_connections:,} {p['label']} ...")
-                r = run_idle_row(p, a.idle_connections, a.quiet_wait)
-                r["peer"] = p["id"]
-                progress(r, lambda r: f"{r['kib_per_conn']:.2f} KiB/conn")
-                res["idle"].append(r)
+            per_peer("idle", {"connections": a.idle_connections},
+                     f"idle {a.idle_connections:,}",
+                     lambda p: run_idle_row(p, a.idle_connections, a.quiet_wait),
+                     lambda r: f"{r['kib_per_conn']:.2f} KiB/conn")
         if "stress" in parts:
             for k in stress_keys:
                 if k == "uvloop" and any(p["id"] == UV and "error" in p for p in peers):
@@ -1023,7 +914,7 @@ def main(argv=None):
         log("interrupted: reporting what was measured")
         warnings.append("the run was interrupted: some rows are missing")
     finally:
-        E._kill_children()
+        H.kill_children()
 
     meta["elapsed_min"] = (time.monotonic() - t_begin) / 60
     stamp = datetime.date.today().isoformat() + ("-quick" if q else "")
@@ -1037,7 +928,7 @@ def main(argv=None):
     with open(os.path.join(RESULTS_DIR, stamp + ".json"), "w") as f:
         json.dump({"meta": meta, "peers": peers, "results": res}, f, indent=1, default=repr)
     if not q:
-        shutil.copyfile(md, os.path.join(RESULTS_DIR, "LATEST.md"))
+        H.write_latest(RESULTS_DIR)
     sys.stdout.write(report)
     log(f"wrote {md}" + ("" if q else " and LATEST.md")
         + (f" and {len(charts)} charts" if charts else ""))
