@@ -40,7 +40,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import sys
 
 import harness as H     # bench/harness.py: spawning, /proc sampling, run_one
@@ -156,13 +155,7 @@ def main(argv=None):
             ap.error("need 2 CPUs to pin server and loadgen apart (or use --no-pin)")
         if not shutil.which("taskset"):
             ap.error("taskset not found (apt-get install util-linux), or use --no-pin")
-        try:    # keep this driver off the server's CPU; it sleeps between START and END anyway
-            os.sched_setaffinity(0, {int(H.CLIENT_CPU)})
-        except OSError:
-            pass
-
-    signal.signal(signal.SIGTERM, H.on_signal)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+    H.driver_setup(pin=args.pin)    # off the server's CPU; it sleeps between START and END
     H.build_loadgen()
     if "uring-c" in kinds:
         H.build_c(H.URING_SRC, H.URING_BIN)

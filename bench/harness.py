@@ -115,6 +115,92 @@ def wait_for_quiet(max_wait, threshold=15.0):
         time.sleep(0.5)
 
 
+def proc_tree(pid):
+    """`pid` and its descendants (nginx's master and workers), from /proc/PID/task/*/children."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        p, i = pids[i], i + 1
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    pids += [int(x) for x in f.read().split()]
+        except OSError:
+            pass
+    return pids
+
+
+def tree_cpu_seconds(pids):
+    """utime + stime summed over processes (one that has gone counts 0)."""
+    total = 0.0
+    for p in pids:
+        try:
+            total += cpu_seconds(p)
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+def voluntary_switches(pids):
+    """voluntary_ctxt_switches summed over every thread of the processes."""
+    total = 0
+    for p in pids:
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            total += int(line.split()[1])
+                            break
+            except OSError:
+                pass
+    return total
+
+
+def all_proc_cpu():
+    """{pid: (command name, CPU seconds)} of every process on the machine."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+            comm = data[data.index(b"(") + 1:data.rindex(b")")].decode(errors="replace")
+            fields = data[data.rindex(b")") + 2:].split()
+            out[int(name)] = (comm, (int(fields[11]) + int(fields[12])) / CLK_TCK)
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+def top_others(before, after, wall, exclude=(), n=3, min_pct=5.0):
+    """The processes other than `exclude` (and this one) that used the most CPU between two
+    all_proc_cpu() snapshots, as "name (pid) N%" of one core over `wall` seconds."""
+    skip = set(exclude) | {os.getpid()}
+    used = []
+    for pid, (comm, cpu) in after.items():
+        if pid in skip:
+            continue
+        d = cpu - before.get(pid, (comm, 0.0))[1] if pid in before else cpu
+        pct = 100.0 * d / wall if wall > 0 else 0.0
+        if pct >= min_pct:
+            used.append((pct, f"{comm} ({pid}) {pct:.0f}%"))
+    return ", ".join(t for _, t in sorted(used, reverse=True)[:n])
+
+
+def loadavg():
+    """The 1-minute load average, from /proc/loadavg."""
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -141,8 +227,8 @@ def build_loadgen():
     build_c(LOADGEN_SRC, LOADGEN_BIN)
 
 
-def free_port():
-    """A TCP port on 127.0.0.1 below the ephemeral range, free right now. Why not port 0: on a
+def free_port(host="127.0.0.1"):
+    """A TCP port on `host` below the ephemeral range, free right now. Why not port 0: on a
     shared machine the ephemeral range can be full of TIME_WAIT sockets (every loopback client
     leaves some), and then bind(port 0) fails with EADDRINUSE."""
     try:
@@ -156,7 +242,7 @@ def free_port():
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                s.bind(("127.0.0.1", port))
+                s.bind((host, port))
                 return port
             except OSError:
                 continue
@@ -473,6 +559,97 @@ def machine_meta():
     except (OSError, subprocess.TimeoutExpired):
         m["git"] = "unknown"
     return m
+
+
+def driver_setup(pin=True):
+    """What every driver does first: the open-files soft limit raised to the hard one (children
+    inherit it), itself pinned to the client's CPU (off the server's), SIGTERM and SIGINT turned
+    into KeyboardInterrupt (so the rows measured so far are reported), bench/.build/ made."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if pin:
+        try:
+            os.sched_setaffinity(0, {int(CLIENT_CPU)})
+        except OSError:
+            pass
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
+    os.makedirs(BUILD_DIR, exist_ok=True)
+
+
+def run_guarded(meta, body):
+    """Run body(): Ctrl-C or SIGTERM stops it (the rows measured so far are kept, and a warning
+    in meta["warnings"] says some are missing); every child is killed afterwards; meta gets
+    elapsed_min and loadavg_end."""
+    t0 = time.monotonic()
+    try:
+        body()
+    except KeyboardInterrupt:
+        print("interrupted: reporting what was measured", file=sys.stderr, flush=True)
+        meta.setdefault("warnings", []).append("the run was interrupted: some rows are missing")
+    finally:
+        kill_children()
+    meta["elapsed_min"] = (time.monotonic() - t0) / 60
+    meta["loadavg_end"] = loadavg()
+
+
+def finish_client(proc, command=b"EXIT\n", timeout=20):
+    """Tell a stdin-driven client (idle_client.py, silent_clients.py --holder) to exit; kill it
+    if it does not within `timeout` s."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        proc.stdin.write(command)
+        proc.stdin.flush()
+        proc.wait(timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait()
+
+
+def write_report(report, payload, results_dir, name, out=None):
+    """Write a Markdown report and its raw figures (.json beside it): to `out` if given, else
+    as results_dir/NAME-YYYY-MM-DD.md, and then rewrite LATEST.md. Prints the report; returns
+    the Markdown file's path."""
+    if out:
+        md = out
+    else:
+        os.makedirs(results_dir, exist_ok=True)
+        md = os.path.join(results_dir, f"{name}-{datetime.date.today().isoformat()}.md")
+    with open(md, "w") as f:
+        f.write(report)
+    with open(os.path.splitext(md)[0] + ".json", "w") as f:
+        json.dump(payload, f, indent=1, default=repr)
+    if not out:
+        write_latest(results_dir)
+    sys.stdout.write(report)
+    print(f"wrote {md}", file=sys.stderr, flush=True)
+    return md
+
+
+def report_head(title, meta):
+    """The first lines of a report: title with the date, machine, software, tree (the lines
+    write_latest() reads back)."""
+    return [f"# {title} — {meta['date']}", "",
+            f"- machine: Linux {meta['kernel']}, {meta['nproc']} CPUs ({meta['cpu']}), "
+            f"{meta['mem_gib']:.0f} GiB, open-files limit {meta['nofile']}",
+            f"- Python {meta['python']}, uvloop {meta['uvloop']}, iocpx {meta.get('iocpx')}",
+            f"- tree: {meta['git']}"]
+
+
+def notes_section(meta, notes):
+    """The report's "Notes" lines: the run's warnings first, then each note once."""
+    notes = list(meta.get("warnings") or []) + list(notes)
+    if not notes:
+        return []
+    return ["## Notes", ""] + [f"- {n}" for n in dict.fromkeys(notes)] + [""]
+
+
+def error_row(cells, error, columns):
+    """A Markdown table row of `columns` cells: `cells`, then the error text, then blanks."""
+    text = str(error).replace("\n", " ").replace("|", "\\|")
+    return "| " + " | ".join(list(cells) + [text] + [""] * (columns - len(cells) - 1)) + " |"
 
 
 def fmt(x, spec):

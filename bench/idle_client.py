@@ -1,4 +1,4 @@
-"""Idle-connection holder for the iocpx benchmarks: opens connections to an echo server and keeps them.
+"""Idle-connection holder for the iocpx benchmarks: opens connections to an echo server, keeps them.
 
 What it shows: nothing by itself. bench/run_all.py runs it (pinned to CPU 1, in its own process,
 so the server's process holds only its own ends: one process may open at most ~20,000 files

@@ -55,7 +55,6 @@ import os
 import re
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -183,14 +182,7 @@ def run_idle_row(peer, n, quiet_wait):
             res["note"] = f"machine was {busy:.0f}% busy before the run"
         return res
     finally:
-        if client is not None and client.poll() is None:
-            try:
-                client.stdin.write(b"EXIT\n")
-                client.stdin.flush()
-                client.wait(timeout=20)
-            except (OSError, subprocess.TimeoutExpired):
-                client.kill()
-                client.wait()
+        H.finish_client(client)
         H.stop_server(proc)
 
 
@@ -368,11 +360,7 @@ def _yn(ok):
 
 
 def render(res, meta, peers, charts):
-    out = [f"# iocpx benchmark suite — {meta['date']}", ""]
-    out.append(f"- machine: Linux {meta['kernel']}, {meta['nproc']} CPUs ({meta['cpu']}), "
-               f"{meta['mem_gib']:.0f} GiB, open-files limit {meta['nofile']}")
-    out.append(f"- Python {meta['python']}, uvloop {meta['uvloop']}, iocpx {meta['iocpx']}")
-    out.append(f"- tree: {meta['git']}")
+    out = H.report_head("iocpx benchmark suite", meta)
     out.append(f"- method: server pinned to CPU {H.SERVER_CPU}, client to CPU {H.CLIENT_CPU}; "
                f"echo: "
                f"bench/loadgen.c, closed loop, one message in flight per connection, every echo "
@@ -415,8 +403,7 @@ def render(res, meta, peers, charts):
             for r in (x for x in echo if x["connections"] == c and x["size"] == s):
                 name = scen_name(c, s)
                 if "error" in r:
-                    out.append(f"| {name} | {r['label']} | {r['error']}".replace("\n", " ")
-                               + " | | | | | | | | | |")
+                    out.append(H.error_row([name, r["label"]], r["error"], 12))
                     notes.append(f"{r['label']} @ {name}: {r['error']}")
                     continue
                 out.append(f"| {name} | {r['label']} " + load_cells(r, u, lim, ".2f"))
@@ -512,10 +499,7 @@ def render(res, meta, peers, charts):
                              "not a server fault; that connection's messages are never sent")
         out.append("")
 
-    if meta.get("warnings"):
-        notes = meta["warnings"] + notes
-    if notes:
-        out += ["## Notes", ""] + [f"- {n}" for n in dict.fromkeys(notes)] + [""]
+    out += H.notes_section(meta, notes)
     out.append("Server CPU = utime+stime of the server process (all threads) over the measured "
                "window, which includes the network stack work the kernel ran on its time; "
                "vs uvloop / vs C = that figure divided by uvloop's / the C io_uring server's in "
@@ -781,12 +765,7 @@ def main(argv=None):
 
     if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
         ap.error("need 2 CPUs and taskset (util-linux)")
-    try:                # keep this driver off the server's CPU
-        os.sched_setaffinity(0, {int(H.CLIENT_CPU)})
-    except OSError:
-        pass
-    signal.signal(signal.SIGTERM, H.on_signal)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    H.driver_setup()
 
     warnings = []
     if a.build:

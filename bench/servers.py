@@ -17,10 +17,13 @@ How to run it (by hand; bench/echo.py does this for you):
     python bench/servers.py asyncio 0                        # port 0: the kernel picks one
     python bench/servers.py threads 0
     PYTHONPATH=src python bench/servers.py iocpx 9000 --workers 1 --backend io_uring
+    PYTHONPATH=src python bench/servers.py iocpx 9000 --workers 0 --first-data
 
 Once listening it prints "READY <port>" on stdout (flushed). It serves until SIGTERM or SIGINT,
-then closes cleanly, prints one "STATS {...}" line on stderr and exits 0. If the framework
-cannot be imported it prints "UNAVAILABLE <reason>" on stdout and exits 3.
+then closes cleanly, prints one "STATS {...}" line on stderr and exits 0. The iocpx server also
+answers SIGUSR1 with a "STATS {...}" line of engine.stats() on stdout (bench/silent_clients.py
+reads the connections it holds that way), and takes --first-data [--first-data-timeout S]. If
+the framework cannot be imported it prints "UNAVAILABLE <reason>" on stdout and exits 3.
 """
 
 import argparse
@@ -147,24 +150,47 @@ def serve_threads(port, backlog):
 
 # ---- iocpx: the public API, nothing else ----
 
-def serve_iocpx(port, workers, backend, backlog):
-    # Block the stop signals before the engine starts its worker threads, so they inherit the
-    # mask and the main thread alone receives them, in sigwait (no polling, no wake-ups).
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+def serve_iocpx(port, workers, backend, backlog, first_data=False, first_data_timeout=None):
+    # Block the stop signals (and SIGUSR1, "print your stats") before the engine starts its
+    # worker threads, so they inherit the mask and the main thread alone receives them, in
+    # sigwait (no polling, no wake-ups).
+    sigs = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+    signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
     try:
         import iocpx
     except Exception as exc:        # ImportError, or a broken in-place build
         _unavailable(f"{type(exc).__name__}: {exc}")
+
+    def echo_first(conn, data):     # first_data=True: the first bytes come with the accept
+        if data:
+            conn.send(data)
 
     eng = iocpx.Engine(workers=workers, backend=backend)
     try:
         listen_kw = {}
         if backlog is not None:
             listen_kw["backlog"] = backlog
-        lst = eng.listen(("127.0.0.1", port),
-                         on_recv=lambda conn, data: conn.send(data), **listen_kw)
+        if first_data:
+            listen_kw.update(first_data=True, on_accept=echo_first)
+        fdt = "not asked"
+        if first_data_timeout is not None:
+            try:                    # a newer listen option: pass it only where it exists
+                lst = eng.listen(("127.0.0.1", port), on_recv=lambda conn, data: conn.send(data),
+                                 first_data_timeout=first_data_timeout, **listen_kw)
+                fdt = f"{first_data_timeout:g} s"
+            except TypeError:
+                lst = None
+                fdt = "not supported by this iocpx"
+        else:
+            lst = None
+        if lst is None:
+            lst = eng.listen(("127.0.0.1", port),
+                             on_recv=lambda conn, data: conn.send(data), **listen_kw)
+        print(f"OPTIONS first_data={first_data} first_data_timeout={fdt}", file=sys.stderr,
+              flush=True)
         _ready(lst.address[1])
-        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+        while signal.sigwait(sigs) == signal.SIGUSR1:
+            print("STATS " + json.dumps(eng.stats(), default=repr), flush=True)
         stats = eng.stats()     # before close: what was open while serving
         lst.close()
     finally:
@@ -187,10 +213,15 @@ def main(argv=None):
     ap.add_argument("--backend", default=None, help="iocpx backend (default: iocpx's choice)")
     ap.add_argument("--backlog", type=int, default=None,
                     help="listen backlog (default: 1024 for asyncio/uvloop/threads, iocpx's own)")
+    ap.add_argument("--first-data", action="store_true",
+                    help="iocpx: accept a connection only with its first data (first_data=True)")
+    ap.add_argument("--first-data-timeout", type=float, default=None,
+                    help="iocpx: pass first_data_timeout=S to listen() if this iocpx has it")
     args = ap.parse_args(argv)
 
     if args.kind == "iocpx":
-        stats = serve_iocpx(args.port, args.workers or None, args.backend, args.backlog)
+        stats = serve_iocpx(args.port, args.workers or None, args.backend, args.backlog,
+                            args.first_data, args.first_data_timeout)
     elif args.kind == "threads":
         stats = serve_threads(args.port, args.backlog or 1024)
     else:

@@ -167,7 +167,8 @@ def main():
     for impl in ("iocpx", "asyncio"):
         trips, wall, cpu = run_one(impl, args)
         res[impl] = (trips / wall, cpu * 1e6 / max(trips, 1))
-        print(f"{impl:8s} {trips / wall:10.0f} round trips/s   server CPU {res[impl][1]:8.1f} us/round trip")
+        print(f"{impl:8s} {trips / wall:10.0f} round trips/s   "
+              f"server CPU {res[impl][1]:8.1f} us/round trip")
     print(f"ratio iocpx/asyncio: throughput {res['iocpx'][0] / res['asyncio'][0]:.2f}x, "
           f"server CPU per round trip {res['iocpx'][1] / res['asyncio'][1]:.2f}x (lower is better)")
 
