@@ -3,6 +3,8 @@
   python -m iocpx demo     an echo server driven by a short built-in client run
   python -m iocpx serve    an echo server with a once-a-second status line
   python -m iocpx stress   the model's stress client (30,000 connections x 3 messages)
+  python -m iocpx info     version, backends (available or why not), detected features
+  python -m iocpx --version
 """
 import argparse
 import os
@@ -97,8 +99,15 @@ def _demo(args):
     return 0 if ok else 1
 
 
+def _info(args):
+    from iocpx._info import main as info_main
+    return info_main(args)
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m iocpx", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m iocpx", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"iocpx {iocpx.__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="echo server + built-in client run")
     d.add_argument("--connections", type=int, default=200)
@@ -108,7 +117,10 @@ def main(argv=None):
     d.add_argument("--backend", default=None)
     d.add_argument("--timeout", type=float, default=30.0)
     d.set_defaults(func=_demo)
-    from iocpx._stress import add_parsers
+    i = sub.add_parser("info", help="version, backends and the kernel/OS features detected")
+    i.add_argument("--json", action="store_true", help="print it as JSON")
+    i.set_defaults(func=_info)
+    from iocpx._stress import add_parsers       # imports nothing platform-specific
     add_parsers(sub)
     args = p.parse_args(argv)
     return args.func(args)

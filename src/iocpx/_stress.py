@@ -1,13 +1,18 @@
 """`python -m iocpx serve` and `python -m iocpx stress`: the model's demo server
 and its stress client (many connections, a few messages each, seconds apart,
-every echo verified byte for byte)."""
+every echo verified byte for byte).
+
+Portable: process CPU time and RSS come from /proc on Linux and from
+GetProcessTimes / K32GetProcessMemoryInfo on Windows; the open-file limit that
+splits a stress run across processes is read with `resource` where it exists
+(Windows has no such per-process limit for sockets)."""
 import errno
 import functools
 import heapq
 import json
 import os
-import resource
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,18 +31,80 @@ def _kind(exc):
         name += f"({errno.errorcode[code]})"
     return name
 
+
+_WINDOWS = sys.platform == "win32"
+
+
 def _proc_cpu(pid="self"):
+    """CPU seconds (user + system) used so far by a process (this one by default)."""
+    if _WINDOWS:
+        return _win_process_info(pid)[0]
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _proc_rss_kib(pid="self"):
+    """Resident set size in KiB (the working set on Windows)."""
+    if _WINDOWS:
+        return _win_process_info(pid)[1]
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def _win_process_info(pid="self"):
+    """(CPU seconds, working set KiB) of a Windows process; OSError if it cannot be read."""
+    import ctypes
+    from ctypes import wintypes
+
+    class PROCESS_MEMORY_COUNTERS(ctypes.Structure):
+        _fields_ = [("cb", wintypes.DWORD), ("PageFaultCount", wintypes.DWORD)] + [
+            (n, ctypes.c_size_t) for n in (
+                "PeakWorkingSetSize", "WorkingSetSize", "QuotaPeakPagedPoolUsage",
+                "QuotaPagedPoolUsage", "QuotaPeakNonPagedPoolUsage", "QuotaNonPagedPoolUsage",
+                "PagefileUsage", "PeakPagefileUsage")]
+
+    k32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    k32.GetCurrentProcess.restype = wintypes.HANDLE
+    k32.OpenProcess.restype = wintypes.HANDLE
+    k32.OpenProcess.argtypes = [wintypes.DWORD, wintypes.BOOL, wintypes.DWORD]
+    k32.CloseHandle.argtypes = [wintypes.HANDLE]
+    k32.GetProcessTimes.argtypes = [wintypes.HANDLE] + [ctypes.POINTER(wintypes.FILETIME)] * 4
+    k32.K32GetProcessMemoryInfo.argtypes = [
+        wintypes.HANDLE, ctypes.POINTER(PROCESS_MEMORY_COUNTERS), wintypes.DWORD]
+    own = pid == "self" or int(pid) == os.getpid()
+    if own:
+        h = k32.GetCurrentProcess()
+    else:
+        # PROCESS_QUERY_LIMITED_INFORMATION
+        h = k32.OpenProcess(0x1000, False, int(pid))
+        if not h:
+            raise ctypes.WinError(ctypes.get_last_error())
+    try:
+        t = [wintypes.FILETIME() for _ in range(4)]
+        if not k32.GetProcessTimes(h, *[ctypes.byref(x) for x in t]):
+            raise ctypes.WinError(ctypes.get_last_error())
+        kernel, user = ((x.dwHighDateTime << 32 | x.dwLowDateTime) for x in t[2:])
+        pmc = PROCESS_MEMORY_COUNTERS()
+        pmc.cb = ctypes.sizeof(pmc)
+        if not k32.K32GetProcessMemoryInfo(h, ctypes.byref(pmc), pmc.cb):
+            raise ctypes.WinError(ctypes.get_last_error())
+        return (kernel + user) / 1e7, pmc.WorkingSetSize // 1024
+    finally:
+        if not own:
+            k32.CloseHandle(h)
+
+
+def _open_file_limit():
+    """The soft limit on open descriptors, or None where there is none to read (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def serve(args):
@@ -58,12 +125,20 @@ def serve(args):
         conn.send(data)
 
     reuse = args.processes > 1 or args.reuse_port
+    if reuse and not hasattr(socket, "SO_REUSEPORT"):
+        print("iocpx serve: --processes > 1 shares the port through SO_REUSEPORT, which this "
+              f"platform ({sys.platform}) does not have; run one server process", file=sys.stderr)
+        return 2
     srv = iocpx.Server((args.host, args.port), on_accept=on_accept, on_recv=on_recv,
                        first_data=args.first_data, workers=args.workers, backend=args.backend,
                        backlog=args.backlog, idle_timeout=args.idle_timeout, reuse_port=reuse)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *a: stop.set())
+    # Ctrl-C / SIGTERM stop the server; on Windows also Ctrl-Break (CTRL_BREAK_EVENT),
+    # the one console event another process can send to a process group.
+    for name in ("SIGINT", "SIGTERM", "SIGBREAK"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), lambda *a: stop.set())
+    deadline = time.monotonic() + args.duration if args.duration else None
     srv.start()
     eng = srv.engine
     children = []
@@ -84,7 +159,10 @@ def serve(args):
     last = eng.stats()
     last_t, last_cpu = time.monotonic(), _proc_cpu()
     try:
-        while not stop.wait(1.0):
+        while not stop.wait(1.0 if deadline is None else
+                            max(0.0, min(1.0, deadline - time.monotonic()))):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
             st = eng.stats()
             now, cpu = time.monotonic(), _proc_cpu()
             dt = now - last_t
@@ -265,13 +343,21 @@ def _stress_part(args):
 
 
 def stress(args):
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    per_proc = max(100, min(args.per_process or soft - 200, soft - 200))
+    if args.connections < 1 or args.messages < 1:
+        print("iocpx stress: --connections and --messages must be at least 1", file=sys.stderr)
+        return 2
+    soft = _open_file_limit()
+    if soft is None:                # Windows: no per-process descriptor limit to respect
+        per_proc = max(1, args.per_process or args.connections)
+        why = "no open-file limit here"
+    else:
+        per_proc = max(100, min(args.per_process or soft - 200, soft - 200))
+        why = f"open-file limit {soft}"
     nproc = (args.connections + per_proc - 1) // per_proc
     share = [args.connections // nproc + (1 if i < args.connections % nproc else 0) for i in range(nproc)]
     print(f"iocpx stress: {args.connections} connections x {args.messages} messages of "
           f"{args.size} B, {args.interval:g} s apart, to {args.host}:{args.port}; "
-          f"{nproc} process(es) (at most {per_proc} connections each: open-file limit {soft})",
+          f"{nproc} process(es) (at most {per_proc} connections each: {why})",
           flush=True)
     spids = [int(p) for p in str(args.server_pid).split(",")] if args.server_pid else []
     server_cpu0 = sum(_proc_cpu(p) for p in spids) if spids else None
@@ -284,7 +370,10 @@ def stress(args):
             "--client-workers", str(args.client_workers)]
     if args.backend:
         base += ["--backend", args.backend]
-    base += ["--source-ip", args.source_ip]
+    source_ip = args.source_ip
+    if source_ip == "auto" and _WINDOWS and nproc == 1:
+        source_ip = ""      # one client process on Windows: no need to spread source addresses
+    base += ["--source-ip", source_ip]
     for i, n in enumerate(share):
         procs.append(subprocess.Popen(base + ["--part", f"{first}:{n}:{i}"], stdout=subprocess.PIPE, text=True))
         first += n
@@ -374,6 +463,9 @@ def add_parsers(sub):
     s.add_argument("--reuse-port", action="store_true", help=argparse_suppress())
     s.add_argument("--quiet", action="store_true", help="no accept log and no status line")
     s.add_argument("--status", action="store_true", help="with --quiet: keep the status line")
+    s.add_argument("--duration", type=float, default=None,
+                   help="stop by itself after this many seconds (default: run until Ctrl-C, "
+                        "SIGTERM, or Ctrl-Break on Windows)")
     s.set_defaults(func=serve)
 
     t = sub.add_parser("stress", help="the model's stress client")
@@ -390,7 +482,8 @@ def add_parsers(sub):
     t.add_argument("--timeout", type=float, default=60, help="extra seconds before giving up")
     t.add_argument("--source-ip", default="auto",
                    help="bind client sockets to this address; 'auto': 127.0.0.(10+i) for client "
-                        "process i when the server is on 127.x, '' for none")
+                        "process i when the server is on 127.x (on Windows only when the run is "
+                        "split across processes), '' for none")
     t.add_argument("--server-pid", default=None,
                    help="server process id(s), comma-separated: their CPU and peak RSS are reported")
     t.add_argument("--part", default=None, help=argparse_suppress())
