@@ -11,6 +11,7 @@ from iocpx._core import (
     Engine,
     Listener,
     SendBufferFull,
+    Timer,
     available_backends,
     default_backend,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "Listener",
     "SendBufferFull",
     "Server",
+    "Timer",
     "available_backends",
     "default_backend",
     "live_io",

@@ -1,66 +1,144 @@
-# What the engine and every backend share: the per-I/O context, the completion
-# event, the per-connection scheduling node, and the small backend interface.
-# Layouts only; the logic is in _backend.pyx (helpers) and each backend module.
+# What the engine and every backend share: the per-I/O context, the
+# completion event and the one queue of events, the per-connection scheduling
+# node, and the small backend interface. Layouts and inline helpers only; the
+# rest of the shared logic is in _backend.pyx, each backend in its own module.
 from cpython.ref cimport PyObject
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, int64_t
-from iocpx._sys cimport iocpx_ovl_t, iocpx_addr_t, socklen_t
+from libc.stdlib cimport malloc, realloc, free
+from iocpx._sys cimport iocpx_ovl_t, iocpx_addr_t, socklen_t, iocpx_sock_recv
 
 # Operation types: one enum for every backend.
 cpdef enum OpType:
-    OP_NOP = 0          # a completion with no I/O: wake-up or close request
+    OP_NOP = 0          # a posted completion with no I/O (a wake-up, a close or drain request)
     OP_ACCEPT = 1
     OP_RECV = 2
     OP_SEND = 3
     OP_CONNECT = 4
-    OP_SPLICE_IN = 5    # file -> pipe (sendfile, Linux)
-    OP_SPLICE_OUT = 6   # pipe -> socket (sendfile, Linux)
-    OP_CANCEL = 7
-    OP_POST = 8         # CompletionPort.post packet
-    OP_EXIT = 9         # one per worker at shutdown
-    OP_TIMER = 10       # delayed re-arm (accept back-off)
-    OP_SENDFILE = 11    # file -> socket in one op (TransmitFile; backends with direct_sendfile)
+    OP_SENDFILE = 5     # file -> socket: TransmitFile, sendfile(2), or splice through a pipe
+    OP_CANCEL = 6       # completes once the cancel request itself is done
+    OP_POST = 7         # CompletionPort.post packet
+    OP_EXIT = 8         # one per worker at shutdown (the model's exit packet)
 
-# Event.flags bits, backend-neutral (the values are io_uring's, so that
-# backend passes its cqe flags through unchanged).
+# Event.flags bits, backend-neutral. io_uring passes its cqe flags through
+# unchanged, so _io_uring.pyx checks at compile time that these equal
+# IORING_CQE_F_BUFFER, IORING_CQE_F_MORE and IORING_CQE_BUFFER_SHIFT.
 cdef enum:
-    EV_BUFFER = 1           # a provided receive buffer was used: id in the high 16 bits
+    EV_BUFFER = 1           # a provided receive buffer was used: its id in the high 16 bits
     EV_MORE = 2             # the (multishot) op stays armed: more completions follow
     EV_BUFFER_SHIFT = 16
 
 cdef struct Event:
     IoCtx* io           # the context the completion belongs to
     int32_t res         # >= 0 result, < 0 -errno (backends translate their own codes)
-    uint32_t flags      # EV_* bits (io_uring passes its cqe flags through)
-    void* data          # backend-owned bytes of this completion, if it carries any;
-                        # the backend frees it in recv_bytes()/accept_data()
+    uint32_t flags      # EV_* bits
+    void* data          # malloc'd bytes this completion carries (epoll, iocp receives),
+                        # or NULL; freed by Backend.recv_bytes()/recv_copy()
+
+cdef inline void ev_set(Event* ev, IoCtx* io, int32_t res, uint32_t flags, void* data) noexcept nogil:
+    ev.io = io
+    ev.res = res
+    ev.flags = flags
+    ev.data = data
+
+# A growable FIFO ring of events: the engine's run queue, a connection's
+# backlog, the ready lists of the epoll and iocp backends. Not locked: the
+# owner of the queue says which mutex guards it.
+cdef struct EventQueue:
+    Event* ev           # owned: malloc'd ring of cap slots (NULL until the first push)
+    int head
+    int len
+    int cap
+
+cdef int evq_grow(EventQueue* q) noexcept nogil
+cdef void evq_free(EventQueue* q) noexcept nogil
+
+cdef inline int evq_push(EventQueue* q, Event* ev) noexcept nogil:
+    """Append a copy of ev; -1 when out of memory (nothing queued)."""
+    if q.len == q.cap and evq_grow(q) < 0:
+        return -1
+    q.ev[(q.head + q.len) % q.cap] = ev[0]
+    q.len += 1
+    return 0
+
+cdef inline Event* evq_peek(EventQueue* q) noexcept nogil:
+    """The oldest event (q.len > 0), still queued."""
+    return &q.ev[q.head]
+
+cdef inline void evq_drop(EventQueue* q) noexcept nogil:
+    """Remove the oldest event (q.len > 0)."""
+    q.head = (q.head + 1) % q.cap
+    q.len -= 1
+
+cdef inline int evq_take(EventQueue* q, Event* out, int maxev) noexcept nogil:
+    """Move up to maxev of the oldest events to out; returns how many."""
+    cdef int n = 0
+    while q.len > 0 and n < maxev:
+        out[n] = q.ev[q.head]
+        q.head = (q.head + 1) % q.cap
+        q.len -= 1
+        n += 1
+    return n
 
 # Serializes one connection's callbacks across workers (guarded by the
-# engine's run-queue mutex). Lives inside the owning Python object.
+# engine's mutex). Lives inside the owning Python object.
 cdef struct SchedNode:
     int running         # a worker is running this owner's events
-    int bl_head
-    int bl_len
-    int bl_cap
-    Event* backlog      # owned: malloc array of events queued while running
+    EventQueue backlog  # events that arrived while it was running, in order
 
-# The per-I/O context: plain C memory (calloc), its address is what
-# the kernel hands back. Freed in exactly two places: a synchronous submit
+# What IoCtx.aux holds depends on the op and the backend; one name per use.
+cdef union IoAux:
+    int64_t post_nbytes     # OP_POST: the packet's nbytes (CompletionPort)
+    int64_t unread          # epoll OP_RECV: data events handed out, not yet consumed
+    IoCtx* next_accept      # epoll OP_ACCEPT: the next accept queued on the same listener
+    int64_t silent_ms       # OP_ACCEPT with first data (iocp AcceptEx): how long a
+                            # connected client may stay silent in the slot (0: no limit)
+
+# The per-I/O context: plain C memory (calloc), its address is what the
+# kernel hands back. Freed in exactly two places: a synchronous submit
 # failure, and the dispatch of its final completion (io_free).
 cdef struct IoCtx:
     iocpx_ovl_t ovl     # OVERLAPPED on Windows: must stay the first member
     uint8_t op          # OpType
-    uint8_t more        # set by the backend while a multishot op stays armed
-    uint16_t group      # receive buffer group (io_uring provided buffers)
+    uint16_t group      # receive buffer group (Backend.buffer_group)
     int32_t fd          # the socket (or listening socket) the op runs on
     PyObject* owner     # strong ref: the Connection/Listener/key; dropped by io_free
     SchedNode* sched    # borrowed from owner; NULL when the owner is not serialized
     PyObject* obj       # strong ref to what the kernel reads (send data) or a posted object
     char* buf           # points into obj (not owned)
-    Py_ssize_t len      # bytes left at buf
-    int64_t aux         # op-specific: posted nbytes, splice length, timer ms
+    Py_ssize_t len      # bytes left at buf; OP_ACCEPT: first-data bytes wanted with the accept
+    IoAux aux           # op- and backend-specific, see IoAux
     iocpx_addr_t addr   # accept: peer address written by the kernel; connect: target
     socklen_t addrlen
-    void* extra         # owned by the backend (timespec, WSABUF...); freed by io_free
+    void* extra         # owned by the backend (timespec, AcceptState, sendfile state);
+                        # freed by io_free through Backend-agnostic free()
+
+cdef enum:
+    READ_MIN = 65536        # a heap-buffer receive reads up to this much, whatever buffer_size
+
+cdef inline long recv_heap(int fd, uint32_t size, void** data) noexcept nogil:
+    """The heap-buffer receive of the epoll and iocp backends: read what the
+    socket has into a malloc'd block of max(size, READ_MIN) bytes (shrunk when
+    the read used less than half). Returns n > 0 with *data set (it travels in
+    Event.data and is freed by Backend.recv_bytes/recv_copy), 0 at EOF, -1 on
+    an error (read iocpx_last_error() next), -2 when out of memory."""
+    cdef char* buf
+    cdef void* small
+    cdef long r
+    if size < READ_MIN:
+        size = READ_MIN         # one read takes what is there (a 64 KiB message at once)
+    buf = <char*>malloc(size)
+    if buf == NULL:
+        return -2
+    r = iocpx_sock_recv(fd, buf, size)
+    if r <= 0:
+        free(buf)
+        return r
+    if r < size // 2:
+        small = realloc(buf, r)
+        if small != NULL:
+            buf = <char*>small
+    data[0] = buf
+    return r
 
 cdef IoCtx* io_alloc(uint8_t op, object owner, SchedNode* sched) except NULL
 cdef void io_free(IoCtx* io) noexcept
@@ -69,12 +147,16 @@ cdef int64_t io_live() noexcept nogil
 
 cdef object oserror(int err, str what=*)
 
-# The interface every backend implements. Accept completions: res is the new
-# socket, io.addr the peer. When the engine wants first data with the accept
-# it sets io.len to the buffer size before submit_accept; a backend that can
-# receive it with the accept (AcceptEx) hands it over in accept_data(). Submit calls run with the GIL held
-# and may be called from any thread; wait() runs without the GIL in at most
-# one thread at a time per backend instance (the engine's leader).
+# The interface every backend implements. Submit calls run with the GIL held
+# and may be called from any thread; wait() runs without the GIL, in one
+# thread at a time per backend instance (the engine's leader).
+# Accept completions: res is the new socket, io.addr the peer. When the engine
+# wants first data with the accept it sets io.len to the buffer size before
+# submit_accept; a backend that can receive it with the accept (AcceptEx)
+# hands it over in accept_data(), the others ignore io.len.
+# Sendfile completions: res is the number of bytes the kernel moved (0: the
+# file ended). Cancels: the cancelled ops complete with -ECANCELED, then the
+# cancel op itself completes (its res is not an error the engine reports).
 cdef enum:
     MAX_GROUPS = 64         # distinct receive buffer sizes per backend
 
@@ -82,27 +164,26 @@ cdef class Backend:
     cdef readonly str name
     cdef uint32_t sizes[MAX_GROUPS]     # receive size of each buffer group (default buffer_group)
     cdef int ngroups
-    cdef readonly bint direct_sendfile  # True: OP_SENDFILE; False: the engine splices via a pipe
     cdef readonly bint sync_send        # try_send() works: a send that fits goes out at once
+    cdef readonly bint accept_with_data # an accept can wait for the client's first bytes (AcceptEx)
     cdef int socket_open(self, int family) except -1       # a new stream socket for connect()
     cdef int adopt(self, int fd) except -1                 # a listening socket joins the port
-    cdef int attach(self) except -1     # called once by each worker thread before it waits
     cdef int submit_accept(self, IoCtx* io) except -1
     cdef int submit_recv(self, IoCtx* io) except -1
     cdef int submit_send(self, IoCtx* io) except -1
     cdef Py_ssize_t try_send(self, int fd, const char* buf, Py_ssize_t n) noexcept   # bytes sent now, or -errno
     cdef int submit_connect(self, IoCtx* io) except -1
-    cdef int submit_splice(self, IoCtx* io, int fd_in, int64_t off_in, int fd_out, uint32_t nbytes) except -1
+    cdef int submit_sendfile(self, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1
     cdef int submit_cancel_fd(self, IoCtx* io, int fd) except -1
     cdef int submit_cancel_op(self, IoCtx* io, IoCtx* target) except -1
     cdef int submit_post(self, IoCtx* io) except -1
-    cdef int submit_timer(self, IoCtx* io, long ms) except -1
-    cdef int submit_sendfile(self, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1
     cdef int flush(self) except -1
     cdef int wait(self, Event* out, int maxev, long timeout_ms) noexcept nogil
     cdef int buffer_group(self, uint32_t size) except -1
     cdef object recv_bytes(self, Event* ev)
     cdef Py_ssize_t recv_copy(self, Event* ev, char* dst) except -1   # copy ev's data to dst, give the buffer back
+    cdef void recv_consumed(self, Event* ev) noexcept   # hook: a heap receive buffer was consumed
     cdef object accept_data(self, Event* ev)    # first data an accept carried (AcceptEx), or None
+    cdef int accept_silent(self, int listen_fd) except -1   # pending first-data accepts holding a silent client
     cdef object error(self, int err, str what)  # the OSError for a backend error code
     cdef void release(self) noexcept

@@ -1,14 +1,21 @@
-# cython: language_level=3, boundscheck=False, wraparound=False
-"""Helpers shared by the engine and the backends: per-I/O context allocation
-with a live counter, errno -> OSError mapping, and the Backend base class."""
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""What the engine and the backends share: per-I/O context allocation with a
+live counter, the event queue, errno -> OSError mapping, and the Backend base
+class with the plumbing more than one backend uses (the receive-size table and
+the heap-buffer receive)."""
 import os
 
-from libc.stdlib cimport malloc, calloc, realloc, free
+from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.ref cimport Py_INCREF, Py_XDECREF
+from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy
 from iocpx._sys cimport IOCPX_ADD_I64, IOCPX_LOAD_I64
 
 cdef int64_t _live_io = 0   # per-I/O contexts allocated and not yet freed (all engines)
+
+import errno as _errno
+cdef int E_AGAIN = _errno.EAGAIN
+cdef int E_NOSYS = _errno.ENOSYS
 
 
 cdef IoCtx* io_alloc(uint8_t op, object owner, SchedNode* sched) except NULL:
@@ -41,8 +48,7 @@ cdef void io_free(IoCtx* io) noexcept:
     """Drop the references the context holds and free it. GIL held."""
     Py_XDECREF(io.owner)
     Py_XDECREF(io.obj)
-    if io.extra != NULL:
-        free(io.extra)
+    free(io.extra)
     free(io)
     IOCPX_ADD_I64(&_live_io, -1)
 
@@ -54,6 +60,28 @@ cdef int64_t io_live() noexcept nogil:
 def live_io():
     """Per-I/O contexts alive in this process (every engine and port)."""
     return io_live()
+
+
+cdef int evq_grow(EventQueue* q) noexcept nogil:
+    """Double the ring (first push: 64 slots), keeping the order."""
+    cdef int cap = q.cap * 2 if q.cap else 64
+    cdef Event* ev = <Event*>malloc(cap * sizeof(Event))
+    cdef int i
+    if ev == NULL:
+        return -1
+    for i in range(q.len):
+        ev[i] = q.ev[(q.head + i) % q.cap]
+    free(q.ev)
+    q.ev = ev
+    q.cap = cap
+    q.head = 0
+    return 0
+
+
+cdef void evq_free(EventQueue* q) noexcept nogil:
+    free(q.ev)
+    q.ev = NULL
+    q.head = q.len = q.cap = 0
 
 
 cdef object oserror(int err, str what=None):
@@ -71,8 +99,6 @@ cdef class Backend:
         raise NotImplementedError
     cdef int adopt(self, int fd) except -1:
         return 0
-    cdef int attach(self) except -1:
-        return 0
     cdef int submit_accept(self, IoCtx* io) except -1:
         raise NotImplementedError
     cdef int submit_recv(self, IoCtx* io) except -1:
@@ -80,10 +106,10 @@ cdef class Backend:
     cdef int submit_send(self, IoCtx* io) except -1:
         raise NotImplementedError
     cdef Py_ssize_t try_send(self, int fd, const char* buf, Py_ssize_t n) noexcept:
-        return -11  # EAGAIN: always use submit_send
+        return -E_AGAIN      # always use submit_send
     cdef int submit_connect(self, IoCtx* io) except -1:
         raise NotImplementedError
-    cdef int submit_splice(self, IoCtx* io, int fd_in, int64_t off_in, int fd_out, uint32_t nbytes) except -1:
+    cdef int submit_sendfile(self, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1:
         raise NotImplementedError
     cdef int submit_cancel_fd(self, IoCtx* io, int fd) except -1:
         raise NotImplementedError
@@ -91,14 +117,11 @@ cdef class Backend:
         raise NotImplementedError
     cdef int submit_post(self, IoCtx* io) except -1:
         raise NotImplementedError
-    cdef int submit_timer(self, IoCtx* io, long ms) except -1:
-        raise NotImplementedError
-    cdef int submit_sendfile(self, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1:
-        raise NotImplementedError
     cdef int flush(self) except -1:
         raise NotImplementedError
     cdef int wait(self, Event* out, int maxev, long timeout_ms) noexcept nogil:
-        return -38   # ENOSYS
+        return -E_NOSYS
+
     cdef int buffer_group(self, uint32_t size) except -1:
         """An id for receives of up to size bytes, one per distinct size. Backends
         that read into their own buffers use this table; io_uring overrides it."""
@@ -111,20 +134,45 @@ cdef class Backend:
         self.sizes[self.ngroups] = size
         self.ngroups += 1
         return self.ngroups - 1
+
+    # A receive event of the epoll and iocp backends carries its bytes in a
+    # malloc'd block (ev.data, ev.res bytes): consuming it frees the block.
     cdef object recv_bytes(self, Event* ev):
-        raise NotImplementedError
+        """The bytes a receive event carried (None if none); the backend's
+        buffer is given back. Must be called for every receive event (or recv_copy)."""
+        if ev.data == NULL:
+            return None
+        data = PyBytes_FromStringAndSize(<char*>ev.data, ev.res) if ev.res > 0 else None
+        free(ev.data)
+        ev.data = NULL
+        self.recv_consumed(ev)
+        return data
+
     cdef Py_ssize_t recv_copy(self, Event* ev, char* dst) except -1:
-        """Copy a receive event's data to dst (room for ev.res bytes); the
-        generic way, through recv_bytes. Returns the bytes copied."""
-        data = self.recv_bytes(ev)
-        if data is None:
+        """Copy a receive event's data to dst (room for ev.res bytes) and give
+        the buffer back. Returns the bytes copied."""
+        if ev.data == NULL:
             return 0
-        cdef Py_ssize_t n = len(data)
-        memcpy(dst, <const char*>data, n)
+        cdef Py_ssize_t n = ev.res if ev.res > 0 else 0
+        memcpy(dst, ev.data, n)
+        free(ev.data)
+        ev.data = NULL
+        self.recv_consumed(ev)
         return n
+
+    cdef void recv_consumed(self, Event* ev) noexcept:
+        pass
+
     cdef object accept_data(self, Event* ev):
         return None
+
+    cdef int accept_silent(self, int listen_fd) except -1:
+        """How many pending first-data accepts on listen_fd hold a client that
+        connected and has not sent yet (only AcceptEx can have such slots)."""
+        return 0
+
     cdef object error(self, int err, str what):
         return oserror(err, what)
+
     cdef void release(self) noexcept:
         pass

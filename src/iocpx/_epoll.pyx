@@ -6,9 +6,10 @@ The engine sees the same completions as with io_uring: the leader's wait()
 turns readiness into finished operations (accept4, a read into a fresh
 buffer, send, sendfile, connect's SO_ERROR) and hands them over as Events.
 Sends, connects and sendfiles are tried at once when submitted (like
-uvloop's try-write); only what would block waits for EPOLLOUT.
+uvloop's try-write); only what would block waits for EPOLLOUT. Timers are
+the engine's (the wait's timeout); this module has none.
 
-Locking: `mu` guards the per-descriptor table, the ready list and the timers.
+Locking: `mu` guards the per-descriptor table and the ready list.
 Submitters hold the GIL and take `mu`; the leader takes `mu` without the GIL.
 The I/O done under `mu` is non-blocking and short.
 
@@ -17,7 +18,7 @@ wait for dispatch (EPOLLIN is dropped until recv_bytes() consumes one), so a
 slow callback throttles its own peer instead of growing memory.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.stdlib cimport malloc, realloc, free
 from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, ENOENT, EEXIST
 cdef extern from "<errno.h>" nogil:
     int ECANCELED, EWOULDBLOCK
@@ -26,8 +27,9 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from posix.unistd cimport close as c_close, read as c_read, write as c_write
 
 from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy, iocpx_mutex_lock,
-                         iocpx_mutex_unlock, iocpx_now_ns, sockaddr, socklen_t)
-from iocpx._backend cimport Backend, IoCtx, Event, oserror, EV_MORE
+                         iocpx_mutex_unlock, sockaddr, socklen_t)
+from iocpx._backend cimport (Backend, IoCtx, Event, EventQueue, ev_set, evq_push, evq_take,
+                             evq_free, recv_heap, oserror, EV_MORE, OP_SEND, READ_MIN)
 
 cdef extern from "<sys/epoll.h>" nogil:
     union epoll_data:
@@ -66,16 +68,15 @@ cdef extern from "<fcntl.h>" nogil:
 
 cdef enum:
     MAX_UNREAD = 8          # data events of one receive waiting for dispatch
-    READ_MIN = 65536        # bytes one read may take, whatever the buffer size
     WAKE_TAG = 0xFFFFFFFF   # epoll data of the wake-up eventfd
 
 # Per-descriptor state: the operations armed on it. Accepts queue up through
-# IoCtx.aux (the next accept's address), since a listener has many.
+# IoCtx.aux.next_accept, since a listener has many.
 cdef struct FdState:
     IoCtx* recv             # armed receive (kernel-side: ours until its final event)
     IoCtx* send             # armed send or sendfile
     IoCtx* conn             # armed connect
-    IoCtx* acc_head         # queued accepts, linked through aux
+    IoCtx* acc_head         # queued accepts, linked through aux.next_accept
     IoCtx* acc_tail
     uint32_t mask           # interest registered with epoll (0: not registered)
 
@@ -91,16 +92,12 @@ cdef class EpollBackend(Backend):
     cdef iocpx_mutex_t mu
     cdef FdState* fds               # owned: indexed by descriptor
     cdef int nfds
-    cdef Event* ready               # owned: completions made outside wait(), FIFO
-    cdef int r_head, r_len, r_cap
-    cdef IoCtx** timers             # owned: pending timer ops (deadline in aux)
-    cdef int n_timers, cap_timers
+    cdef EventQueue ready           # completions made outside wait() (submit, cancel, post)
     cdef int in_wait                # the leader sleeps in epoll_wait
     cdef int wake_pending           # an eventfd write is outstanding
 
     def __cinit__(self):
         self.name = "epoll"
-        self.direct_sendfile = True
         self.sync_send = True
         self.ep = -1
         self.wake_fd = -1
@@ -116,10 +113,6 @@ cdef class EpollBackend(Backend):
         ev.data.u64 = WAKE_TAG
         if epoll_ctl(self.ep, EPOLL_CTL_ADD, self.wake_fd, &ev) < 0:
             raise oserror(errno, "epoll_ctl")
-        self.r_cap = 256
-        self.ready = <Event*>malloc(self.r_cap * sizeof(Event))
-        if self.ready == NULL:
-            raise MemoryError()
 
     def __dealloc__(self):
         self.release()
@@ -135,10 +128,7 @@ cdef class EpollBackend(Backend):
         free(self.fds)
         self.fds = NULL
         self.nfds = 0
-        free(self.ready)
-        self.ready = NULL
-        free(self.timers)
-        self.timers = NULL
+        evq_free(&self.ready)
 
     # ---- helpers (mu held) ------------------------------------------------
 
@@ -165,7 +155,7 @@ cdef class EpollBackend(Backend):
         cdef uint32_t want = 0
         cdef epoll_event ev
         cdef int r
-        if st.acc_head != NULL or (st.recv != NULL and st.recv.aux < MAX_UNREAD):
+        if st.acc_head != NULL or (st.recv != NULL and st.recv.aux.unread < MAX_UNREAD):
             want |= EPOLLIN
         if st.send != NULL or st.conn != NULL:
             want |= EPOLLOUT
@@ -187,24 +177,10 @@ cdef class EpollBackend(Backend):
 
     cdef int _ready(self, IoCtx* io, int res, uint32_t flags) noexcept nogil:
         """Queue a completion made outside wait(); wakes a sleeping leader."""
-        cdef Event* nr
-        cdef int i
-        if self.r_len == self.r_cap:
-            nr = <Event*>malloc(self.r_cap * 2 * sizeof(Event))
-            if nr == NULL:
-                return -1
-            for i in range(self.r_len):
-                nr[i] = self.ready[(self.r_head + i) % self.r_cap]
-            free(self.ready)
-            self.ready = nr
-            self.r_head = 0
-            self.r_cap *= 2
-        cdef Event* ev = &self.ready[(self.r_head + self.r_len) % self.r_cap]
-        ev.io = io
-        ev.res = res
-        ev.flags = flags
-        ev.data = NULL
-        self.r_len += 1
+        cdef Event ev
+        ev_set(&ev, io, res, flags, NULL)
+        if evq_push(&self.ready, &ev) < 0:
+            return -1
         self._wake()
         return 0
 
@@ -240,9 +216,9 @@ cdef class EpollBackend(Backend):
         if st == NULL:
             iocpx_mutex_unlock(&self.mu)
             raise MemoryError()
-        io.aux = 0
+        io.aux.next_accept = NULL
         if st.acc_tail != NULL:
-            st.acc_tail.aux = <int64_t><size_t>io
+            st.acc_tail.aux.next_accept = io
         else:
             st.acc_head = io
         st.acc_tail = io
@@ -257,7 +233,7 @@ cdef class EpollBackend(Backend):
         if st == NULL:
             iocpx_mutex_unlock(&self.mu)
             raise MemoryError()
-        io.aux = 0                  # data events not yet consumed by recv_bytes
+        io.aux.unread = 0           # data events not yet consumed by recv_bytes
         st.recv = io
         self._interest(io.fd, st)
         iocpx_mutex_unlock(&self.mu)
@@ -361,7 +337,7 @@ cdef class EpollBackend(Backend):
                 n += 1
             a = st.acc_head
             while a != NULL:
-                nxt = <IoCtx*><size_t>a.aux
+                nxt = a.aux.next_accept
                 self._ready(a, -ECANCELED, 0)
                 a = nxt
                 n += 1
@@ -376,16 +352,7 @@ cdef class EpollBackend(Backend):
         cdef FdState* st
         cdef IoCtx* a
         cdef IoCtx* prev = NULL
-        cdef int i
         iocpx_mutex_lock(&self.mu)
-        for i in range(self.n_timers):
-            if self.timers[i] == target:
-                self.n_timers -= 1
-                self.timers[i] = self.timers[self.n_timers]
-                self._ready(target, -ECANCELED, 0)
-                self._ready(io, 0, 0)
-                iocpx_mutex_unlock(&self.mu)
-                return 0
         st = self._state(target.fd)
         if st != NULL:
             if st.recv == target:
@@ -402,15 +369,15 @@ cdef class EpollBackend(Backend):
                 while a != NULL:
                     if a == target:
                         if prev == NULL:
-                            st.acc_head = <IoCtx*><size_t>a.aux
+                            st.acc_head = a.aux.next_accept
                         else:
-                            prev.aux = a.aux
+                            prev.aux.next_accept = a.aux.next_accept
                         if st.acc_tail == a:
                             st.acc_tail = prev
                         found = 1
                         break
                     prev = a
-                    a = <IoCtx*><size_t>a.aux
+                    a = a.aux.next_accept
             if found:
                 self._ready(target, -ECANCELED, 0)
                 self._interest(target.fd, st)
@@ -426,83 +393,29 @@ cdef class EpollBackend(Backend):
             raise MemoryError()
         return 0
 
-    cdef int submit_timer(self, IoCtx* io, long ms) except -1:
-        cdef IoCtx** t
-        iocpx_mutex_lock(&self.mu)
-        try:
-            if self.n_timers == self.cap_timers:
-                t = <IoCtx**>realloc(self.timers, (self.cap_timers * 2 + 8) * sizeof(IoCtx*))
-                if t == NULL:
-                    raise MemoryError()
-                self.timers = t
-                self.cap_timers = self.cap_timers * 2 + 8
-            io.aux = <int64_t>(iocpx_now_ns() + <uint64_t>ms * 1000000)    # deadline
-            self.timers[self.n_timers] = io
-            self.n_timers += 1
-            self._wake()
-        finally:
-            iocpx_mutex_unlock(&self.mu)
-        return 0
-
     cdef int flush(self) except -1:
         return 0        # every submit is already registered
 
     # ---- completions (leader, no GIL) -------------------------------------
 
-    cdef int _take_ready(self, Event* out, int maxev) noexcept nogil:
-        cdef int n = 0
-        while self.r_len > 0 and n < maxev:
-            out[n] = self.ready[self.r_head]
-            self.r_head = (self.r_head + 1) % self.r_cap
-            self.r_len -= 1
-            n += 1
-        return n
-
-    cdef int _expire(self, Event* out, int maxev, long* next_ms) noexcept nogil:
-        """Move due timers to out; next_ms gets the wait until the next one (or -1)."""
-        cdef uint64_t now = iocpx_now_ns()
-        cdef int n = 0, i = 0
-        cdef int64_t left
-        next_ms[0] = -1
-        while i < self.n_timers:
-            if <uint64_t>self.timers[i].aux <= now and n < maxev:
-                out[n].io = self.timers[i]
-                out[n].res = -62        # ETIME, as io_uring's timeout reports
-                out[n].flags = 0
-                out[n].data = NULL
-                n += 1
-                self.n_timers -= 1
-                self.timers[i] = self.timers[self.n_timers]
-                continue
-            left = <int64_t>((<uint64_t>self.timers[i].aux - now + 999999) // 1000000)
-            if next_ms[0] < 0 or left < next_ms[0]:
-                next_ms[0] = left
-            i += 1
-        return n
-
     cdef int wait(self, Event* out, int maxev, long timeout_ms) noexcept nogil:
         cdef epoll_event evs[128]
         cdef int n, k, i, fd, cap
-        cdef long next_ms, tmo
         cdef uint64_t junk
         cdef uint32_t e
         cdef FdState* st
         iocpx_mutex_lock(&self.mu)
-        n = self._take_ready(out, maxev)
-        n += self._expire(out + n, maxev - n, &next_ms)
+        n = evq_take(&self.ready, out, maxev)
         if n > 0:
             iocpx_mutex_unlock(&self.mu)
             return n
-        tmo = timeout_ms
-        if next_ms >= 0 and (tmo < 0 or next_ms < tmo):
-            tmo = next_ms
         self.in_wait = 1
         iocpx_mutex_unlock(&self.mu)
         cap = maxev if maxev < 128 else 128
-        k = epoll_wait(self.ep, evs, cap, <int>tmo)
+        k = epoll_wait(self.ep, evs, cap, <int>timeout_ms)
         iocpx_mutex_lock(&self.mu)
         self.in_wait = 0
-        n = self._take_ready(out, maxev)
+        n = evq_take(&self.ready, out, maxev)
         if k < 0:
             k = 0
         for i in range(k):
@@ -520,7 +433,7 @@ cdef class EpollBackend(Backend):
             if e & (EPOLLIN | EPOLLERR | EPOLLHUP):
                 if st.acc_head != NULL:
                     n += self._do_accepts(fd, st, out + n, maxev - n)
-                elif st.recv != NULL and st.recv.aux < MAX_UNREAD:
+                elif st.recv != NULL and st.recv.aux.unread < MAX_UNREAD:
                     n += self._do_recv(fd, st, out + n)
             if n < maxev and e & (EPOLLOUT | EPOLLERR | EPOLLHUP):
                 if st.conn != NULL:
@@ -528,8 +441,7 @@ cdef class EpollBackend(Backend):
                 elif st.send != NULL:
                     n += self._do_send(st, out + n)
             self._interest(fd, st)
-        n += self._take_ready(out + n, maxev - n)      # sendfile results queued above
-        n += self._expire(out + n, maxev - n, &next_ms)
+        n += evq_take(&self.ready, out + n, maxev - n)     # sendfile results queued above
         iocpx_mutex_unlock(&self.mu)
         return n
 
@@ -546,53 +458,31 @@ cdef class EpollBackend(Backend):
                 if errno == EINTR:
                     continue
                 s = -errno
-            st.acc_head = <IoCtx*><size_t>io.aux
+            st.acc_head = io.aux.next_accept
             if st.acc_head == NULL:
                 st.acc_tail = NULL
-            out[n].io = io
-            out[n].res = s
-            out[n].flags = 0
-            out[n].data = NULL
+            ev_set(&out[n], io, s, 0, NULL)
             n += 1
         return n
 
     cdef int _do_recv(self, int fd, FdState* st, Event* out) noexcept nogil:
         cdef IoCtx* io = st.recv
-        cdef uint32_t size = self.sizes[io.group]
-        cdef char* buf
-        cdef char* small
-        cdef ssize_t r
-        if size < READ_MIN:
-            size = READ_MIN         # one read takes what is there (a 64 KiB message at once)
-        buf = <char*>malloc(size)      # handed to the engine in out.data
-        if buf == NULL:
-            return 0
-        r = recv(fd, buf, size, MSG_DONTWAIT)
+        cdef void* buf = NULL
+        cdef long r = recv_heap(fd, self.sizes[io.group], &buf)
         if r > 0:
-            if r < size // 2:       # give back what the read did not use
-                small = <char*>realloc(buf, r)
-                if small != NULL:
-                    buf = small
-            io.aux += 1
-            out.io = io
-            out.res = <int>r
-            out.flags = EV_MORE
-            out.data = buf
+            io.aux.unread += 1
+            ev_set(out, io, <int>r, EV_MORE, buf)
             return 1
-        free(buf)
-        if r < 0 and (errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR):
-            return 0
+        if r == -2 or (r < 0 and (errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR)):
+            return 0                # out of memory: EPOLLIN stays, we try again
         st.recv = NULL              # EOF or error: the receive ends here
-        out.io = io
-        out.res = 0 if r == 0 else -errno
-        out.flags = 0
-        out.data = NULL
+        ev_set(out, io, 0 if r == 0 else -errno, 0, NULL)
         return 1
 
     cdef int _do_send(self, FdState* st, Event* out) noexcept nogil:
         cdef IoCtx* io = st.send
         cdef ssize_t r
-        if io.op != 3:              # OP_SEND is 3; anything else here is a sendfile
+        if io.op != OP_SEND:        # the other op armed for EPOLLOUT: a sendfile
             if self._try_sendfile(io):
                 st.send = NULL
             return 0                # its result went to the ready list
@@ -600,10 +490,7 @@ cdef class EpollBackend(Backend):
         if r < 0 and (errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR):
             return 0
         st.send = NULL
-        out.io = io
-        out.res = <int>r if r >= 0 else -errno
-        out.flags = 0
-        out.data = NULL
+        ev_set(out, io, <int>r if r >= 0 else -errno, 0, NULL)
         return 1
 
     cdef int _do_connect(self, FdState* st, Event* out) noexcept nogil:
@@ -613,36 +500,17 @@ cdef class EpollBackend(Backend):
         if getsockopt(io.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0:
             err = errno
         st.conn = NULL
-        out.io = io
-        out.res = -err
-        out.flags = 0
-        out.data = NULL
+        ev_set(out, io, -err, 0, NULL)
         return 1
 
-    # ---- receive buffers --------------------------------------------------
+    # ---- receive buffers: heap blocks, freed by Backend.recv_bytes/recv_copy ----
 
-    cdef object recv_bytes(self, Event* ev):
-        if ev.data == NULL:
-            return None
-        data = PyBytes_FromStringAndSize(<char*>ev.data, ev.res)
-        self._consumed(ev)
-        return data
-
-    cdef Py_ssize_t recv_copy(self, Event* ev, char* dst) except -1:
-        if ev.data == NULL:
-            return 0
-        memcpy(dst, ev.data, ev.res)
-        self._consumed(ev)
-        return ev.res
-
-    cdef void _consumed(self, Event* ev) noexcept:
-        """A data event was taken: free its buffer; the receive may read again."""
+    cdef void recv_consumed(self, Event* ev) noexcept:
+        """A data event was taken: the receive may read again."""
         cdef IoCtx* io = ev.io
         cdef FdState* st
-        free(ev.data)
-        ev.data = NULL
         iocpx_mutex_lock(&self.mu)
-        io.aux -= 1
+        io.aux.unread -= 1
         if io.fd < self.nfds:
             st = &self.fds[io.fd]
             if st.recv == io:
@@ -653,3 +521,10 @@ cdef class EpollBackend(Backend):
 def probe():
     """None: epoll works on every Linux kernel iocpx supports."""
     return None
+
+
+def features():
+    """What this backend uses of the kernel (for `python -m iocpx info`)."""
+    return {"readiness": "epoll_wait, level-triggered", "sendfile": "sendfile(2)",
+            "receive": f"read into a heap buffer (up to {READ_MIN} bytes per read)",
+            "send": "send() at once, EPOLLOUT when it would block"}

@@ -1,56 +1,68 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """The io_uring backend: one ring per Engine (the completion port), spoken to
-through the kernel ABI only (io_uring_setup/enter/register + mmap).
+through the kernel ABI only (io_uring_setup/enter/register + mmap). Needs
+Linux 6.0+ (multishot receive into provided-buffer rings); everything else it
+uses is older.
 
-Threading: SQE production is serialized by `sq_mu` (any thread may queue);
-the kernel consumes the ring concurrently (acquire/release on the indices).
-Only the engine's current leader reaps the completion queue.
+Threading: SQE production is serialized by `sq_mu` (any thread may queue and
+submit); the kernel consumes the ring concurrently (acquire/release on the
+indices). Only the engine's current leader reaps the completion queue.
 
-Two modes:
-  * shared (workers > 1): any thread may call io_uring_enter. No SINGLE_ISSUER
-    or DEFER_TASKRUN, because completions' task work must keep running while
-    a callback sleeps in another worker (the model's promise).
-  * single issuer (workers == 1): the ring is created disabled and enabled by
-    the one worker thread (attach), with SINGLE_ISSUER | DEFER_TASKRUN: no
-    task-work interrupts, completions processed in batches when that thread
-    waits. Other threads only write SQEs and wake the owner through an
-    eventfd that a READ on the ring watches; the owner submits them.
+The ring is set up with COOP_TASKRUN | TASKRUN_FLAG: completion
+work the kernel queues for a thread never interrupts it while it runs
+Python; it runs when that thread next enters the kernel. The engine has one
+worker enter the ring for everything while callbacks are quick (see
+engine/workers.pxi), so that work runs inside its waits, as with a
+single-issuer ring, and yet a helper may still enter the ring when that
+worker is stuck in a callback. (SINGLE_ISSUER | DEFER_TASKRUN would forbid the
+helper, and without COOP_TASKRUN every arrival interrupts the worker.)
 
 Receives are multishot into provided-buffer rings, so an idle connection pins
 no buffer; the data is copied into a bytes object at dispatch and the buffer
 goes straight back to the ring.
+
+sendfile is OP_SENDFILE to the engine, spliced here through a pipe: file ->
+pipe, then pipe -> socket, each step submitted from the completion of the one
+before (in the leader, without the GIL). The engine sees one completion per
+pipe-load with the bytes that reached the socket.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport errno, EINTR, ETIME, EBUSY, EAGAIN, EINVAL, ENOMEM
 from libc.string cimport memset, memcpy
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from libc.stdlib cimport malloc, calloc, realloc, free
-from posix.unistd cimport close as c_close, write as c_write
+from libc.stdlib cimport malloc, calloc, free
+from posix.unistd cimport close as c_close
 
-from iocpx._sys cimport iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy, iocpx_mutex_lock, \
-    iocpx_mutex_unlock, iocpx_sleep_ms
-
-cdef extern from "<pthread.h>" nogil:
-    ctypedef unsigned long pthread_t
-    pthread_t pthread_self()
-    int pthread_equal(pthread_t a, pthread_t b)
-cdef extern from "<sys/eventfd.h>" nogil:
-    int eventfd(unsigned int initval, int flags)
-    int EFD_CLOEXEC, EFD_NONBLOCK
-
-from iocpx._sys cimport IOCPX_LOAD_ACQ_U32, IOCPX_STORE_REL_U32, IOCPX_STORE_REL_U16
-from iocpx._backend cimport (Backend, IoCtx, Event, oserror, EV_BUFFER, EV_BUFFER_SHIFT,
-                             MAX_GROUPS)
+from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy, iocpx_mutex_lock,
+                         iocpx_mutex_unlock, iocpx_sleep_ms, iocpx_pipe_open,
+                         IOCPX_LOAD_ACQ_U32, IOCPX_STORE_REL_U32, IOCPX_STORE_REL_U16)
+from iocpx._backend cimport (Backend, IoCtx, Event, ev_set, oserror, EV_BUFFER, EV_BUFFER_SHIFT,
+                             MAX_GROUPS, OP_SENDFILE)
 from iocpx._uring cimport *
+
+cdef extern from *:
+    """
+    #include <linux/io_uring.h>
+    /* The engine's Event flags are io_uring's cqe flags, passed through as they are. */
+    _Static_assert(IORING_CQE_F_BUFFER == 1 && IORING_CQE_F_MORE == 2 && IORING_CQE_BUFFER_SHIFT == 16,
+                   "EV_BUFFER, EV_MORE, EV_BUFFER_SHIFT in _backend.pxd must equal io_uring's");
+    """
 
 cdef extern from "<sys/socket.h>" nogil:
     int c_socket "socket"(int domain, int type, int protocol)
     int MSG_NOSIGNAL, MSG_WAITALL, SOCK_CLOEXEC, SOCK_STREAM
 cdef extern from "<fcntl.h>" nogil:
     unsigned SPLICE_F_MOVE
+cdef extern from "<errno.h>" nogil:
+    int ECANCELED, EPIPE
 
 cdef enum:
     POOL_BYTES = 4 * 1024 * 1024    # receive pool per buffer size (touched lazily)
+    PIPE_WANT = 1 << 20             # sendfile pipe size asked for
+    PIPE_POOL = 16                  # idle sendfile pipes kept for reuse
+    SPLICE_IN = 0                   # SpliceState.phase: file -> pipe
+    SPLICE_OUT = 1                  #                    pipe -> socket
+    SQE_TRIES = 64                  # submit-and-retry rounds for an SQE slot from the leader
 
 cdef struct BufGroup:
     char* mem               # owned: mmap'd nbufs * size bytes, the buffers themselves
@@ -61,6 +73,22 @@ cdef struct BufGroup:
     uint32_t nbufs
     uint16_t mask
     uint16_t tail           # next free slot (published through ring[0].resv)
+
+# io.extra of an OP_SENDFILE (malloc'd at submit, freed by io_free); the pipe
+# is ours until the op finishes, then goes back to the pool or is closed.
+cdef struct SpliceState:
+    int file_fd             # the engine's descriptor (not owned)
+    int sock_fd
+    int64_t offset          # next file offset to read
+    uint32_t want           # bytes this op should move
+    uint32_t moved          # bytes that reached the socket
+    uint32_t in_pipe        # bytes sitting in the pipe
+    int pipe_r, pipe_w
+    int pipe_size
+    uint8_t phase           # SPLICE_IN / SPLICE_OUT
+    uint8_t cancelled       # the connection is being cancelled: submit no further step
+    SpliceState* prev       # the backend's list of ops in progress (guarded by sq_mu)
+    SpliceState* next
 
 
 cdef inline int sys_enter(int fd, unsigned to_submit, unsigned min_complete,
@@ -81,58 +109,42 @@ cdef class UringBackend(Backend):
     cdef size_t sqes_sz
     cdef uint32_t* sq_khead     # kernel-shared ring indices (inside sq_ptr / cq_ptr)
     cdef uint32_t* sq_ktail
+    cdef uint32_t* sq_kflags
     cdef uint32_t sq_mask
     cdef uint32_t sq_entries
-    cdef uint32_t sq_tail       # our producer index; GIL-protected
+    cdef uint32_t sq_tail       # our producer index; guarded by sq_mu
     cdef uint32_t* cq_khead
     cdef uint32_t* cq_ktail
     cdef uint32_t cq_mask
     cdef io_uring_cqe* cqes
     cdef BufGroup groups[MAX_GROUPS]     # ngroups (base class) of them in use
-    cdef iocpx_mutex_t sq_mu        # serializes SQE production (sq_tail, slot contents)
-    cdef readonly bint single       # single-issuer mode (see the module docstring)
-    cdef bint attached              # the owner thread enabled the ring
-    cdef pthread_t owner            # the only thread that enters the ring (single mode)
-    cdef int wake_fd                # eventfd other threads write to wake the owner (ours)
-    cdef uint64_t wake_val          # the kernel reads the eventfd count into this
-    cdef IoCtx* wake_io             # owned: user_data of that READ (not an engine op)
-    cdef bint wake_rearm            # the READ must be armed again (no SQE slot was free)
-    cdef io_uring_buf_reg* reg_req  # single mode: a registration the owner must make
-    cdef int reg_res                # its result (0 or -errno), valid once reg_req is NULL
+    cdef iocpx_mutex_t sq_mu        # serializes SQE production, the splice list and pipe pool
+    cdef readonly unsigned setup_flags
+    cdef SpliceState* splices       # sendfile ops in progress
+    cdef int pipes[PIPE_POOL][2]    # idle pipes (ours)
+    cdef int pipe_sizes[PIPE_POOL]
+    cdef int npipes
 
-    def __cinit__(self, unsigned entries=4096, bint single=False):
+    def __cinit__(self, unsigned entries=4096):
         self.name = "io_uring"
         # sync_send stays False: sends queued as SQEs go out in one io_uring_enter
         # per batch, measured cheaper than a send() each from 100 connections up
         self.ring_fd = -1
-        self.wake_fd = -1
         self.ngroups = 0
-        self.single = single
         iocpx_mutex_init(&self.sq_mu)
         cdef io_uring_params p
         memset(&p, 0, sizeof(p))
-        p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CLAMP
-        if single:
-            p.flags |= IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED
+        p.flags = (IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_SUBMIT_ALL |
+                   IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG)
         p.cq_entries = entries * 4
         cdef long fd = syscall(__NR_io_uring_setup, entries, &p)
-        if fd < 0 and single:           # kernel before 6.1: the shared mode works everywhere
-            self.single = single = False
-            p.flags &= ~(IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED)
-            fd = syscall(__NR_io_uring_setup, entries, &p)
         if fd < 0:
             raise oserror(errno, "io_uring_setup")
         self.ring_fd = <int>fd
-        if single:
-            self.wake_fd = eventfd(0, EFD_CLOEXEC)     # blocking: io_uring polls it
-            self.wake_io = <IoCtx*>calloc(1, sizeof(IoCtx))
-            if self.wake_fd < 0 or self.wake_io == NULL:
-                err = errno
-                self.release()
-                raise oserror(err, "eventfd")
+        self.setup_flags = p.flags
         if not (p.features & IORING_FEAT_NODROP) or not (p.features & IORING_FEAT_EXT_ARG):
             self.release()
-            raise OSError(EINVAL, "io_uring: kernel too old (needs NODROP and EXT_ARG, Linux 5.11+)")
+            raise OSError(EINVAL, "io_uring: kernel too old (needs NODROP and EXT_ARG)")
         self.sq_sz = p.sq_off.array + p.sq_entries * sizeof(uint32_t)
         self.cq_sz = p.cq_off.cqes + p.cq_entries * sizeof(io_uring_cqe)
         if p.features & IORING_FEAT_SINGLE_MMAP:
@@ -168,12 +180,13 @@ cdef class UringBackend(Backend):
         cdef char* cq = <char*>self.cq_ptr
         self.sq_khead = <uint32_t*>(sq + p.sq_off.head)
         self.sq_ktail = <uint32_t*>(sq + p.sq_off.tail)
+        self.sq_kflags = <uint32_t*>(sq + p.sq_off.flags)
         self.sq_mask = (<uint32_t*>(sq + p.sq_off.ring_mask))[0]
         self.sq_entries = p.sq_entries
         cdef uint32_t* arr = <uint32_t*>(sq + p.sq_off.array)
-        cdef uint32_t i
-        for i in range(p.sq_entries):
-            arr[i] = i          # identity map: SQE slot i is array slot i
+        cdef uint32_t j
+        for j in range(p.sq_entries):
+            arr[j] = j          # identity map: SQE slot j is array slot j
         self.sq_tail = self.sq_ktail[0]
         self.cq_khead = <uint32_t*>(cq + p.cq_off.head)
         self.cq_ktail = <uint32_t*>(cq + p.cq_off.tail)
@@ -198,6 +211,10 @@ cdef class UringBackend(Backend):
             if self.groups[i].mem != NULL:
                 munmap(self.groups[i].mem, self.groups[i].mem_sz)
         self.ngroups = 0
+        while self.npipes > 0:
+            self.npipes -= 1
+            c_close(self.pipes[self.npipes][0])
+            c_close(self.pipes[self.npipes][1])
         if self.sqes != NULL:
             munmap(self.sqes, self.sqes_sz)
             self.sqes = NULL
@@ -210,12 +227,6 @@ cdef class UringBackend(Backend):
         if self.ring_fd >= 0:
             c_close(self.ring_fd)
             self.ring_fd = -1
-        if self.wake_fd >= 0:
-            c_close(self.wake_fd)
-            self.wake_fd = -1
-        if self.wake_io != NULL:
-            free(self.wake_io)
-            self.wake_io = NULL
 
     cdef int socket_open(self, int family) except -1:
         cdef int fd = c_socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0)
@@ -223,7 +234,7 @@ cdef class UringBackend(Backend):
             raise oserror(errno, "socket")
         return fd
 
-    # ---- submission side (GIL held) ---------------------------------------
+    # ---- submission side (GIL held, any thread) ---------------------------
 
     cdef io_uring_sqe* _sqe(self) except NULL:
         """A zeroed SQE slot, returned with sq_mu held; _push commits it and
@@ -255,101 +266,32 @@ cdef class UringBackend(Backend):
         memset(sqe, 0, sizeof(io_uring_sqe))
         return sqe
 
+    cdef io_uring_sqe* _slot_nogil(self) noexcept nogil:
+        """_sqe for the leader without the GIL: submits what is queued while
+        the ring is full; NULL if it stays full. Returns with sq_mu held."""
+        cdef io_uring_sqe* sqe
+        cdef int tries
+        for tries in range(SQE_TRIES):
+            iocpx_mutex_lock(&self.sq_mu)
+            sqe = self._slot()
+            if sqe != NULL:
+                return sqe
+            iocpx_mutex_unlock(&self.sq_mu)
+            self._submit_pending()
+        return NULL
+
     cdef inline void _push(self, io_uring_sqe* sqe, IoCtx* io) noexcept nogil:
         sqe.user_data = <uint64_t><size_t>io
         self.sq_tail += 1
         IOCPX_STORE_REL_U32(self.sq_ktail, self.sq_tail)
         iocpx_mutex_unlock(&self.sq_mu)
 
-    cdef inline bint _is_owner(self) noexcept nogil:
-        return not self.single or (self.attached and pthread_equal(self.owner, pthread_self()))
-
-    cdef void _arm_wake(self) noexcept nogil:
-        """(Owner) watch the wake eventfd with a READ."""
-        cdef io_uring_sqe* sqe
-        iocpx_mutex_lock(&self.sq_mu)
-        sqe = self._slot()
-        if sqe == NULL:
-            self.wake_rearm = 1
-            iocpx_mutex_unlock(&self.sq_mu)
-            return
-        self.wake_rearm = 0
-        sqe.opcode = IORING_OP_READ
-        sqe.fd = self.wake_fd
-        sqe.addr = <uint64_t><size_t>&self.wake_val
-        sqe.len = 8
-        self._push(sqe, self.wake_io)
-
-    cdef int _register_pbuf(self, io_uring_buf_reg* reg) except? -1:
-        """IORING_REGISTER_PBUF_RING; in single mode only the owner may register,
-        so another thread hands the request over and waits for it."""
-        cdef long r
-        cdef uint64_t one = 1
-        cdef int waited = 0
-        if self._is_owner() or not self.attached:
-            r = syscall(__NR_io_uring_register, self.ring_fd, IORING_REGISTER_PBUF_RING, reg, 1)
-            if r >= 0:
-                return 0
-            if not (self.single and errno == 17):      # EEXIST: the owner attached meanwhile
-                return -errno
-        with nogil:
-            iocpx_mutex_lock(&self.sq_mu)
-            while self.reg_req != NULL:             # one request at a time
-                iocpx_mutex_unlock(&self.sq_mu)
-                iocpx_sleep_ms(1)
-                iocpx_mutex_lock(&self.sq_mu)
-            self.reg_req = reg
-            iocpx_mutex_unlock(&self.sq_mu)
-            c_write(self.wake_fd, &one, 8)
-            while True:
-                iocpx_sleep_ms(1)
-                iocpx_mutex_lock(&self.sq_mu)
-                if self.reg_req != reg:
-                    iocpx_mutex_unlock(&self.sq_mu)
-                    break
-                waited += 1
-                if waited > 10000:                  # the owner is stuck in a callback
-                    self.reg_req = NULL
-                    iocpx_mutex_unlock(&self.sq_mu)
-                    return -110                     # ETIMEDOUT
-                iocpx_mutex_unlock(&self.sq_mu)
-        return self.reg_res
-
-    cdef void _serve_register(self) noexcept nogil:
-        """(Owner) make a registration another thread asked for."""
-        cdef long r
-        iocpx_mutex_lock(&self.sq_mu)
-        if self.reg_req != NULL:
-            r = syscall(__NR_io_uring_register, self.ring_fd, IORING_REGISTER_PBUF_RING, self.reg_req, 1)
-            self.reg_res = 0 if r >= 0 else -errno
-            self.reg_req = NULL
-        iocpx_mutex_unlock(&self.sq_mu)
-
-    cdef int attach(self) except -1:
-        """Single mode: the calling worker becomes the ring's only issuer."""
-        if not self.single:
-            return 0
-        if self.attached:
-            raise RuntimeError("io_uring single-issuer ring already has its worker")
-        cdef long r = syscall(__NR_io_uring_register, self.ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0)
-        if r < 0:
-            raise oserror(errno, "io_uring enable")
-        self.owner = pthread_self()
-        self.attached = 1
-        self._arm_wake()
-        self.flush()
-        return 0
-
-    cdef int flush(self) except -1:
+    cdef int _submit_pending(self) noexcept nogil:
+        """io_uring_enter for what is queued; 0 or -errno."""
         cdef uint32_t pending
         cdef int r
-        cdef uint64_t one = 1
-        if not self._is_owner():        # single mode: the owner submits for us
-            if self.sq_tail != IOCPX_LOAD_ACQ_U32(self.sq_khead):
-                c_write(self.wake_fd, &one, 8)
-            return 0
         while True:
-            pending = self.sq_tail - IOCPX_LOAD_ACQ_U32(self.sq_khead)
+            pending = IOCPX_LOAD_ACQ_U32(self.sq_ktail) - IOCPX_LOAD_ACQ_U32(self.sq_khead)
             if pending == 0:
                 return 0
             r = sys_enter(self.ring_fd, pending, 0, 0, NULL, 0)
@@ -357,7 +299,16 @@ cdef class UringBackend(Backend):
                 continue
             if r == -EAGAIN or r == -EBUSY:
                 return 0        # completion backlog: the next wait submits them
+            return r
+
+    cdef int flush(self) except -1:
+        cdef int r
+        if self.ring_fd < 0:
+            return 0
+        r = self._submit_pending()
+        if r < 0:
             raise oserror(-r, "io_uring_enter")
+        return 0
 
     cdef int submit_accept(self, IoCtx* io) except -1:
         cdef io_uring_sqe* sqe = self._sqe()
@@ -399,19 +350,15 @@ cdef class UringBackend(Backend):
         self._push(sqe, io)
         return 0
 
-    cdef int submit_splice(self, IoCtx* io, int fd_in, int64_t off_in, int fd_out, uint32_t nbytes) except -1:
-        cdef io_uring_sqe* sqe = self._sqe()
-        sqe.opcode = IORING_OP_SPLICE
-        sqe.fd = fd_out
-        sqe.off = <uint64_t>-1
-        sqe.splice_fd_in = fd_in
-        sqe.splice_off_in = <uint64_t>off_in if off_in >= 0 else <uint64_t>-1
-        sqe.len = nbytes
-        sqe.splice_flags = SPLICE_F_MOVE
-        self._push(sqe, io)
-        return 0
-
     cdef int submit_cancel_fd(self, IoCtx* io, int fd) except -1:
+        cdef SpliceState* st
+        iocpx_mutex_lock(&self.sq_mu)
+        st = self.splices           # a file -> pipe step cannot be cancelled by the
+        while st != NULL:           # socket: stop the sendfile before its next step
+            if st.sock_fd == fd:
+                st.cancelled = 1
+            st = st.next
+        iocpx_mutex_unlock(&self.sq_mu)
         cdef io_uring_sqe* sqe = self._sqe()
         sqe.opcode = IORING_OP_ASYNC_CANCEL
         sqe.fd = fd
@@ -420,6 +367,10 @@ cdef class UringBackend(Backend):
         return 0
 
     cdef int submit_cancel_op(self, IoCtx* io, IoCtx* target) except -1:
+        if target.op == OP_SENDFILE and target.extra != NULL:
+            iocpx_mutex_lock(&self.sq_mu)
+            (<SpliceState*>target.extra).cancelled = 1
+            iocpx_mutex_unlock(&self.sq_mu)
         cdef io_uring_sqe* sqe = self._sqe()
         sqe.opcode = IORING_OP_ASYNC_CANCEL
         sqe.addr = <uint64_t><size_t>target
@@ -432,21 +383,121 @@ cdef class UringBackend(Backend):
         self._push(sqe, io)
         return 0
 
-    cdef int submit_timer(self, IoCtx* io, long ms) except -1:
-        cdef __kernel_timespec* ts
-        if io.extra == NULL:
-            io.extra = malloc(sizeof(__kernel_timespec))   # freed by io_free
-            if io.extra == NULL:
-                raise MemoryError()
-        ts = <__kernel_timespec*>io.extra
-        ts.tv_sec = ms // 1000
-        ts.tv_nsec = (ms % 1000) * 1000000
-        cdef io_uring_sqe* sqe = self._sqe()
-        sqe.opcode = IORING_OP_TIMEOUT
-        sqe.addr = <uint64_t><size_t>ts
-        sqe.len = 1
+    # ---- sendfile: splice through a pipe ----------------------------------
+
+    cdef int submit_sendfile(self, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1:
+        cdef SpliceState* st = <SpliceState*>calloc(1, sizeof(SpliceState))   # freed by io_free
+        cdef int fds[2]
+        if st == NULL:
+            raise MemoryError()
+        io.extra = st
+        st.file_fd = file_fd
+        st.sock_fd = io.fd
+        st.offset = offset
+        st.want = nbytes
+        iocpx_mutex_lock(&self.sq_mu)
+        if self.npipes > 0:
+            self.npipes -= 1
+            st.pipe_r = self.pipes[self.npipes][0]
+            st.pipe_w = self.pipes[self.npipes][1]
+            st.pipe_size = self.pipe_sizes[self.npipes]
+            iocpx_mutex_unlock(&self.sq_mu)
+        else:
+            iocpx_mutex_unlock(&self.sq_mu)
+            st.pipe_size = iocpx_pipe_open(fds, PIPE_WANT)
+            if st.pipe_size < 0:
+                raise oserror(errno, "pipe")
+            st.pipe_r = fds[0]
+            st.pipe_w = fds[1]
+        iocpx_mutex_lock(&self.sq_mu)
+        st.next = self.splices
+        if self.splices != NULL:
+            self.splices.prev = st
+        self.splices = st
+        iocpx_mutex_unlock(&self.sq_mu)
+        if self._splice_submit(io, st) < 0:
+            self._splice_end(st)
+            raise OSError(EBUSY, "io_uring submission queue stays full")
+        return 0
+
+    cdef int _splice_submit(self, IoCtx* io, SpliceState* st) noexcept nogil:
+        """Submit the next splice of st: file -> pipe, or pipe -> socket."""
+        cdef io_uring_sqe* sqe = self._slot_nogil()
+        cdef uint32_t n
+        if sqe == NULL:
+            return -1
+        sqe.opcode = IORING_OP_SPLICE
+        sqe.splice_flags = SPLICE_F_MOVE
+        if st.phase == SPLICE_IN:
+            n = st.want - st.moved
+            if n > <uint32_t>st.pipe_size:
+                n = <uint32_t>st.pipe_size
+            sqe.fd = st.pipe_w
+            sqe.off = <uint64_t>-1
+            sqe.splice_fd_in = st.file_fd
+            sqe.splice_off_in = <uint64_t>st.offset
+            sqe.len = n
+        else:
+            sqe.fd = st.sock_fd
+            sqe.off = <uint64_t>-1
+            sqe.splice_fd_in = st.pipe_r
+            sqe.splice_off_in = <uint64_t>-1
+            sqe.len = st.in_pipe
         self._push(sqe, io)
         return 0
+
+    cdef int _splice_step(self, IoCtx* io, int res, int* result) noexcept nogil:
+        """A splice of an OP_SENDFILE completed. 1 when the op is over (result:
+        what the engine sees: bytes moved, 0 at the end of the file, or -errno),
+        0 when the next step was submitted."""
+        cdef SpliceState* st = <SpliceState*>io.extra
+        if res < 0:
+            result[0] = <int>st.moved if st.moved > 0 and res != -ECANCELED else res
+        elif st.phase == SPLICE_IN:
+            if res == 0:
+                result[0] = <int>st.moved       # the file ended
+            else:
+                st.in_pipe = res
+                st.offset += res
+                st.phase = SPLICE_OUT
+                if not st.cancelled and self._splice_submit(io, st) == 0:
+                    return 0
+                result[0] = -ECANCELED if st.cancelled else -EBUSY
+        else:
+            if res == 0:
+                result[0] = <int>st.moved if st.moved > 0 else -EPIPE
+            else:
+                st.in_pipe -= res
+                st.moved += res
+                if st.in_pipe == 0:
+                    result[0] = <int>st.moved   # one pipe-load reached the socket
+                elif not st.cancelled and self._splice_submit(io, st) == 0:
+                    return 0
+                else:
+                    result[0] = -ECANCELED if st.cancelled else -EBUSY
+        self._splice_end(st)
+        return 1
+
+    cdef void _splice_end(self, SpliceState* st) noexcept nogil:
+        """The op is over: unlist it; an empty pipe goes back to the pool."""
+        iocpx_mutex_lock(&self.sq_mu)
+        if st.prev != NULL:
+            st.prev.next = st.next
+        elif self.splices == st:
+            self.splices = st.next
+        if st.next != NULL:
+            st.next.prev = st.prev
+        st.prev = st.next = NULL
+        if st.pipe_r >= 0 and st.in_pipe == 0 and self.npipes < PIPE_POOL and self.ring_fd >= 0:
+            self.pipes[self.npipes][0] = st.pipe_r
+            self.pipes[self.npipes][1] = st.pipe_w
+            self.pipe_sizes[self.npipes] = st.pipe_size
+            self.npipes += 1
+        elif st.pipe_r >= 0:
+            c_close(st.pipe_r)
+            c_close(st.pipe_w)
+        st.pipe_r = st.pipe_w = -1
+        iocpx_mutex_unlock(&self.sq_mu)
 
     # ---- completion side (leader thread, no GIL) --------------------------
 
@@ -455,34 +506,39 @@ cdef class UringBackend(Backend):
         timeout; < 0 means none) and copy up to maxev of them into out."""
         cdef int n, r
         cdef uint32_t pending
-        cdef unsigned flags
         cdef io_uring_getevents_arg arg
         cdef __kernel_timespec ts
         while True:
-            if self.reg_req != NULL:
-                self._serve_register()
             n = self._harvest(out, maxev)
             pending = IOCPX_LOAD_ACQ_U32(self.sq_ktail) - IOCPX_LOAD_ACQ_U32(self.sq_khead)
             if n > 0:
                 if pending:
                     sys_enter(self.ring_fd, pending, 0, 0, NULL, 0)
                 return n
-            flags = IORING_ENTER_GETEVENTS
+            if IOCPX_LOAD_ACQ_U32(self.sq_kflags) & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW):
+                # completion work waits for us: run it, then look again
+                r = sys_enter(self.ring_fd, pending, 0, IORING_ENTER_GETEVENTS, NULL, 0)
+                if r >= 0 or r == -EINTR or r == -EAGAIN or r == -EBUSY:
+                    n = self._harvest(out, maxev)
+                    if n > 0:
+                        return n
+                    pending = IOCPX_LOAD_ACQ_U32(self.sq_ktail) - IOCPX_LOAD_ACQ_U32(self.sq_khead)
             if timeout_ms >= 0:
                 memset(&arg, 0, sizeof(arg))
                 ts.tv_sec = timeout_ms // 1000
                 ts.tv_nsec = (timeout_ms % 1000) * 1000000
                 arg.ts = <uint64_t><size_t>&ts
-                r = sys_enter(self.ring_fd, pending, 1, flags | IORING_ENTER_EXT_ARG, &arg, sizeof(arg))
+                r = sys_enter(self.ring_fd, pending, 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG,
+                              &arg, sizeof(arg))
             else:
-                r = sys_enter(self.ring_fd, pending, 1, flags, NULL, 0)
+                r = sys_enter(self.ring_fd, pending, 1, IORING_ENTER_GETEVENTS, NULL, 0)
             if r < 0:
                 if r == -ETIME:
                     return self._harvest(out, maxev)
                 if r != -EINTR and r != -EAGAIN and r != -EBUSY:
                     return r
             elif r < <int>pending:
-                continue      # another thread submitted part of it: we did not wait
+                continue      # only part was submitted (another thread raced us): we did not wait
             if timeout_ms >= 0:
                 return self._harvest(out, maxev)
 
@@ -490,23 +546,21 @@ cdef class UringBackend(Backend):
         cdef uint32_t head = self.cq_khead[0]
         cdef uint32_t tail = IOCPX_LOAD_ACQ_U32(self.cq_ktail)
         cdef int n = 0
+        cdef int result
         cdef io_uring_cqe* c
-        cdef bint rearm = self.wake_rearm
+        cdef IoCtx* io
         while head != tail and n < maxev:
             c = &self.cqes[head & self.cq_mask]
-            if c.user_data == <uint64_t><size_t>self.wake_io and self.wake_io != NULL:
-                head += 1               # a wake-up: its job (submitting) is done by waking
-                rearm = 1
-                continue
-            out[n].io = <IoCtx*><size_t>c.user_data
-            out[n].res = c.res
-            out[n].flags = c.flags
-            out[n].data = NULL
-            n += 1
             head += 1
+            io = <IoCtx*><size_t>c.user_data
+            if io.op == OP_SENDFILE and io.extra != NULL:
+                if not self._splice_step(io, c.res, &result):
+                    continue                # its next step is on its way
+                ev_set(&out[n], io, result, 0, NULL)
+            else:
+                ev_set(&out[n], io, c.res, c.flags, NULL)
+            n += 1
         IOCPX_STORE_REL_U32(self.cq_khead, head)
-        if rearm:
-            self._arm_wake()
         return n
 
     # ---- provided receive buffers -----------------------------------------
@@ -552,14 +606,14 @@ cdef class UringBackend(Backend):
         reg.ring_addr = <uint64_t><size_t>g.ring
         reg.ring_entries = nbufs
         reg.bgid = <uint16_t>self.ngroups
-        cdef int r = self._register_pbuf(&reg)
+        cdef long r = syscall(__NR_io_uring_register, self.ring_fd, IORING_REGISTER_PBUF_RING, &reg, 1)
         if r < 0:
-            err = -r
+            err = errno
             munmap(g.ring, g.ring_sz)
             munmap(g.mem, g.mem_sz)
             g.ring = NULL
             g.mem = NULL
-            raise oserror(err, "io_uring provided buffer ring (needs Linux 5.19+)")
+            raise oserror(err, "io_uring provided buffer ring")
         self.ngroups += 1
         return self.ngroups - 1
 
@@ -601,16 +655,37 @@ cdef class UringBackend(Backend):
 def probe():
     """None if this kernel runs the io_uring backend, else the reason why not."""
     import os
+    release = os.uname().release.split(".")
+    try:
+        major, minor = int(release[0]), int(release[1].split("-")[0])
+    except (ValueError, IndexError):
+        major, minor = 99, 0
+    if (major, minor) < (6, 0):
+        return f"io_uring backend needs Linux 6.0+ (multishot receive), kernel is {os.uname().release}"
     try:
         b = UringBackend(8)
         b.buffer_group(4096)
     except OSError as e:
         return f"io_uring unavailable: {e}"
-    release = os.uname().release.split(".")
-    try:
-        major, minor = int(release[0]), int(release[1].split("-")[0])
-    except (ValueError, IndexError):
-        return None
-    if (major, minor) < (6, 0):
-        return f"io_uring backend needs Linux 6.0+ (multishot receive), kernel is {os.uname().release}"
     return None
+
+
+def features():
+    """What this kernel's io_uring offers that the backend uses or could."""
+    import os
+    out = {"kernel": os.uname().release}
+    try:
+        b = UringBackend(8)
+    except OSError as e:
+        out["available"] = f"no ({e})"
+        return out
+    flags = b.setup_flags
+    out["coop_taskrun"] = bool(flags & IORING_SETUP_COOP_TASKRUN)
+    try:
+        b.buffer_group(4096)
+        out["provided_buffer_rings"] = True
+    except OSError:
+        out["provided_buffer_rings"] = False
+    out["multishot_receive"] = out["provided_buffer_rings"] and probe() is None
+    b.release()
+    return out

@@ -8,12 +8,13 @@ called directly (declarations in _winsock.pxd).
   * wait() = GetQueuedCompletionStatusEx with the GIL released; the IoCtx is
     found again from the OVERLAPPED pointer (its first member);
   * accepts: AcceptEx on sockets created in advance, with a receive buffer of
-    io.len bytes when the engine wants first data; SO_UPDATE_ACCEPT_CONTEXT and
-    GetAcceptExSockAddrs (peer into io.addr) when it completes. A first-data
-    accept whose client connected but sends nothing is cancelled after
-    first_data_timeout seconds, or the listener's idle_timeout if shorter
-    (io.aux; SO_CONNECT_TIME, checked from the wait loop every second), and
-    the engine re-arms it;
+    io.len bytes when the engine wants first data (none in the engine's plain
+    mode); SO_UPDATE_ACCEPT_CONTEXT and GetAcceptExSockAddrs (peer into
+    io.addr) when it completes. A first-data accept whose client connected
+    but sends nothing is cancelled after the listener's first_data_timeout
+    (io.aux.silent_ms; SO_CONNECT_TIME, checked from the wait loop every
+    second) and completes with -ETIMEDOUT; accept_silent() counts such slots
+    for the engine's guard (engine/firstdata.pxi);
   * receives: a zero-byte WSARecv, then a non-blocking recv() of up to the
     buffer size when it completes, so an idle connection pins no buffer. Each
     completion is final (no EV_MORE): the engine posts the next receive after
@@ -22,9 +23,12 @@ called directly (declarations in _winsock.pxd).
     the cancel ran would never complete.)
   * sends: WSASend (a partial completion returns the bytes sent; the engine
     resubmits the rest); connects: bind + ConnectEx + SO_UPDATE_CONNECT_CONTEXT;
-    sendfile: TransmitFile (direct_sendfile); cancels: CancelIoEx, then the
-    cancel op itself completes through PostQueuedCompletionStatus;
-  * timers (accept back-off) live in the wait loop, no timer thread;
+    sendfile: TransmitFile; cancels: CancelIoEx, then the cancel op itself
+    completes through PostQueuedCompletionStatus;
+  * a call that fails at once queues no packet: its event is built at submit
+    with the error and goes through the `ready` list, so errors always arrive
+    as completions (nothing raised to the caller of send());
+  * timers are the engine's (the wait's timeout); this module has none;
   * FILE_SKIP_COMPLETION_PORT_ON_SUCCESS is set on every socket when every
     protocol provider is an IFS one (no layered provider); an operation that
     then succeeds at once queues no packet, so its event is built at submit
@@ -48,9 +52,9 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy,
                          iocpx_mutex_lock, iocpx_mutex_unlock, iocpx_now_ns,
                          iocpx_addr_t)
-from iocpx._backend cimport (Backend, IoCtx, Event, oserror, OP_NOP, OP_ACCEPT,
-                             OP_RECV, OP_SEND, OP_CONNECT, OP_CANCEL, OP_POST,
-                             OP_EXIT, OP_TIMER, OP_SENDFILE)
+from iocpx._backend cimport (Backend, IoCtx, Event, EventQueue, ev_set, evq_push, evq_take,
+                             evq_free, recv_heap, oserror, OP_NOP, OP_ACCEPT, OP_RECV, OP_SEND,
+                             OP_CONNECT, OP_CANCEL, OP_POST, OP_EXIT, OP_SENDFILE)
 from iocpx._winsock cimport *
 
 cdef extern from *:
@@ -77,8 +81,6 @@ cdef enum:
     MAX_ENTRIES = 256
     SCAN_MS = 1000          # how often the leader checks first-data accepts
     WINERR_TAG = 0x20000000 # Event.res = -(WINERR_TAG | code): a Windows code without errno
-
-DEF_FIRST_DATA_TIMEOUT = 10.0   # seconds a connected client may stay silent
 
 import weakref as _weakref
 _live = _weakref.WeakSet()      # every IocpBackend alive (diagnostics, tests)
@@ -233,49 +235,40 @@ cdef struct AcceptState:
     SOCKET sock             # the socket created in advance; ours until handed to the engine
     SOCKET listen
     int family
-    uint32_t rcvlen         # first data wanted: AcceptEx receive length (0: none)
+    uint32_t cap            # bytes of receive buffer allocated after this struct
+    uint32_t rcvlen         # first data wanted this time: AcceptEx receive length (0: none)
     uint32_t got            # bytes AcceptEx received with the connection
     uint8_t stale           # cancelled by us: the client stayed silent too long
-    uint32_t limit_s        # seconds a connected client may stay silent (SO_CONNECT_TIME)
+    uint32_t limit_s        # seconds a connected client may stay silent (0: no limit)
     uint8_t listed          # linked in the backend's pending first-data list
     IoCtx* io               # back pointer (for CancelIoEx from the scan)
     AcceptState* prev       # pending first-data list, guarded by the backend's mu
     AcceptState* next
-    # followed by rcvlen + 2 * ADDR_SLOT bytes of AcceptEx buffer
+    # followed by cap + 2 * ADDR_SLOT bytes of AcceptEx buffer
 
 cdef inline char* accept_buf(AcceptState* st) noexcept nogil:
     return (<char*>st) + sizeof(AcceptState)
 
-cdef struct Timer:
-    uint64_t due_ns
-    IoCtx* io
-
 
 cdef class IocpBackend(Backend):
     cdef HANDLE port                # owned: the completion port
-    cdef iocpx_mutex_t mu           # guards ready, timers, pending accepts, sleeping, wake_pending
-    cdef Event* ready               # owned: events built at submit (immediate success)
-    cdef int ready_len, ready_cap
-    cdef Timer* timers              # owned: pending OP_TIMER contexts
-    cdef int ntimers, timers_cap
+    cdef iocpx_mutex_t mu           # guards ready, pending accepts, sleeping, wake_pending
+    cdef EventQueue ready           # events built at submit (done or failed at once)
     cdef AcceptState* pending       # first-data accepts in flight (not owned: in io.extra)
     cdef int sleeping               # the leader is inside GetQueuedCompletionStatusEx
     cdef int wake_pending           # a KEY_WAKE packet is queued
     cdef uint64_t next_scan_ns
     cdef bint skip                  # FILE_SKIP_COMPLETION_PORT_ON_SUCCESS on our sockets
-    cdef public double first_data_timeout   # seconds; <= 0: only the listener's idle_timeout
     cdef readonly int64_t stale_drops      # silent first-data clients dropped
     cdef object __weakref__
 
     def __cinit__(self):
         self.name = "iocp"
-        self.direct_sendfile = True
+        self.accept_with_data = True
         self.port = NULL
         iocpx_mutex_init(&self.mu)
         resolve_extensions()
         self.skip = g_skip_ok == 1
-        env = _os.environ.get("IOCPX_FIRST_DATA_TIMEOUT")
-        self.first_data_timeout = float(env) if env else DEF_FIRST_DATA_TIMEOUT
         self.port = CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, 0)
         if self.port == NULL:
             raise win_error(GetLastError(), "CreateIoCompletionPort")
@@ -290,12 +283,7 @@ cdef class IocpBackend(Backend):
         if self.port != NULL:
             CloseHandle(self.port)
             self.port = NULL
-        free(self.ready)
-        self.ready = NULL
-        self.ready_len = self.ready_cap = 0
-        free(self.timers)
-        self.timers = NULL
-        self.ntimers = self.timers_cap = 0
+        evq_free(&self.ready)
 
     @property
     def skip_on_success(self):
@@ -348,19 +336,11 @@ cdef class IocpBackend(Backend):
     # ---- ready list: events of operations that finished at submit -----------
 
     cdef int _push_ready(self, Event* ev) noexcept nogil:
-        cdef Event* nr
-        cdef int cap, wake = 0
+        cdef int wake = 0
         iocpx_mutex_lock(&self.mu)
-        if self.ready_len == self.ready_cap:
-            cap = self.ready_cap * 2 if self.ready_cap else 64
-            nr = <Event*>realloc(self.ready, cap * sizeof(Event))
-            if nr == NULL:
-                iocpx_mutex_unlock(&self.mu)
-                return -1
-            self.ready = nr
-            self.ready_cap = cap
-        self.ready[self.ready_len] = ev[0]
-        self.ready_len += 1
+        if evq_push(&self.ready, ev) < 0:
+            iocpx_mutex_unlock(&self.mu)
+            return -1
         if self.sleeping and not self.wake_pending:
             self.wake_pending = 1
             wake = 1
@@ -369,9 +349,10 @@ cdef class IocpBackend(Backend):
             PostQueuedCompletionStatus(self.port, 0, KEY_WAKE, NULL)
         return 0
 
-    cdef int _submitted(self, IoCtx* io, BOOL ok, DWORD nbytes, int err, str what) except -1:
-        """After an overlapped call: ok (done at once), pending, or failed.
-        Done at once with skipping on: no packet follows, build the event now."""
+    cdef int _submitted(self, IoCtx* io, BOOL ok, DWORD nbytes, int err) except -1:
+        """After an overlapped call: done at once, pending, or failed. Done at
+        once with skipping on, or failed: no packet follows, so the event is
+        built now (with the error: the engine learns of it as a completion)."""
         cdef Event ev
         if ok:
             if self.skip:
@@ -381,7 +362,10 @@ cdef class IocpBackend(Backend):
             return 0
         if err == WSA_IO_PENDING:
             return 0
-        raise win_error(<DWORD>err, what)       # no packet follows a failed call
+        self._finish(io, 0, 0, <DWORD>err, &ev)
+        if self._push_ready(&ev) < 0:
+            raise MemoryError()
+        return 0
 
     # ---- submissions (GIL held) --------------------------------------------
 
@@ -391,6 +375,12 @@ cdef class IocpBackend(Backend):
         cdef uint32_t rcvlen = <uint32_t>io.len if io.len > 0 else 0
         cdef iocpx_addr_t a
         cdef int alen = sizeof(a)
+        cdef int family
+        if st != NULL and st.cap < rcvlen:      # plain mode before, first data now: grow
+            family = st.family
+            closesocket(st.sock)
+            free(st)
+            io.extra = st = NULL
         if st == NULL:
             if getsockname(<SOCKET>io.fd, <sockaddr*>&a, &alen) != 0:
                 raise win_error(WSAGetLastError(), "getsockname")
@@ -400,17 +390,18 @@ cdef class IocpBackend(Backend):
             memset(st, 0, sizeof(AcceptState))
             st.sock = INVALID_SOCKET
             st.family = (<sockaddr*>&a).sa_family
-            st.rcvlen = rcvlen
+            st.cap = rcvlen
             st.io = io
             io.extra = st           # freed by io_free
         st.listen = <SOCKET>io.fd
+        st.rcvlen = rcvlen
         st.stale = 0
         st.got = 0
-        # io.aux: the listener's idle_timeout in ms (0: none); the smaller limit wins
-        cdef double limit = self.first_data_timeout
-        if io.aux > 0 and (limit <= 0 or io.aux / 1000.0 < limit):
-            limit = io.aux / 1000.0
-        st.limit_s = 0 if limit <= 0 else (<uint32_t>(limit + 0.999) if limit >= 1 else 1)
+        # io.aux.silent_ms: the listener's first_data_timeout (0: none), in whole
+        # seconds as SO_CONNECT_TIME counts them
+        st.limit_s = 0
+        if rcvlen and io.aux.silent_ms > 0:
+            st.limit_s = <uint32_t>((io.aux.silent_ms + 999) // 1000)
         cdef Event ev
         if st.sock == INVALID_SOCKET:
             try:
@@ -418,17 +409,12 @@ cdef class IocpBackend(Backend):
             except OSError as e:
                 # Out of sockets: complete the accept with the error instead of
                 # losing the slot, so the engine backs off and re-arms it.
-                if e.winerror in (WSAEMFILE, WSAENOBUFS):
-                    ev.io = io
-                    ev.res = -E_MFILE if e.winerror == WSAEMFILE else -E_NOBUFS
-                    ev.flags = 0
-                    ev.data = NULL
-                    if self._push_ready(&ev) < 0:
-                        raise MemoryError()
-                    return 0
-                raise
+                ev_set(&ev, io, win_errno(<DWORD>(e.winerror or WSAENOBUFS)), 0, NULL)
+                if self._push_ready(&ev) < 0:
+                    raise MemoryError()
+                return 0
         memset(&io.ovl, 0, sizeof(OVERLAPPED))
-        if st.rcvlen and st.limit_s:
+        if st.rcvlen:
             self._list_accept(st)
         cdef DWORD got = 0
         cdef BOOL ok
@@ -437,14 +423,7 @@ cdef class IocpBackend(Backend):
                        &got, <OVERLAPPED*>&io.ovl)
         if not ok:
             err = WSAGetLastError()
-        try:
-            self._submitted(io, ok, got, err, "AcceptEx")
-        except BaseException:
-            self._unlist_accept(st)
-            closesocket(st.sock)
-            st.sock = INVALID_SOCKET
-            raise
-        return 0
+        return self._submitted(io, ok, got, err)
 
     cdef void _list_accept(self, AcceptState* st) noexcept nogil:
         """Track a first-data accept; the first one wakes a leader sleeping
@@ -490,7 +469,7 @@ cdef class IocpBackend(Backend):
         cdef int r = WSARecv(<SOCKET>io.fd, &wb, 1, &got, &flags, <OVERLAPPED*>&io.ovl, NULL)
         if r != 0:
             err = WSAGetLastError()
-        return self._submitted(io, r == 0, got, err, "WSARecv")
+        return self._submitted(io, r == 0, got, err)
 
     cdef int submit_send(self, IoCtx* io) except -1:
         self._check_open()
@@ -503,7 +482,7 @@ cdef class IocpBackend(Backend):
         cdef int r = WSASend(<SOCKET>io.fd, &wb, 1, &got, 0, <OVERLAPPED*>&io.ovl, NULL)
         if r != 0:
             err = WSAGetLastError()
-        return self._submitted(io, r == 0, got, err, "WSASend")
+        return self._submitted(io, r == 0, got, err)
 
     cdef int submit_connect(self, IoCtx* io) except -1:
         """ConnectEx needs a bound socket: bind to the wildcard address first."""
@@ -512,16 +491,23 @@ cdef class IocpBackend(Backend):
         memset(&any_, 0, sizeof(any_))
         any_.sa.sa_family = io.addr.sa.sa_family
         cdef int alen = 28 if io.addr.sa.sa_family == AF_INET6 else 16
-        if bind(<SOCKET>io.fd, <sockaddr*>&any_, alen) != 0:
-            raise win_error(WSAGetLastError(), "bind")
         cdef DWORD sent = 0
         cdef int err = 0
+        cdef Event ev
+        if bind(<SOCKET>io.fd, <sockaddr*>&any_, alen) != 0:
+            err = WSAGetLastError()
+            if err != WSAEINVAL:        # WSAEINVAL: already bound (connect(local_address=))
+                ev_set(&ev, io, win_errno(<DWORD>err), 0, NULL)
+                if self._push_ready(&ev) < 0:
+                    raise MemoryError()
+                return 0
+            err = 0
         memset(&io.ovl, 0, sizeof(OVERLAPPED))
         cdef BOOL ok = pConnectEx(<SOCKET>io.fd, <sockaddr*>&io.addr, <int>io.addrlen, NULL, 0,
                                   &sent, <OVERLAPPED*>&io.ovl)
         if not ok:
             err = WSAGetLastError()
-        return self._submitted(io, ok, 0, err, "ConnectEx")
+        return self._submitted(io, ok, 0, err)
 
     cdef int submit_sendfile(self, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1:
         """TransmitFile of nbytes from the CRT descriptor file_fd at offset."""
@@ -537,10 +523,7 @@ cdef class IocpBackend(Backend):
         cdef BOOL ok = pTransmitFile(<SOCKET>io.fd, fh, nbytes, 0, <OVERLAPPED*>&io.ovl, NULL, 0)
         if not ok:
             err = WSAGetLastError()
-        return self._submitted(io, ok, 0, err, "TransmitFile")
-
-    cdef int submit_splice(self, IoCtx* io, int fd_in, int64_t off_in, int fd_out, uint32_t nbytes) except -1:
-        raise OSError(_errno.ENOSYS, "splice does not exist on Windows (TransmitFile is used)")
+        return self._submitted(io, ok, 0, err)
 
     cdef int _post(self, IoCtx* io, DWORD nbytes) except -1:
         self._check_open()
@@ -550,7 +533,7 @@ cdef class IocpBackend(Backend):
         return 0
 
     cdef int submit_post(self, IoCtx* io) except -1:
-        return self._post(io, <DWORD>io.aux if io.op == OP_POST else 0)
+        return self._post(io, 0)    # res 0 on every backend (CompletionPort keeps nbytes in io.aux)
 
     cdef int submit_cancel_fd(self, IoCtx* io, int fd) except -1:
         """Cancel every operation on the socket; each completes (aborted), and
@@ -560,56 +543,10 @@ cdef class IocpBackend(Backend):
         return self._post(io, 0)
 
     cdef int submit_cancel_op(self, IoCtx* io, IoCtx* target) except -1:
-        """Cancel one operation; it completes (aborted), and so does this one.
-        A pending timer is taken off the list and completes with -ECANCELED."""
+        """Cancel one operation; it completes (aborted), and so does this one."""
         self._check_open()
-        cdef Event ev
-        cdef int i
-        cdef bint found = False
-        if target.op == OP_TIMER:
-            iocpx_mutex_lock(&self.mu)
-            for i in range(self.ntimers):
-                if self.timers[i].io == target:
-                    self.ntimers -= 1
-                    self.timers[i] = self.timers[self.ntimers]
-                    found = True
-                    break
-            iocpx_mutex_unlock(&self.mu)
-            if found:
-                ev.io = target
-                ev.res = -E_CANCELED
-                ev.flags = 0
-                ev.data = NULL
-                if self._push_ready(&ev) < 0:
-                    raise MemoryError()
-        else:
-            CancelIoEx(iocpx_sock_handle(<SOCKET>target.fd), <OVERLAPPED*>&target.ovl)
+        CancelIoEx(iocpx_sock_handle(<SOCKET>target.fd), <OVERLAPPED*>&target.ovl)
         return self._post(io, 0)
-
-    cdef int submit_timer(self, IoCtx* io, long ms) except -1:
-        """An OP_TIMER completion after ms, from the wait loop."""
-        self._check_open()
-        cdef Timer* nt
-        cdef int cap, wake = 0
-        iocpx_mutex_lock(&self.mu)
-        if self.ntimers == self.timers_cap:
-            cap = self.timers_cap * 2 if self.timers_cap else 16
-            nt = <Timer*>realloc(self.timers, cap * sizeof(Timer))
-            if nt == NULL:
-                iocpx_mutex_unlock(&self.mu)
-                raise MemoryError()
-            self.timers = nt
-            self.timers_cap = cap
-        self.timers[self.ntimers].due_ns = iocpx_now_ns() + <uint64_t>ms * 1000000
-        self.timers[self.ntimers].io = io
-        self.ntimers += 1
-        if self.sleeping and not self.wake_pending:
-            self.wake_pending = 1
-            wake = 1
-        iocpx_mutex_unlock(&self.mu)
-        if wake:        # the leader recomputes its timeout
-            PostQueuedCompletionStatus(self.port, 0, KEY_WAKE, NULL)
-        return 0
 
     cdef int flush(self) except -1:
         return 0        # every submit is already a system call
@@ -625,8 +562,7 @@ cdef class IocpBackend(Backend):
         cdef int llen = 0, rlen = 0, n
         cdef SOCKET ls
         cdef u_long on = 1
-        cdef char* blk
-        cdef uint32_t size
+        cdef long r
         ev.io = io
         ev.flags = 0
         ev.data = NULL
@@ -662,23 +598,17 @@ cdef class IocpBackend(Backend):
             if not ok:
                 ev.res = win_errno(err)
                 return
-            size = self.sizes[io.group] if io.group < self.ngroups else 4096
-            blk = <char*>malloc(size)      # freed by recv_bytes
-            if blk == NULL:
-                ev.res = -E_NOBUFS                  # the engine arms the receive again
-                return
-            n = recv(<SOCKET>io.fd, blk, <int>size, 0)
-            if n > 0:
-                ev.res = n
-                ev.data = blk
-                return
-            free(blk)
-            if n == 0:
+            r = recv_heap(io.fd, self.sizes[io.group] if io.group < self.ngroups else 4096, &ev.data)
+            if r > 0:
+                ev.res = <int32_t>r
+            elif r == 0:
                 ev.res = 0                          # EOF
-                return
-            err = WSAGetLastError()
-            # nothing to read after all: ENOBUFS makes the engine post the receive again
-            ev.res = -E_NOBUFS if err == <DWORD>WSAEWOULDBLOCK else win_errno(err)
+            elif r == -2:
+                ev.res = -E_NOBUFS                  # out of memory: the engine arms the receive again
+            else:
+                err = WSAGetLastError()
+                # nothing to read after all: ENOBUFS makes the engine post the receive again
+                ev.res = -E_NOBUFS if err == <DWORD>WSAEWOULDBLOCK else win_errno(err)
         elif op == OP_CONNECT:
             if not ok:
                 ev.res = win_errno(err)
@@ -692,15 +622,15 @@ cdef class IocpBackend(Backend):
 
     cdef int wait(self, Event* out, int maxev, long timeout_ms) noexcept nogil:
         """Events from the ready list, else from GetQueuedCompletionStatusEx
-        (at most maxev; timeout_ms < 0 waits without limit). Also fires due
-        timers and drops first-data accepts whose client stays silent."""
+        (at most maxev; timeout_ms < 0 waits without limit). Also drops
+        first-data accepts whose client stays silent."""
         cdef OVERLAPPED_ENTRY entries[MAX_ENTRIES]
         cdef ULONG got = 0
         cdef int n, i
         cdef DWORD ms, nbytes, flags, err
         cdef BOOL okw
         cdef IoCtx* io
-        cdef uint64_t now, deadline = 0, next_due
+        cdef uint64_t now, deadline = 0
         if maxev > MAX_ENTRIES:
             maxev = MAX_ENTRIES
         if timeout_ms >= 0:
@@ -710,27 +640,17 @@ cdef class IocpBackend(Backend):
                 return -E_BADF
             now = iocpx_now_ns()
             iocpx_mutex_lock(&self.mu)
-            n = 0
-            while n < maxev and n < self.ready_len:     # oldest first
-                out[n] = self.ready[n]
-                n += 1
-            if n:
-                for i in range(self.ready_len - n):
-                    self.ready[i] = self.ready[i + n]
-                self.ready_len -= n
-            n = self._fire_timers(out, n, maxev, now, &next_due)
+            n = evq_take(&self.ready, out, maxev)
             if n == 0:
                 self.sleeping = 1
             iocpx_mutex_unlock(&self.mu)
             if n:
                 return n
-            # how long to sleep: the caller's timeout, the next timer, the next scan
+            # how long to sleep: the caller's timeout, or until the next scan
             if timeout_ms >= 0:
-                ms = <DWORD>((deadline - now) // 1000000) if deadline > now else 0
+                ms = <DWORD>((deadline - now + 999999) // 1000000) if deadline > now else 0
             else:
                 ms = INFINITE
-            if next_due and (ms == INFINITE or next_due - now < <uint64_t>ms * 1000000):
-                ms = <DWORD>((next_due - now + 999999) // 1000000)
             if self.pending != NULL and (ms == INFINITE or ms > SCAN_MS):
                 ms = SCAN_MS
             okw = GetQueuedCompletionStatusEx(self.port, entries, maxev, &got, ms, False)
@@ -771,38 +691,18 @@ cdef class IocpBackend(Backend):
             if timeout_ms >= 0 and iocpx_now_ns() >= deadline:
                 return 0
 
-    cdef int _fire_timers(self, Event* out, int n, int maxev, uint64_t now,
-                          uint64_t* next_due) noexcept nogil:
-        """Move due timers into out (mu held); next_due: the earliest left, or 0."""
-        cdef int i = 0
-        next_due[0] = 0
-        while i < self.ntimers:
-            if self.timers[i].due_ns <= now and n < maxev:
-                out[n].io = self.timers[i].io
-                out[n].res = 0
-                out[n].flags = 0
-                out[n].data = NULL
-                n += 1
-                self.ntimers -= 1
-                self.timers[i] = self.timers[self.ntimers]
-                continue
-            if next_due[0] == 0 or self.timers[i].due_ns < next_due[0]:
-                next_due[0] = self.timers[i].due_ns
-            i += 1
-        return n
-
     cdef void _scan_accepts(self) noexcept nogil:
         """Cancel first-data accepts whose client has been connected for
         first_data_timeout seconds without sending (SO_CONNECT_TIME is -1
         while nobody is connected). The aborted AcceptEx completes with
-        -ETIMEDOUT, and the engine re-arms the slot."""
+        -ETIMEDOUT, and the engine counts it and re-arms the slot."""
         cdef AcceptState* st
         cdef DWORD secs
         cdef int slen
         iocpx_mutex_lock(&self.mu)
         st = self.pending
         while st != NULL:
-            if not st.stale:
+            if not st.stale and st.limit_s:
                 secs = <DWORD>0xFFFFFFFF
                 slen = sizeof(secs)
                 if getsockopt(st.sock, SOL_SOCKET, SO_CONNECT_TIME, <char*>&secs, &slen) == 0 \
@@ -815,6 +715,26 @@ cdef class IocpBackend(Backend):
                         CancelIoEx(iocpx_sock_handle(st.sock), <OVERLAPPED*>&st.io.ovl)
             st = st.next
         iocpx_mutex_unlock(&self.mu)
+
+    cdef int accept_silent(self, int listen_fd) except -1:
+        """Pending first-data AcceptEx slots on listen_fd whose client has been
+        connected for a second or more without sending (SO_CONNECT_TIME)."""
+        cdef AcceptState* st
+        cdef DWORD secs
+        cdef int slen, k = 0
+        with nogil:
+            iocpx_mutex_lock(&self.mu)
+            st = self.pending
+            while st != NULL:
+                if st.listen == <SOCKET>listen_fd and not st.stale:
+                    secs = <DWORD>0xFFFFFFFF
+                    slen = sizeof(secs)
+                    if getsockopt(st.sock, SOL_SOCKET, SO_CONNECT_TIME, <char*>&secs, &slen) == 0 \
+                            and secs != <DWORD>0xFFFFFFFF and secs >= 1:
+                        k += 1
+                st = st.next
+            iocpx_mutex_unlock(&self.mu)
+        return k
 
     def pending_connect_times(self):
         """SO_CONNECT_TIME (seconds, -1: nobody connected yet) of each socket
@@ -835,15 +755,6 @@ cdef class IocpBackend(Backend):
         return out
 
     # ---- data ----------------------------------------------------------------
-
-    cdef object recv_bytes(self, Event* ev):
-        """The bytes a receive event carried (None if none); frees them."""
-        if ev.data == NULL:
-            return None
-        data = PyBytes_FromStringAndSize(<char*>ev.data, ev.res) if ev.res > 0 else None
-        free(ev.data)
-        ev.data = NULL
-        return data
 
     cdef object accept_data(self, Event* ev):
         """The first data AcceptEx received (b"" if the client closed without
@@ -877,3 +788,19 @@ def probe():
     except OSError as e:
         return f"iocp unavailable: {e}"
     return None
+
+
+def features():
+    """What this Windows offers that the backend uses (for `python -m iocpx info`)."""
+    out = {}
+    try:
+        resolve_extensions()
+    except OSError as e:
+        return {"available": f"no ({e})"}
+    out["AcceptEx"] = pAcceptEx != NULL
+    out["ConnectEx"] = pConnectEx != NULL
+    out["GetAcceptExSockAddrs"] = pGetAcceptExSockAddrs != NULL
+    out["TransmitFile"] = pTransmitFile != NULL
+    out["skip_completion_port_on_success"] = g_skip_ok == 1
+    out["GetQueuedCompletionStatusEx"] = True
+    return out

@@ -20,6 +20,7 @@ class Server:
         self._listener = None
         self._stopped = threading.Event()
         self._serving = False
+        self._final_stats = None    # the engine's counters when stop() closed it
 
     def start(self):
         if self._engine is not None:
@@ -48,6 +49,7 @@ class Server:
         try:
             engine.close(timeout)
         finally:
+            self._final_stats = engine.stats()
             self._stopped.set()
 
     def serve_forever(self):
@@ -74,7 +76,10 @@ class Server:
         return self._engine
 
     def stats(self):
+        """The engine's counters; after stop(), the final ones (live_io 0)."""
         if self._engine is None:
+            if self._final_stats is not None:
+                return dict(self._final_stats)
             raise RuntimeError("Server not started")
         return self._engine.stats()
 

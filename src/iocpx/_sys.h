@@ -149,6 +149,15 @@ static inline int iocpx_pipe_open(int fds[2], int want) {
 #  endif
 }
 #endif
+/* A non-blocking read of up to n bytes: > 0 read, 0 at EOF, -1 on error
+ * (iocpx_last_error()). On Windows the socket is in non-blocking mode. */
+static inline long iocpx_sock_recv(int s, char *buf, size_t n) {
+#ifdef _WIN32
+    return recv((SOCKET)s, buf, (int)(n > 0x7fffffff ? 0x7fffffff : n), 0);
+#else
+    return (long)recv(s, buf, n, MSG_DONTWAIT);
+#endif
+}
 static inline int iocpx_sock_nodelay(int s, int on) {
     int v = on;
     return setsockopt(s, IPPROTO_TCP, TCP_NODELAY, (const char *)&v, sizeof(v));

@@ -1,0 +1,157 @@
+# The engine's class layouts: declarations only. The logic lives in the files
+# that _core.pyx includes (engine/*.pxi), one per concern; README "Layout"
+# maps each step of the completion-port model to its file.
+from cpython.ref cimport PyObject
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from iocpx._sys cimport iocpx_mutex_t, iocpx_cond_t, iocpx_addr_t
+from iocpx._backend cimport Backend, Event, EventQueue, SchedNode, IoCtx
+
+
+cdef struct TimerSlot:
+    uint64_t due_ns         # deadline on the engine clock (iocpx_now_ns)
+    uint64_t seq            # insertion order: equal deadlines fire first in, first out
+    PyObject* timer         # strong ref to the Timer, taken when it was queued
+
+
+cdef class Engine:
+    cdef Backend be
+    cdef readonly int workers
+    cdef int state                  # EngState
+    cdef list _threads
+    cdef object __weakref__
+
+    # -- the worker pool (engine/workers.pxi); everything below is guarded by mu
+    cdef iocpx_mutex_t mu
+    cdef iocpx_cond_t home_cv       # the home worker waits here for the leader role
+    cdef iocpx_cond_t standby_cv    # helper workers with no role wait here
+    cdef iocpx_cond_t watch_cv      # the watcher waits here
+    cdef EventQueue rq              # completions taken from the kernel, waiting for dispatch
+    cdef int leader                 # a worker waits in the kernel (or has reserved that role)
+    cdef uint64_t leader_until      # engine-clock ns its wait ends by itself; 0: nobody waits
+    cdef int dispatchers            # workers running events right now
+    cdef int watcher                # a helper holds the watcher role
+    cdef int watcher_idle           # ... and sleeps untimed: the next dispatch wakes it
+    cdef int rescue                 # the home worker is stuck in a callback: helpers take over
+    cdef uint64_t progress          # events and timers dispatched so far (stall detection)
+    cdef int exiting                # exit packets were posted: every worker leaves
+    cdef int64_t n_rescues          # times a helper took over from a stuck worker
+
+    # -- timers (engine/timers.pxi), guarded by mu
+    cdef TimerSlot* heap            # owned: malloc'd binary min-heap of heap_cap slots
+    cdef int heap_len, heap_cap
+    cdef uint64_t timer_seq
+    cdef object sweeper             # the idle-timeout Timer, or None
+    cdef int64_t tick               # idle sweeps so far (SWEEP_MS each)
+
+    # -- objects and counters (GIL)
+    cdef dict _conns                # open connections by id (strong refs)
+    cdef set _listeners             # listeners not yet closed
+    cdef int64_t inflight           # ops in flight owned by connections/listeners
+    cdef int64_t next_id
+    cdef int64_t n_accepted, n_connected, n_closed, n_bytes_in, n_bytes_out
+    cdef int64_t n_msgs_in, n_errors, n_accept_errors, n_bytes_dropped
+    cdef int64_t n_first_data_timeouts, n_idle_timeouts, n_timers_fired
+
+    cdef int _check_open(self) except -1
+    cdef int64_t _take_id(self)
+    cdef void _kick(self) except *
+    cdef void _flush(self) noexcept
+    cdef int64_t _idle_ticks(self, object idle_timeout) except -1
+
+
+cdef class Timer:
+    cdef Engine eng
+    cdef readonly double when       # time.monotonic() at which it is due
+    cdef uint64_t due_ns            # the same deadline on the engine clock
+    cdef object fn
+    cdef tuple args
+    cdef int queued                 # sits in the engine's heap
+    cdef int is_cancelled
+    cdef int internal               # the engine's own (sweeper, back-off): errors count as internal
+
+
+cdef class Listener:
+    cdef Engine eng
+    cdef int fd
+    cdef int state                  # LState
+    cdef int inflight               # accept (and cancel) ops in flight
+    cdef int armed                  # accept ops in the kernel
+    cdef int accepts                # accept ops to keep posted
+    cdef readonly object address
+    cdef object on_accept, on_recv, on_close, on_drain
+    cdef Py_ssize_t max_send
+    cdef int64_t idle_ticks
+    cdef bint nodelay
+    cdef uint16_t group
+    cdef uint32_t buffer_size
+    cdef double last_warn
+    # -- the first-data path (engine/firstdata.pxi)
+    cdef bint first_data            # on_accept waits for the connection's first bytes
+    cdef double first_data_timeout  # seconds a connection may stay silent before (0: no limit)
+    cdef PyObject* silent_head      # Connections waiting for first data, oldest first: a
+    cdef PyObject* silent_tail      #   list linked through Connection.silent_prev/next
+    cdef object silent_timer        # Timer for the oldest of them, or None
+    cdef int silent_slots           # AcceptEx slots last seen holding a silent client (iocp)
+    cdef double plain_until         # until then, accepts are posted without a receive buffer
+    cdef object guard_timer         # the periodic check of silent AcceptEx slots, or None
+
+
+cdef class FileJob:
+    cdef int fd
+    cdef bint owned                 # we opened or dup'ed fd: close it when done
+    cdef int64_t offset
+    cdef int64_t remaining
+    cdef void finish(self) noexcept
+
+
+cdef class Connection:
+    cdef Engine eng
+    cdef SchedNode sched            # serializes this connection's callbacks
+    cdef int fd
+    cdef int state                  # ConnState
+    cdef int inflight               # I/O contexts alive that name this connection
+    cdef bint first_pending         # first_data: on_accept waits for the first bytes
+    cdef bint surfaced              # the user has seen it (on_accept ran / connect returned)
+    cdef bint user_closed           # the application called close() or abort()
+    cdef bint reported              # on_close was delivered (or would have been: not surfaced)
+    cdef bint nodelay
+    cdef bint have_peer
+    cdef bint was_full              # on_drain owed once send_buffered falls to max_send/2
+    cdef int paused                 # PAUSE_* bits: reading is stopped while non-zero
+    cdef IoCtx* recv_io             # the armed (multishot) receive, or NULL; kernel-owned
+    cdef IoCtx* recv_cancel         # the receive a cancel was sent for (not owned)
+    cdef IoCtx* send_io             # the one send/sendfile in flight, or NULL; kernel-owned
+    cdef Py_ssize_t max_send        # send_buffered above this pauses reading (backpressure)
+    cdef int64_t idle_ticks         # idle_timeout in sweeper ticks (0: none)
+    cdef int64_t last_tick          # the sweeper tick of the last data in or out
+    cdef double first_deadline      # first_data: time.monotonic() when silence ends it
+    cdef PyObject* silent_prev      # links in silent_owner's list of connections waiting
+    cdef PyObject* silent_next      #   for first data (the list holds a reference to each)
+    cdef Listener silent_owner      # the listener whose list holds it, or None
+    cdef object sendq               # deque of bytes / FileJob not yet handed to the kernel, or None
+    cdef readonly Py_ssize_t send_buffered  # bytes queued or in flight, not yet sent
+    cdef uint16_t group
+    cdef object on_accept, on_recv, on_close, on_connect, on_drain
+    cdef object close_exc
+    cdef readonly int64_t id
+    cdef object _peer, _local
+    cdef iocpx_addr_t peer_addr
+
+    @staticmethod
+    cdef Connection _new(Engine eng, int fd, uint16_t group)
+    cdef IoCtx* _new_io(self, uint8_t op) except NULL
+    cdef void _io_done(self, IoCtx* io) noexcept
+    cdef int _call(self, fn, arg) noexcept
+    cdef void _abort(self, object exc) noexcept
+    cdef void _maybe_finish(self) noexcept
+
+
+cdef class CompletionPort:
+    cdef Backend be
+    cdef iocpx_mutex_t mu           # guards q, harvesting, closed
+    cdef iocpx_cond_t cv
+    cdef EventQueue q               # completions taken from the kernel, not yet handed out
+    cdef int harvesting             # a get() waits in the kernel
+    cdef int closed
+    cdef int users                  # threads inside get()
+    cdef int _get(self, Event* out, long ms) noexcept nogil

@@ -1,0 +1,318 @@
+# Connection: the per-socket context (the model's step 7) and its life cycle:
+# connect, close, abort, the one report through on_close. Receiving is in
+# receive.pxi, sending in sendq.pxi and sendfile.pxi.
+
+cdef enum ConnState:
+    C_CONNECTING = 0
+    C_OPEN = 1
+    C_CLOSING = 2           # no more reading: finish queued sends, then close
+    C_ABORTING = 3          # cancel everything, then close
+    C_CLOSED = 4
+
+
+cdef Connection conn_open_connect(Engine eng, object address, object on_connect, object on_recv,
+                                  object on_close, object nodelay, object buffer_size,
+                                  object on_drain, object max_send_buffer, object idle_timeout,
+                                  object local_address):
+    """Engine.connect(): a socket, then the connect op (ConnectEx, IORING_OP_CONNECT...)."""
+    eng._check_open()
+    _check_callback(on_connect, "on_connect")
+    _check_callback(on_recv, "on_recv")
+    _check_callback(on_close, "on_close")
+    _check_callback(on_drain, "on_drain")
+    size = _check_buffer_size(buffer_size)
+    max_send = _check_max_send(max_send_buffer)
+    idle = eng._idle_ticks(idle_timeout)
+    family, sa = _resolve(address, False)
+    if local_address is not None:
+        lfamily, lsa = _resolve(local_address, True)
+        if lfamily != family:
+            raise ValueError(f"local_address {local_address!r} is not of the family of {address!r}")
+    cdef int fd = eng.be.socket_open(family)
+    if local_address is not None:
+        bs = _socket.socket(family, _socket.SOCK_STREAM, 0, fd)
+        try:
+            bs.bind(lsa)
+        except BaseException:
+            bs.close()
+            raise
+        bs.detach()
+    cdef Connection c
+    try:
+        c = Connection._new(eng, fd, <uint16_t>eng.be.buffer_group(size))
+    except BaseException:
+        _sock_close(fd)
+        raise
+    c.state = C_CONNECTING
+    c.surfaced = 1
+    c.on_connect = on_connect
+    c.on_recv = on_recv
+    c.on_close = on_close
+    c.on_drain = on_drain
+    c.max_send = max_send
+    c.idle_ticks = idle
+    c.last_tick = eng.tick
+    c.nodelay = bool(nodelay)
+    cdef IoCtx* io = c._new_io(OP_CONNECT)
+    io.addrlen = _fill_addr(&io.addr, family, sa)
+    try:
+        eng.be.submit_connect(io)
+    except BaseException:
+        c._io_done(io)
+        c.state = C_CLOSED
+        c.reported = 1
+        _sock_close(fd)
+        c.fd = -1
+        raise
+    eng._conns[c.id] = c
+    eng._kick()
+    return c
+
+
+cdef void conn_on_connect(Connection c, Event* ev) except *:
+    c._io_done(ev.io)
+    if ev.res < 0:
+        if ev.res != -_errno.ECANCELED:
+            c._abort(peer_error(c.eng.be, -ev.res, "connect"))
+    elif c.state == C_CONNECTING:
+        c.state = C_OPEN
+        c.eng.n_connected += 1
+        if c.nodelay:
+            iocpx_sock_nodelay(c.fd, 1)
+        try:
+            conn_start_recv(c)
+        except BaseException as e:
+            c._abort(e)
+        if c.state == C_OPEN and c.on_connect is not None:
+            c._call(c.on_connect, None)
+        if c.state < C_ABORTING:
+            conn_send_safe(c)
+    c._maybe_finish()
+
+
+cdef void conn_on_aux(Connection c, Event* ev) except *:
+    """A connection's posted packet (close request, on_drain due) or cancel completed."""
+    c._io_done(ev.io)
+    if c.state < C_ABORTING:
+        conn_check_drain(c)     # a drain found by a synchronous send outside dispatch
+    c._maybe_finish()
+
+
+cdef inline int conn_check_usable(Connection c) except -1:
+    """Raise only for the application's own race: it closed the connection,
+    or on_close was delivered. A failure the peer caused and on_close has not
+    reported yet is not the caller's error: its calls become no-ops."""
+    if c.user_closed or c.reported:
+        raise _closed_error("connection")
+    return 0
+
+
+@cython.final
+@cython.no_gc_clear
+cdef class Connection:
+    """One TCP connection. Made by the engine (accept or connect)."""
+
+    def __cinit__(self):
+        self.fd = -1
+        self.state = C_CLOSED
+
+    def __dealloc__(self):
+        evq_free(&self.sched.backlog)
+        _sock_close(self.fd)
+
+    @staticmethod
+    cdef Connection _new(Engine eng, int fd, uint16_t group):
+        cdef Connection c = Connection.__new__(Connection)
+        c.eng = eng
+        c.fd = fd
+        c.group = group
+        c.sendq = None                  # a deque once something has to wait
+        c.id = eng._take_id()
+        c.state = C_OPEN
+        return c
+
+    cdef IoCtx* _new_io(self, uint8_t op) except NULL:
+        cdef IoCtx* io = io_alloc(op, self, &self.sched)
+        io.fd = self.fd
+        self.inflight += 1
+        self.eng.inflight += 1
+        return io
+
+    cdef void _io_done(self, IoCtx* io) noexcept:
+        io_free(io)
+        self.inflight -= 1
+        self.eng.inflight -= 1
+
+    cdef int _call(self, fn, arg) noexcept:
+        """Run an application callback; an exception is logged (ERROR, with the
+        traceback: the application's own fault) and closes this connection."""
+        try:
+            if arg is None:
+                fn(self)
+            else:
+                fn(self, arg)
+        except BaseException as e:
+            log.error("iocpx: %s raised; closing connection %d", getattr(fn, "__name__", fn),
+                      self.id, exc_info=e)
+            self._abort(e)
+            return -1
+        return 0
+
+    cdef void _abort(self, object exc) noexcept:
+        """Close now: drop queued data, cancel every op, report exc to on_close."""
+        if self.state >= C_ABORTING:
+            return
+        if self.close_exc is None:
+            self.close_exc = exc
+        self.state = C_ABORTING
+        conn_drop_queue(self)
+        cdef IoCtx* io
+        try:
+            io = self._new_io(OP_CANCEL)
+        except BaseException:
+            return
+        try:
+            self.eng.be.submit_cancel_fd(io, self.fd)
+        except BaseException:
+            self._io_done(io)
+            engine_fault(self.eng)
+            log.exception("iocpx: could not cancel the operations of connection %d", self.id)
+
+    cdef void _maybe_finish(self) noexcept:
+        """Close the socket and report on_close once nothing is pending."""
+        if self.state < C_CLOSING or self.state == C_CLOSED or self.inflight > 0:
+            return
+        if self.state == C_CLOSING and (self.send_io != NULL or self.sendq):
+            return
+        cdef Engine eng = self.eng
+        self.state = C_CLOSED
+        _sock_close(self.fd)
+        self.fd = -1
+        conn_drop_queue(self)
+        if self.silent_owner is not None:
+            silent_remove(self)
+        eng._conns.pop(self.id, None)
+        eng.n_closed += 1
+        cb = self.on_close
+        exc = self.close_exc
+        self.on_accept = self.on_recv = self.on_close = self.on_connect = self.on_drain = None
+        self.close_exc = None
+        self.reported = 1
+        if exc is not None:
+            log.debug("iocpx: connection %d closed: %r", self.id, exc)
+        if cb is not None and self.surfaced:
+            try:
+                cb(self, exc)
+            except BaseException as e:
+                log.error("iocpx: on_close raised for connection %d", self.id, exc_info=e)
+
+    # ---- public API -------------------------------------------------------
+
+    def send(self, data):
+        """Queue data (bytes-like) to be sent in order; never blocks. Bytes are
+        kept alive until sent, other buffers are copied. Thread-safe.
+        If the peer has broken the connection the data is dropped (counted in
+        stats()["bytes_dropped"]) and on_close reports why; ConnectionClosedError
+        only after the application closed it or on_close was delivered."""
+        conn_send(self, data)
+
+    def sendfile(self, file, offset=0, count=None):
+        """Queue count bytes of file (a path, a file object or a descriptor)
+        from offset, sent by the kernel (TransmitFile, sendfile, splice) in
+        order with send(). Returns the number of bytes queued."""
+        return conn_sendfile(self, file, offset, count)
+
+    def close(self):
+        """Close gracefully: stop reading, send what is queued, then close;
+        on_close(conn, None) follows. Idempotent; thread-safe."""
+        if self.user_closed:
+            return
+        self.user_closed = 1
+        if self.state >= C_ABORTING:
+            return                      # already ending; on_close reports why
+        if self.state == C_CONNECTING:
+            self._abort(None)
+            self.eng._kick()
+            return
+        self.state = C_CLOSING
+        cdef IoCtx* io
+        if not conn_stop_reading(self):
+            io = self._new_io(OP_NOP)   # a completion that brings us to _maybe_finish
+            try:
+                self.eng.be.submit_post(io)
+            except BaseException:
+                self._io_done(io)
+                raise
+        self.eng._kick()
+
+    def abort(self):
+        """Close at once, dropping queued data; on_close(conn, None) follows."""
+        if self.user_closed and self.state >= C_ABORTING:
+            return
+        self.user_closed = 1
+        self._abort(None)
+        self.eng._kick()
+
+    def pause_reading(self):
+        """Stop reading from the socket (the kernel's buffer then fills and TCP
+        slows the peer down). Data already read may still arrive in a few
+        on_recv calls. Thread-safe."""
+        conn_check_usable(self)
+        if self.state >= C_ABORTING:
+            return
+        conn_pause(self, PAUSE_USER)
+        self.eng._kick()
+
+    def resume_reading(self):
+        """Start reading again after pause_reading(). Thread-safe."""
+        conn_check_usable(self)
+        if self.state >= C_ABORTING:
+            return
+        conn_resume(self, PAUSE_USER)
+        self.eng._kick()
+
+    @property
+    def reading(self):
+        """False while reading is paused (by pause_reading() or a full send buffer)."""
+        return self.state == C_OPEN and not self.paused
+
+    @property
+    def closed(self):
+        """True once close()/abort() was called or the connection ended."""
+        return self.user_closed or self.state >= C_ABORTING or \
+            (self.state == C_CLOSING and not self.sendq and self.send_io == NULL)
+
+    @property
+    def peer(self):
+        """The remote (host, port)."""
+        cdef iocpx_addr_t a
+        if self._peer is None:
+            if not self.have_peer:
+                if self.fd < 0:
+                    raise _closed_error("connection")
+                if iocpx_sock_peer(self.fd, &a) < 0:
+                    raise oserror(iocpx_last_error(), "getpeername")
+                self._peer = _addr_tuple(&a)
+            else:
+                self._peer = _addr_tuple(&self.peer_addr)
+        return self._peer
+
+    @property
+    def local(self):
+        """The local (host, port)."""
+        cdef iocpx_addr_t a
+        if self._local is None:
+            if self.fd < 0:
+                raise _closed_error("connection")
+            if iocpx_sock_name(self.fd, &a) < 0:
+                raise oserror(iocpx_last_error(), "getsockname")
+            self._local = _addr_tuple(&a)
+        return self._local
+
+    @property
+    def engine(self):
+        return self.eng
+
+    def __repr__(self):
+        states = ("connecting", "open", "closing", "aborting", "closed")
+        return f"<iocpx.Connection {self.id} {states[self.state]}>"

@@ -1,0 +1,278 @@
+# The Engine: one completion port (the backend) and its worker threads
+# (the model's steps 1, 2 and 10). The pool's logic is in workers.pxi.
+
+cdef enum EngState:
+    E_RUNNING = 0
+    E_CLOSING = 1
+    E_CLOSED = 2
+
+DEFAULT_MAX_SEND = 4 << 20
+
+_engines = weakref.WeakSet()
+
+
+@atexit.register
+def _close_engines_at_exit():
+    for eng in list(_engines):
+        try:
+            eng.close(timeout=5)
+        except Exception:
+            log.exception("iocpx: engine did not close at exit")
+
+
+@cython.final
+cdef class Engine:
+    """One completion queue and a pool of worker threads that run callbacks.
+
+    Engine(workers=None, backend=None); workers=None means 2 * os.cpu_count().
+    One worker does the I/O loop while callbacks are quick; the others stand
+    by and take over when a callback blocks (see README "How it works").
+    """
+
+    def __cinit__(self):
+        self.state = E_CLOSED       # until __init__ finishes
+        iocpx_mutex_init(&self.mu)
+        iocpx_cond_init(&self.home_cv)
+        iocpx_cond_init(&self.standby_cv)
+        iocpx_cond_init(&self.watch_cv)
+
+    def __init__(self, workers=None, backend=None):
+        if workers is None:
+            workers = 2 * (os.cpu_count() or 1)
+        if isinstance(workers, bool) or not isinstance(workers, int):
+            raise TypeError(f"workers must be an int or None, not {type(workers).__name__}")
+        if not 1 <= workers <= 1024:
+            raise ValueError(f"workers must be in 1..1024, got {workers}")
+        self.be = make_backend(backend)
+        self.workers = workers
+        self._conns = {}
+        self._listeners = set()
+        self.next_id = 1
+        self.state = E_RUNNING
+        self._threads = []
+        for i in range(workers):
+            t = threading.Thread(target=self._worker_main, args=(i == 0,),
+                                 name=f"iocpx-worker-{i}", daemon=True)
+            self._threads.append(t)
+            t.start()
+        _engines.add(self)
+
+    def __dealloc__(self):
+        evq_free(&self.rq)
+        free(self.heap)
+        iocpx_cond_destroy(&self.watch_cv)
+        iocpx_cond_destroy(&self.standby_cv)
+        iocpx_cond_destroy(&self.home_cv)
+        iocpx_mutex_destroy(&self.mu)
+
+    def __enter__(self):
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _worker_main(self, bint home):
+        with nogil:
+            workers_run(self, home)
+
+    @property
+    def backend(self):
+        return self.be.name if self.be is not None else None
+
+    @property
+    def closed(self):
+        return self.state != E_RUNNING
+
+    def _in_worker(self):
+        """True on one of this engine's worker threads (inside a callback)."""
+        return iocpx_tls_get() == <void*>self
+
+    cdef int _check_open(self) except -1:
+        if self.state != E_RUNNING:
+            raise _closed_error("engine")
+        return 0
+
+    cdef int64_t _take_id(self):
+        cdef int64_t i = self.next_id
+        self.next_id += 1
+        return i
+
+    cdef void _flush(self) noexcept:
+        try:
+            self.be.flush()
+        except BaseException:
+            engine_fault(self)
+            log.exception("iocpx: submitting queued operations failed")
+
+    cdef void _kick(self) except *:
+        """Submit now, unless this thread is one of our workers (then the
+        end of its batch submits everything in one call)."""
+        if iocpx_tls_get() != <void*>self:
+            self.be.flush()
+
+    # ---- public API -------------------------------------------------------
+
+    def listen(self, address, *, on_accept=None, on_recv=None, on_close=None,
+               accepts=None, first_data=False, first_data_timeout=10.0,
+               buffer_size=4096, backlog=None, nodelay=True, on_drain=None,
+               max_send_buffer=DEFAULT_MAX_SEND, idle_timeout=None, reuse_port=False):
+        """Bind and listen on address ((host, port); port 0 picks one) and keep
+        `accepts` accepts pre-posted. With first_data=True a connection is
+        delivered only with its first bytes, and one that stays silent for
+        first_data_timeout seconds (None: no limit) is closed unseen.
+        reuse_port=True sets SO_REUSEPORT so several processes can share the
+        port. Returns a Listener."""
+        return listener_open(self, address, on_accept, on_recv, on_close, accepts,
+                             first_data, first_data_timeout, buffer_size, backlog, nodelay,
+                             on_drain, max_send_buffer, idle_timeout, reuse_port)
+
+    def connect(self, address, *, on_connect=None, on_recv=None, on_close=None,
+                nodelay=True, buffer_size=4096, on_drain=None,
+                max_send_buffer=DEFAULT_MAX_SEND, idle_timeout=None, local_address=None):
+        """Start connecting to address; returns the Connection at once.
+        on_connect(conn) runs once connected; a failure arrives as
+        on_close(conn, exc). Data sent before that is queued.
+        local_address=(host, port) binds the socket first."""
+        return conn_open_connect(self, address, on_connect, on_recv, on_close, nodelay,
+                                 buffer_size, on_drain, max_send_buffer, idle_timeout,
+                                 local_address)
+
+    def call_later(self, delay, fn, *args):
+        """Run fn(*args) on a worker after delay seconds (time.monotonic clock).
+        Returns a Timer. Thread-safe."""
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+            raise TypeError(f"delay must be a number, not {type(delay).__name__}")
+        if delay != delay:
+            raise ValueError("delay must not be NaN")
+        return self._schedule(time.monotonic() + max(0.0, delay), fn, args)
+
+    def call_at(self, when, fn, *args):
+        """Run fn(*args) on a worker once time.monotonic() >= when. Returns a
+        Timer. Thread-safe."""
+        if isinstance(when, bool) or not isinstance(when, (int, float)):
+            raise TypeError(f"when must be a number, not {type(when).__name__}")
+        if when != when:
+            raise ValueError("when must not be NaN")
+        return self._schedule(when, fn, args)
+
+    def call_soon(self, fn, *args):
+        """Run fn(*args) on a worker as soon as possible, after the ones
+        already scheduled. Returns a Timer. Thread-safe."""
+        return self._schedule(time.monotonic(), fn, args)
+
+    def _schedule(self, double when, fn, tuple args):
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {type(fn).__name__}")
+        self._check_open()
+        cdef Timer t = timer_new(self, when, fn, args, False)
+        timers_push(self, t)
+        return t
+
+    def stats(self):
+        """Counters: connections, bytes, pending operations, live contexts."""
+        return {
+            "backend": self.be.name if self.be is not None else None,
+            "workers": self.workers,
+            "connections": len(self._conns) if self._conns is not None else 0,
+            "accepted": self.n_accepted,
+            "connected": self.n_connected,
+            "closed": self.n_closed,
+            "bytes_in": self.n_bytes_in,
+            "bytes_out": self.n_bytes_out,
+            "bytes_dropped": self.n_bytes_dropped,
+            "messages_in": self.n_msgs_in,
+            "pending_ops": self.inflight,
+            "live_io": io_live(),
+            "listeners": len(self._listeners) if self._listeners is not None else 0,
+            "accept_errors": self.n_accept_errors,
+            "first_data_timeouts": self.n_first_data_timeouts,
+            "idle_timeouts": self.n_idle_timeouts,
+            "timers": self.heap_len,
+            "timers_fired": self.n_timers_fired,
+            "rescues": self.n_rescues,
+            "internal_errors": self.n_errors,
+            "closing": self.state == E_CLOSING,
+            "closed_engine": self.state == E_CLOSED,
+        }
+
+    def close(self, timeout=None):
+        """Close every listener and connection, cancel and reap every pending
+        operation, wake each worker with an exit packet and join it. Pending
+        timers are dropped. Raises TimeoutError if that takes longer than
+        timeout seconds (the engine then stays closing; call close() again)."""
+        if self.state == E_CLOSED:
+            return
+        if iocpx_tls_get() == <void*>self:
+            raise RuntimeError("Engine.close() cannot run inside one of its own callbacks")
+        if timeout is not None and timeout < 0:
+            raise ValueError("timeout must be >= 0 or None")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.state = E_CLOSING
+        timers_clear(self)
+        for lst in list(self._listeners):
+            listener_close_async(<Listener>lst)
+        for conn in list(self._conns.values()):
+            (<Connection>conn)._abort(None)
+        self._kick()
+        delay = 0.0005
+        while self.inflight > 0 or self._conns or self._listeners:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"Engine.close(): {self.inflight} operations still pending")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+        timers_clear(self)
+        if self._threads:
+            with nogil:
+                iocpx_mutex_lock(&self.mu)
+                self.exiting = 1
+                _wake_all(self)
+                iocpx_mutex_unlock(&self.mu)
+        cdef IoCtx* io
+        for _ in self._threads:         # the model's exit packets, one per worker
+            io = io_alloc(OP_EXIT, None, NULL)
+            try:
+                self.be.submit_post(io)
+            except BaseException:
+                io_free(io)
+                raise
+        self.be.flush()
+        for t in self._threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                raise TimeoutError("Engine.close(): a worker is still running a callback")
+        self._threads = []
+        while self.rq.len > 0:          # wake-ups that arrived after the last worker left
+            io_free(evq_peek(&self.rq).io)
+            evq_drop(&self.rq)
+        self.be.release()
+        self.state = E_CLOSED
+        _engines.discard(self)
+
+    cdef int64_t _idle_ticks(self, object idle_timeout) except -1:
+        """idle_timeout (seconds or None) in sweeper ticks; starts the sweeper."""
+        cdef double secs = _check_seconds(idle_timeout, "idle_timeout", True)
+        if secs == 0:
+            return 0
+        if self.sweeper is None:
+            self.sweeper = timer_new(self, time.monotonic() + SWEEP_MS / 1000.0,
+                                     self._sweep, (), True)
+            timers_push(self, <Timer>self.sweeper)
+        return max(1, int(secs * 1000 / SWEEP_MS + 0.5))
+
+    def _sweep(self):
+        """Every SWEEP_MS: close connections idle past their idle_timeout."""
+        cdef Connection c
+        self.sweeper = None
+        if self.state != E_RUNNING:
+            return
+        self.tick += 1
+        for conn in list(self._conns.values()):
+            c = <Connection>conn
+            if c.idle_ticks and self.tick - c.last_tick >= c.idle_ticks and c.state <= C_CLOSING \
+                    and not c.first_pending:
+                self.n_idle_timeouts += 1
+                c._abort(TimeoutError(_errno.ETIMEDOUT,
+                                      f"idle for {c.idle_ticks * SWEEP_MS / 1000:g} s (idle_timeout)"))
+        self.sweeper = timer_new(self, time.monotonic() + SWEEP_MS / 1000.0, self._sweep, (), True)
+        timers_push(self, <Timer>self.sweeper)

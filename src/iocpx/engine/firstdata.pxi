@@ -1,0 +1,271 @@
+# Accepting, and the first-data path in one piece (the model's steps 4-6).
+#
+# Accepts are pre-posted: `accepts` of them sit in the kernel, each re-posted
+# as soon as it completes. With first_data=True a connection reaches the
+# application only together with its first bytes: on_accept(conn, data).
+#
+#  * Where the kernel can accept and receive in one operation (AcceptEx on
+#    Windows) the accept asks for the first bytes: io.len = buffer_size, and
+#    the completion carries them (accept_data). A client that connects and
+#    says nothing holds such a slot, so the backend cancels a slot whose
+#    client stays silent for first_data_timeout (SO_CONNECT_TIME), and the
+#    guard below counts silent slots every GUARD_S: if any, new slots are
+#    posted without a receive buffer for a while (plain mode), plus one extra
+#    slot per silent one, so silent clients can never use up the accepts.
+#  * Everywhere else (and in plain mode) the accept completes on connect; the
+#    connection waits, unseen, in the listener's silent list for its first
+#    receive, and is closed unseen when first_data_timeout passes first.
+#
+# Either way a timed-out client is never surfaced and is counted in
+# stats()["first_data_timeouts"]; a client that connects and closes without
+# sending surfaces as on_accept(conn, b"") followed by on_close(conn, None).
+
+cdef enum:
+    GUARD_MS = 1000         # how often silent AcceptEx slots are counted (SO_CONNECT_TIME is in s)
+    PLAIN_MIN_S = 10        # plain mode lasts at least this long after a silent slot was seen
+
+
+cdef int listener_arm(Listener lst) except -1:
+    """Post one more accept."""
+    cdef IoCtx* io = io_alloc(OP_ACCEPT, lst, NULL)
+    io.fd = lst.fd
+    _accept_prepare(lst, io)
+    try:
+        lst.eng.be.submit_accept(io)
+    except BaseException:
+        io_free(io)
+        raise
+    lst.inflight += 1
+    lst.armed += 1
+    lst.eng.inflight += 1
+    return 0
+
+
+cdef inline void _accept_prepare(Listener lst, IoCtx* io) noexcept:
+    """Ask for first data with the accept, unless in plain mode."""
+    if lst.first_data and lst.eng.be.accept_with_data and time.monotonic() >= lst.plain_until:
+        io.len = lst.buffer_size
+        io.aux.silent_ms = <int64_t>(lst.first_data_timeout * 1000)
+    else:
+        io.len = 0
+        io.aux.silent_ms = 0
+
+
+cdef int listener_rearm(Listener lst, IoCtx* io) except -1:
+    """Post a completed accept's context again, or retire it when the
+    listener has more slots than it needs (extra slots of the guard)."""
+    if lst.armed >= lst.accepts + lst.silent_slots:
+        listener_io_done(lst, io)
+        return 0
+    io.op = OP_ACCEPT
+    _accept_prepare(lst, io)
+    try:
+        lst.eng.be.submit_accept(io)
+    except BaseException:
+        listener_io_done(lst, io)
+        raise
+    lst.armed += 1
+    return 0
+
+
+cdef void listener_on_accept(Listener lst, Event* ev) except *:
+    """An accept completed: a new connection (res = its socket), or an error."""
+    cdef IoCtx* io = ev.io
+    cdef int res = ev.res
+    cdef Engine eng = lst.eng
+    cdef int err
+    lst.armed -= 1
+    if lst.state != L_OPEN:
+        if res >= 0:
+            _sock_close(res)
+        listener_io_done(lst, io)
+        listener_maybe_finish(lst)
+        return
+    if res < 0:
+        err = -res
+        if err == _errno.ECANCELED:
+            listener_io_done(lst, io)
+            listener_maybe_finish(lst)
+        elif err == _errno.ETIMEDOUT and io.len > 0:
+            # the backend dropped a client that stayed silent in an AcceptEx slot
+            eng.n_first_data_timeouts += 1
+            listener_rearm(lst, io)
+        elif err in (_errno.EMFILE, _errno.ENFILE, _errno.ENOBUFS, _errno.ENOMEM):
+            eng.n_accept_errors += 1
+            now = time.monotonic()
+            if now - lst.last_warn > 1.0:
+                lst.last_warn = now
+                log.warning("iocpx: accept on %s failed (%s); retrying in %d ms",
+                            lst.address, os.strerror(err), BACKOFF_MS)
+            listener_io_done(lst, io)
+            internal_timer(eng, BACKOFF_MS / 1000.0, listener_retry, lst)
+        else:
+            # the client went away before it was accepted (ECONNABORTED,
+            # ERROR_NETNAME_DELETED...): re-post at once, as CPython's proactor does not
+            eng.n_accept_errors += 1
+            log.debug("iocpx: accept on %s failed: %s", lst.address, os.strerror(err))
+            listener_rearm(lst, io)
+        return
+    eng.n_accepted += 1
+    data = eng.be.accept_data(ev)       # AcceptEx's first bytes, or None
+    cdef Connection conn = Connection._new(eng, res, lst.group)
+    memcpy(&conn.peer_addr, &io.addr, sizeof(iocpx_addr_t))
+    conn.have_peer = 1
+    listener_rearm(lst, io)             # the slot is free again: re-post it first
+    conn_start_accepted(conn, lst, data)
+
+
+def listener_retry(Listener lst):
+    """The accept back-off ended: post the accept again (engine timer)."""
+    if lst.state == L_OPEN and lst.eng.state == E_RUNNING and lst.armed < lst.accepts:
+        listener_arm(lst)
+
+
+cdef int conn_start_accepted(Connection c, Listener lst, object data) except -1:
+    """Runs in the listener's accept completion. This connection's events are
+    held back (running=1) until on_accept has run or it waits for first data.
+    data: the first bytes if the backend received them with the accept."""
+    cdef Engine eng = c.eng
+    c.on_accept = lst.on_accept
+    c.on_recv = lst.on_recv
+    c.on_close = lst.on_close
+    c.on_drain = lst.on_drain
+    c.max_send = lst.max_send
+    c.idle_ticks = lst.idle_ticks
+    c.last_tick = eng.tick
+    c.nodelay = lst.nodelay
+    eng._conns[c.id] = c
+    iocpx_mutex_lock(&eng.mu)       # with the GIL: never wait for the GIL holding mu
+    c.sched.running = 1
+    iocpx_mutex_unlock(&eng.mu)
+    try:
+        if c.nodelay:
+            iocpx_sock_nodelay(c.fd, 1)
+        try:
+            conn_start_recv(c)
+        except BaseException as e:
+            c._abort(e)
+        if not lst.first_data or data is not None:
+            conn_surface(c, data if data is not None else b"")
+        else:
+            c.first_pending = 1
+            silent_add(lst, c)
+    finally:
+        drain_node(eng, &c.sched)
+    return 0
+
+
+cdef void conn_surface(Connection c, object data) noexcept:
+    """Hand the connection to the application: on_accept(conn, data)."""
+    c.first_pending = 0
+    c.surfaced = 1
+    if c.silent_owner is not None:
+        silent_remove(c)
+    if data:
+        c.eng.n_bytes_in += len(data)
+        c.eng.n_msgs_in += 1
+    if c.state <= C_CLOSING and c.on_accept is not None:
+        c._call(c.on_accept, data)
+
+
+# ---- connections waiting for first data: a list per listener, oldest first,
+# ---- and one timer at the oldest deadline (the timeout is the same for all)
+
+cdef void silent_add(Listener lst, Connection c) noexcept:
+    if lst.first_data_timeout <= 0:
+        return
+    c.first_deadline = time.monotonic() + lst.first_data_timeout
+    c.silent_owner = lst
+    c.silent_prev = lst.silent_tail
+    c.silent_next = NULL
+    Py_INCREF(c)                        # the list's reference
+    if lst.silent_tail != NULL:
+        (<Connection>lst.silent_tail).silent_next = <PyObject*>c
+    else:
+        lst.silent_head = <PyObject*>c
+    lst.silent_tail = <PyObject*>c
+    if lst.silent_timer is None:
+        _silent_schedule(lst)
+
+
+cdef void silent_remove(Connection c) noexcept:
+    """Unlink c from its listener's list (it surfaced, closed or timed out)."""
+    cdef Listener lst = c.silent_owner
+    if lst is None:
+        return
+    if c.silent_prev != NULL:
+        (<Connection>c.silent_prev).silent_next = c.silent_next
+    else:
+        lst.silent_head = c.silent_next
+    if c.silent_next != NULL:
+        (<Connection>c.silent_next).silent_prev = c.silent_prev
+    else:
+        lst.silent_tail = c.silent_prev
+    c.silent_prev = c.silent_next = NULL
+    c.silent_owner = None
+    Py_DECREF(c)
+
+
+cdef void _silent_schedule(Listener lst) noexcept:
+    if lst.silent_head == NULL or lst.eng.state != E_RUNNING:
+        return
+    try:
+        lst.silent_timer = internal_timer_at(lst.eng, (<Connection>lst.silent_head).first_deadline,
+                                             silent_expire, lst)
+    except BaseException:
+        log.exception("iocpx: could not schedule the first-data timeout")
+
+
+def silent_expire(Listener lst):
+    """Close, unseen, the connections whose first data did not come in time."""
+    cdef Connection c
+    lst.silent_timer = None
+    now = time.monotonic()
+    while lst.silent_head != NULL:
+        c = <Connection>lst.silent_head
+        if c.first_deadline > now:
+            break
+        silent_remove(c)
+        if c.first_pending and c.state == C_OPEN:
+            lst.eng.n_first_data_timeouts += 1
+            c._abort(TimeoutError(_errno.ETIMEDOUT,
+                                  f"no data within first_data_timeout ({lst.first_data_timeout:g} s)"))
+    _silent_schedule(lst)
+
+
+# ---- AcceptEx slots held by silent clients (backends with accept_with_data)
+
+cdef void guard_schedule(Listener lst) except *:
+    lst.guard_timer = internal_timer(lst.eng, GUARD_MS / 1000.0, guard_check, lst)
+
+
+def guard_check(Listener lst):
+    """Count the slots that hold a silent client; while there are any, post
+    new slots without a receive buffer, and one extra slot per silent one."""
+    lst.guard_timer = None
+    if lst.state != L_OPEN or lst.eng.state != E_RUNNING:
+        return
+    cdef int k = lst.eng.be.accept_silent(lst.fd)
+    if k > 0:
+        if lst.plain_until <= time.monotonic():
+            log.info("iocpx: %d accept slot(s) on %s hold clients that send nothing; "
+                     "accepting without first data for now", k, lst.address)
+        lst.plain_until = time.monotonic() + max(lst.first_data_timeout, <double>PLAIN_MIN_S)
+    lst.silent_slots = k
+    while lst.armed < lst.accepts + lst.silent_slots:
+        listener_arm(lst)
+    lst.eng._kick()
+    guard_schedule(lst)
+
+
+cdef Timer internal_timer(Engine eng, double delay, object fn, object arg):
+    return internal_timer_at(eng, time.monotonic() + delay, fn, arg)
+
+
+cdef Timer internal_timer_at(Engine eng, double when, object fn, object arg):
+    """The engine's own timers (back-off, first-data deadlines, guard): their
+    errors count as internal. Not queued once the engine closes."""
+    cdef Timer t = timer_new(eng, when, fn, (arg,), True)
+    if eng.state == E_RUNNING:
+        timers_push(eng, t)
+    return t

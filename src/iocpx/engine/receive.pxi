@@ -1,0 +1,112 @@
+# Receiving (the model's step 9): one receive armed per connection (multishot
+# where the backend has it), its completions turned into on_recv calls in
+# stream order, the receive re-posted when it ends, reading paused and resumed.
+
+cdef enum:
+    PAUSE_USER = 1          # pause_reading()
+    PAUSE_FULL = 2          # send_buffered went past max_send_buffer
+
+
+cdef int conn_start_recv(Connection c) except -1:
+    """Arm the connection's receive."""
+    cdef IoCtx* io = c._new_io(OP_RECV)
+    io.group = c.group
+    try:
+        c.eng.be.submit_recv(io)
+    except BaseException:
+        c._io_done(io)
+        raise
+    c.recv_io = io
+    return 0
+
+
+cdef void conn_on_recv(Connection c, Event* evs, int k) except *:
+    """k receive events of one op (k > 1 only for data events that came back
+    to back): one callback with all of their bytes, in order."""
+    cdef Engine eng = c.eng
+    cdef Event* ev = &evs[k - 1]        # the last one says whether the op goes on
+    cdef Py_ssize_t res, off = 0, total = 0
+    cdef int i
+    if k == 1:
+        data = eng.be.recv_bytes(ev)    # the buffer goes back to the kernel here
+        res = ev.res
+    else:
+        for i in range(k):
+            total += evs[i].res
+        data = PyBytes_FromStringAndSize(NULL, total)
+        for i in range(k):
+            off += eng.be.recv_copy(&evs[i], iocpx_bytes_ptr(data) + off)
+        res = total
+        eng.n_msgs_in += k - 1
+    if not (ev.flags & EV_MORE):        # this receive op is over
+        if c.recv_io == ev.io:
+            c.recv_io = NULL
+        if c.recv_cancel == ev.io:
+            c.recv_cancel = NULL
+        c._io_done(ev.io)
+    if res > 0:
+        eng.n_bytes_in += res
+        eng.n_msgs_in += 1
+        c.last_tick = eng.tick
+        if c.state == C_OPEN:
+            if c.first_pending:
+                conn_surface(c, data)
+            elif c.on_recv is not None:
+                c._call(c.on_recv, data)
+    elif res == 0:
+        conn_on_eof(c)
+    elif res != -_errno.ENOBUFS and res != -_errno.ECANCELED:
+        c._abort(peer_error(eng.be, -res, "recv"))
+    # The receive re-post: a receive that ended (a multishot op the kernel
+    # stopped, a buffer pool that ran dry, one cancelled by a pause that was
+    # resumed since, or a backend whose receives are one-shot) is armed again
+    # while the connection wants to read.
+    if c.recv_io == NULL and c.state == C_OPEN and not c.paused:
+        try:
+            conn_start_recv(c)
+        except BaseException as e:
+            c._abort(e)
+    c._maybe_finish()
+
+
+cdef void conn_on_eof(Connection c) except *:
+    """The peer shut down its side: finish sending what is queued, then close."""
+    if c.state != C_OPEN:
+        return
+    if c.first_pending:                 # connected and closed without sending
+        conn_surface(c, b"")
+    if c.state == C_OPEN:
+        c.state = C_CLOSING
+
+
+cdef void conn_pause(Connection c, int why) except *:
+    cdef bint was = c.paused != 0
+    c.paused |= why
+    if not was and conn_stop_reading(c):
+        c.eng.be.flush()                # rare: stop the kernel reading at once
+
+
+cdef void conn_resume(Connection c, int why) except *:
+    if not (c.paused & why):
+        return
+    c.paused &= ~why
+    if not c.paused and c.state == C_OPEN and c.recv_io == NULL:
+        conn_start_recv(c)
+
+
+cdef bint conn_stop_reading(Connection c) except -1:
+    """Cancel the armed receive; True if a cancel is (already) on its way."""
+    cdef IoCtx* io
+    if c.recv_io == NULL:
+        return False
+    if c.recv_cancel == c.recv_io:
+        return True
+    io = c._new_io(OP_CANCEL)
+    try:
+        c.eng.be.submit_cancel_op(io, c.recv_io)
+    except BaseException:
+        c._io_done(io)
+        raise
+    c.recv_cancel = c.recv_io
+    c.recv_io = NULL                    # a resume arms a fresh one; the old one just ends
+    return True

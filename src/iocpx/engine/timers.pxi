@@ -1,0 +1,182 @@
+# Timers: one binary min-heap per engine, on the engine clock. The leader's
+# kernel wait ends at the earliest deadline, and due timers run in the
+# dispatch loop like completions, on a worker with the GIL held. There are no
+# kernel timers: every backend gets timers from its wait timeout alone. The
+# idle-timeout sweeper, the accept back-off and the first-data deadlines are
+# timers like the application's own.
+
+cdef enum:
+    SWEEP_MS = 250          # idle-timeout sweeper period
+
+
+@cython.final
+cdef class Timer:
+    """A callback scheduled by Engine.call_later/call_at/call_soon."""
+
+    def cancel(self):
+        """Stop the timer. True if it was still pending (it will not run),
+        False if it already ran, is running or was cancelled. Thread-safe."""
+        if not self.queued or self.is_cancelled:
+            return False
+        self.is_cancelled = 1
+        self.fn = None          # drop what the callback refers to at once
+        self.args = None
+        return True
+
+    def cancelled(self):
+        """True once cancel() stopped it."""
+        return bool(self.is_cancelled)
+
+    def __repr__(self):
+        state = "cancelled" if self.is_cancelled else ("pending" if self.queued else "done")
+        return f"<iocpx.Timer when={self.when:.6f} {state}>"
+
+
+cdef Timer timer_new(Engine eng, double when, object fn, tuple args, bint internal):
+    cdef Timer t = Timer.__new__(Timer)
+    cdef double now = time.monotonic()
+    cdef double delay = when - now
+    t.eng = eng
+    t.when = when
+    t.fn = fn
+    t.args = args
+    t.internal = internal
+    # the same deadline on the engine clock, rounded up: never early
+    t.due_ns = iocpx_now_ns() + (<uint64_t>(delay * 1e9) + 1 if delay > 0 else 0)
+    return t
+
+
+cdef int timers_push(Engine eng, Timer t) except -1:
+    """Queue t (GIL held, any thread). Wakes the leader if t is due before
+    the leader's wait ends by itself."""
+    cdef TimerSlot* h
+    cdef int i, parent, cap
+    cdef bint wake = 0
+    iocpx_mutex_lock(&eng.mu)       # with the GIL: never wait for the GIL holding mu
+    if eng.heap_len == eng.heap_cap:
+        cap = eng.heap_cap * 2 if eng.heap_cap else 64
+        h = <TimerSlot*>realloc(eng.heap, cap * sizeof(TimerSlot))
+        if h == NULL:
+            iocpx_mutex_unlock(&eng.mu)
+            raise MemoryError()
+        eng.heap = h
+        eng.heap_cap = cap
+    eng.timer_seq += 1
+    i = eng.heap_len
+    eng.heap_len += 1
+    while i > 0:                        # sift up
+        parent = (i - 1) // 2
+        if not _slot_before(t.due_ns, eng.timer_seq, &eng.heap[parent]):
+            break
+        eng.heap[i] = eng.heap[parent]
+        i = parent
+    eng.heap[i].due_ns = t.due_ns
+    eng.heap[i].seq = eng.timer_seq
+    eng.heap[i].timer = <PyObject*>t
+    Py_INCREF(t)
+    t.queued = 1
+    if eng.leader_until != 0 and t.due_ns < eng.leader_until:
+        wake = 1
+        eng.leader_until = t.due_ns     # one wake-up is enough
+    iocpx_mutex_unlock(&eng.mu)
+    if wake:
+        engine_wake(eng)
+    return 0
+
+
+cdef inline bint _slot_before(uint64_t due, uint64_t seq, TimerSlot* b) noexcept nogil:
+    return due < b.due_ns or (due == b.due_ns and seq < b.seq)
+
+
+cdef PyObject* timers_pop(Engine eng) noexcept nogil:
+    """Remove the earliest timer (heap_len > 0, mu held); the heap's
+    reference passes to the caller."""
+    cdef PyObject* top = eng.heap[0].timer
+    cdef TimerSlot last
+    cdef int i = 0, c
+    eng.heap_len -= 1
+    if eng.heap_len > 0:
+        last = eng.heap[eng.heap_len]
+        while True:                     # sift down
+            c = 2 * i + 1
+            if c >= eng.heap_len:
+                break
+            if c + 1 < eng.heap_len and _slot_before(eng.heap[c + 1].due_ns, eng.heap[c + 1].seq, &eng.heap[c]):
+                c += 1
+            if not _slot_before(eng.heap[c].due_ns, eng.heap[c].seq, &last):
+                break
+            eng.heap[i] = eng.heap[c]
+            i = c
+        eng.heap[i] = last
+    return top
+
+
+cdef long timers_wait_ms(Engine eng, uint64_t now) noexcept nogil:
+    """How long the leader may wait in the kernel (ms, rounded up; -1: no
+    limit). mu held."""
+    if eng.heap_len == 0:
+        return -1
+    if eng.heap[0].due_ns <= now:
+        return 0
+    return <long>((eng.heap[0].due_ns - now + 999999) // 1000000)
+
+
+cdef void timer_fire(Engine eng, Timer t) noexcept:
+    """Run a due timer (GIL held). A timer found early on Python's clock
+    (time.monotonic and the engine clock can differ by a tick) goes back."""
+    t.queued = 0
+    if t.is_cancelled:
+        return
+    left = t.when - time.monotonic()
+    if left > 0:
+        t.due_ns = iocpx_now_ns() + <uint64_t>(left * 1e9) + 1
+        try:
+            timers_push(eng, t)
+        except BaseException:
+            log.exception("iocpx: could not re-queue a timer")
+        return
+    fn, args = t.fn, t.args
+    t.fn = None
+    t.args = None
+    eng.n_timers_fired += 1
+    try:
+        fn(*args)
+    except BaseException as e:
+        if t.internal:
+            engine_fault(eng)
+            log.error("iocpx: internal timer %r raised", fn, exc_info=e)
+        else:
+            log.error("iocpx: timer callback %r raised", fn, exc_info=e)
+
+
+cdef void timers_clear(Engine eng) noexcept:
+    """Drop every queued timer (engine close): none of them runs."""
+    cdef PyObject* tp
+    while True:
+        iocpx_mutex_lock(&eng.mu)       # with the GIL: never wait for the GIL holding mu
+        if eng.heap_len == 0:
+            iocpx_mutex_unlock(&eng.mu)
+            break
+        tp = timers_pop(eng)
+        iocpx_mutex_unlock(&eng.mu)
+        (<Timer>tp).queued = 0
+        (<Timer>tp).fn = None
+        (<Timer>tp).args = None
+        Py_DECREF(<object>tp)
+    free(eng.heap)
+    eng.heap = NULL
+    eng.heap_cap = 0
+
+
+cdef void engine_wake(Engine eng) noexcept:
+    """Make the leader's wait return now: post a no-op completion."""
+    cdef IoCtx* io
+    try:
+        io = io_alloc(OP_NOP, None, NULL)
+    except BaseException:
+        return
+    try:
+        eng.be.submit_post(io)
+        eng.be.flush()
+    except BaseException:
+        io_free(io)
