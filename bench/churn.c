@@ -222,7 +222,7 @@ int main(int argc, char **argv)
         if (t >= next_check) {
             next_check = t + 100000000ull;
             for (int i = 0; i < nslots; i++)
-                if (slots[i].fd < 0 || t - slots[i].t0 > STALL_NS) {
+                if (slots[i].fd < 0 || older_than(t, slots[i].t0, STALL_NS)) {
                     if (slots[i].fd >= 0)
                         note_error("slot", (unsigned)slots[i].id, "connection slower than 10 s",
                                    0);

@@ -356,7 +356,7 @@ int main(int argc, char **argv)
             next_stall_check = t + 100000000ull;
             for (int i = 0; i < nconns; i++) {
                 struct conn *c = &conns[i];
-                if (c->state == CONN_RUNNING && !c->idle && t - c->t_send > STALL_NS) {
+                if (c->state == CONN_RUNNING && !c->idle && older_than(t, c->t_send, STALL_NS)) {
                     note_error("conn", c->id, "no complete echo within 10 s", 0);
                     conn_kill(c);
                 }
@@ -395,7 +395,7 @@ int main(int argc, char **argv)
     int running = 0;
     for (int i = 0; i < nconns; i++) {
         struct conn *c = &conns[i];
-        if (c->state == CONN_RUNNING && win.t_end - c->t_send > STALL_AT_END_NS)
+        if (c->state == CONN_RUNNING && older_than(win.t_end, c->t_send, STALL_AT_END_NS))
             note_error("conn", c->id, "no echo for over 2 s at the end of the run", 0);
         else
             running += c->state == CONN_RUNNING;

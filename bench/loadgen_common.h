@@ -91,6 +91,13 @@ static inline uint64_t splitmix64(uint64_t x)
     return x ^ (x >> 31);
 }
 
+/* Whether `since` lies more than `ns` before `t`. Timestamps taken later than `t` (a message
+ * started after the loop read its clock) are never "older": unsigned t - since would wrap. */
+static inline int older_than(uint64_t t, uint64_t since, uint64_t ns)
+{
+    return t > since && t - since > ns;
+}
+
 /* ---- errors: every one counted, the first one's text kept for the JSON line ---- */
 static uint64_t errors;          /* failed connects, resets, EOFs, stalls */
 static uint64_t verify_failures; /* echoes that differ from what was sent */

@@ -191,6 +191,9 @@ class HttpHandler:
         return nxt
 
     def route(self, head_only, target, close, extra):
+        if target.startswith((b"http://", b"https://")):      # absolute-form: keep the path
+            slash = target.find(b"/", target.index(b"//") + 2)
+            target = target[slash:] if slash >= 0 else b"/"
         path = target.split(b"?", 1)[0]
         if path == b"/":
             h = response_head(200, len(BODY), close=close, extra=extra)

@@ -203,7 +203,8 @@ def test_http_keep_alive_with_http_client(http_addr, files):
         assert (r.status, r.read()) == (200, b"Hello, World!\n")
         sock = conn.sock
         for path, body in (("/files/hello.txt", b"hello file\n"), ("/files/big.bin", big),
-                           ("/files/empty.txt", b""), ("/?q=1", b"Hello, World!\n")):
+                           ("/files/empty.txt", b""), ("/?q=1", b"Hello, World!\n"),
+                           ("http://x/files/hello.txt", b"hello file\n")):   # absolute-form
             conn.request("GET", path)
             r = conn.getresponse()
             assert r.status == 200 and r.read() == body, path
