@@ -67,13 +67,15 @@ timed() {   # timed PART cmd...: run, record the wall time
 }
 human() { awk -v b="$1" 'BEGIN { if (b >= 1048576) printf "%.2f MiB", b / 1048576; else printf "%.1f KiB", b / 1024 }'; }
 
-find_python() {     # find_python 3.12 -> path of an interpreter of that version
+find_python() {     # find_python 3.12 -> path of an interpreter of that version (never a venv's)
     local ver="$1" cand
     for cand in "python$ver" "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$ver".*/bin/"python$ver"; do
-        if command -v "$cand" >/dev/null 2>&1 &&
-           "$cand" -c "import sys; sys.exit(sys.version_info[:2] != tuple(map(int, '$ver'.split('.'))))" 2>/dev/null; then
-            command -v "$cand"; return 0
-        fi
+        command -v "$cand" >/dev/null 2>&1 || continue
+        "$cand" -c "
+import sys
+if sys.version_info[:2] != tuple(map(int, '$ver'.split('.'))):
+    sys.exit(1)
+print(getattr(sys, '_base_executable', None) or sys.executable)" 2>/dev/null && return 0
     done
     return 1
 }
