@@ -39,7 +39,18 @@ TESTS="${IOCPX_TESTS_DIR:-$ROOT/tests}"
 # install has: the examples (run as scripts by tests/test_examples.py, importing their
 # sibling modules) get their folder listed instead.
 EXAMPLES="$(dirname "$TESTS")/examples"
-{ printf 'python%s.zip\n.\n%s\n%s\n' "$V" "$(winpath "$SITE")" "$(winpath "$LIBS")"
+# Wine 8 lacks propsys.VariantToString, which CPython 3.12+ reaches through _wmi whenever
+# platform.system()/uname() runs (hypothesis calls it at import): the process crashes.
+# A sitecustomize in a folder of its own makes _wmi unimportable in this test
+# interpreter only, so platform takes its pre-3.12 path (sys.getwindowsversion()).
+FIX="$BUILD/winefix"
+mkdir -p "$FIX"
+cat > "$FIX/sitecustomize.py" <<'PYEOF'
+# Written by tools/windows/run-tests.sh for runs under Wine: see the comment there.
+import sys
+sys.modules.setdefault("_wmi", None)
+PYEOF
+{ printf 'python%s.zip\n.\n%s\n%s\n%s\n' "$V" "$(winpath "$SITE")" "$(winpath "$LIBS")" "$(winpath "$FIX")"
   [ -d "$EXAMPLES" ] && winpath "$EXAMPLES"
   echo "import site"; } > "$PYDIR/python$V._pth"
 
