@@ -118,6 +118,9 @@ cdef class Connection:
     cdef bint have_peer
     cdef bint was_full              # on_drain owed once send_buffered falls to max_send/2
     cdef int paused                 # PAUSE_* bits: reading is stopped while non-zero
+    cdef object held                # deque of bytes read ahead of a pause, or None
+    cdef bint held_eof              # ... and the peer's EOF came after them
+    cdef bint held_posted           # a completion that delivers them is on its way
     cdef IoCtx* recv_io             # the armed (multishot) receive, or NULL; kernel-owned
     cdef IoCtx* recv_cancel         # the receive a cancel was sent for (not owned)
     cdef IoCtx* send_io             # the one send/sendfile in flight, or NULL; kernel-owned

@@ -19,7 +19,13 @@ helper, and without COOP_TASKRUN every arrival interrupts the worker.)
 
 Receives are multishot into provided-buffer rings, so an idle connection pins
 no buffer; the data is copied into a bytes object at dispatch and the buffer
-goes straight back to the ring.
+goes back to the ring as soon as nothing in it waits for dispatch. Where the
+kernel consumes provided buffers incrementally (IOU_PBUF_RING_INC, Linux
+6.12+) every connection shares one pool of large buffers (INC_BUF bytes): each
+receive takes only what it needs, so a 64 KiB message is one completion and
+thousands of small ones fill one buffer. Older kernels get one pool of
+buffer_size buffers per size. A pool that runs dry (the kernel ends a receive
+with ENOBUFS) grows, up to POOL_MAX bytes.
 
 sendfile is OP_SENDFILE to the engine, spliced here through a pipe: file ->
 pipe, then pipe -> socket, each step submitted from the completion of the one
@@ -27,15 +33,16 @@ before (in the leader, without the GIL). The engine sees one completion per
 pipe-load with the bytes that reached the socket.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.errno cimport errno, EINTR, ETIME, EBUSY, EAGAIN, EINVAL, ENOMEM
+from libc.errno cimport errno, EINTR, ETIME, EBUSY, EAGAIN, EINVAL, ENOMEM, ENOBUFS
 from libc.string cimport memset, memcpy
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc, calloc, free
 from posix.unistd cimport close as c_close
 
 from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy, iocpx_mutex_lock,
                          iocpx_mutex_unlock, iocpx_sleep_ms, iocpx_pipe_open,
-                         IOCPX_LOAD_ACQ_U32, IOCPX_STORE_REL_U32, IOCPX_STORE_REL_U16)
+                         IOCPX_LOAD_ACQ_U32, IOCPX_STORE_REL_U32, IOCPX_STORE_REL_U16,
+                         IOCPX_ADD_I32)
 from iocpx._backend cimport (Backend, IoCtx, Event, ev_set, oserror, EV_BUFFER, EV_BUFFER_SHIFT,
                              MAX_GROUPS, OP_SENDFILE)
 from iocpx._uring cimport *
@@ -57,22 +64,41 @@ cdef extern from "<errno.h>" nogil:
     int ECANCELED, EPIPE
 
 cdef enum:
-    POOL_BYTES = 4 * 1024 * 1024    # receive pool per buffer size (touched lazily)
+    POOL_BYTES = 1024 * 1024        # a receive pool's first size, and each growth step
+    POOL_MAX = 64 * 1024 * 1024     # a receive pool grows up to this much
+    INC_BUF = 256 * 1024            # buffer size of the shared incremental pool
+    IOU_PBUF_RING_INC = 2           # io_uring_buf_reg flag (Linux 6.12; not in older headers)
+    CQE_F_BUF_MORE = 1 << 4         # IORING_CQE_F_BUF_MORE: the buffer has room for more
+    REF_DONE = 1 << 30              # BufGroup.refs: the kernel is done with this buffer
     PIPE_WANT = 1 << 20             # sendfile pipe size asked for
     PIPE_POOL = 16                  # idle sendfile pipes kept for reuse
     SPLICE_IN = 0                   # SpliceState.phase: file -> pipe
     SPLICE_OUT = 1                  #                    pipe -> socket
     SQE_TRIES = 64                  # submit-and-retry rounds for an SQE slot from the leader
 
+# A pool of provided receive buffers. The buffers live in chunks of
+# POOL_BYTES, mmap'd as the pool grows (touched lazily: an idle pool costs
+# address space, not memory). Buffer bid is at addr[bid]; with incremental
+# consumption the kernel fills it piece by piece, off[bid] is where the next
+# piece starts (written by the leader when it harvests), and refs[bid] counts
+# the pieces not yet copied out plus REF_DONE once the kernel has finished
+# with it: the last copy gives the buffer back to the ring.
 cdef struct BufGroup:
-    char* mem               # owned: mmap'd nbufs * size bytes, the buffers themselves
-    size_t mem_sz
     io_uring_buf* ring      # owned: mmap'd ring the kernel takes buffers from
     size_t ring_sz
-    uint32_t size
-    uint32_t nbufs
+    char** addr             # owned: malloc'd, entries of them; addr[bid] is a buffer
+    uint32_t* off           # owned: malloc'd, entries of them
+    int32_t* refs           # owned: malloc'd, entries of them (atomic)
+    char* chunks[128]       # owned: mmap'd POOL_BYTES each, nchunks of them
+    int nchunks
+    uint32_t size           # bytes per buffer
+    uint32_t nbufs          # buffers provided so far
+    int32_t out             # buffers the kernel has taken and we have not given back (atomic)
+    uint32_t entries        # ring size: the most buffers this pool may have
     uint16_t mask
     uint16_t tail           # next free slot (published through ring[0].resv)
+    uint8_t inc             # incremental consumption
+    uint8_t starved         # the kernel ran out of buffers: grow at the next chance
 
 # io.extra of an OP_SENDFILE (malloc'd at submit, freed by io_free); the pipe
 # is ours until the op finishes, then goes back to the pool or is closed.
@@ -124,6 +150,8 @@ cdef class UringBackend(Backend):
     cdef int pipes[PIPE_POOL][2]    # idle pipes (ours)
     cdef int pipe_sizes[PIPE_POOL]
     cdef int npipes
+    cdef int inc_group              # the shared incremental pool's id, or -1
+    cdef readonly int inc_ok        # incremental consumption: -1 not tried, 0 no, 1 yes
 
     def __cinit__(self, unsigned entries=4096):
         self.name = "io_uring"
@@ -131,6 +159,8 @@ cdef class UringBackend(Backend):
         # per batch, measured cheaper than a send() each from 100 connections up
         self.ring_fd = -1
         self.ngroups = 0
+        self.inc_group = -1
+        self.inc_ok = -1
         iocpx_mutex_init(&self.sq_mu)
         cdef io_uring_params p
         memset(&p, 0, sizeof(p))
@@ -200,17 +230,10 @@ cdef class UringBackend(Backend):
     cdef void release(self) noexcept:
         """Unmap everything and close the ring. Only once no op is pending."""
         cdef int i
-        cdef io_uring_buf_reg reg
         for i in range(self.ngroups):
-            if self.ring_fd >= 0:
-                memset(&reg, 0, sizeof(reg))
-                reg.bgid = <uint16_t>i
-                syscall(__NR_io_uring_register, self.ring_fd, IORING_UNREGISTER_PBUF_RING, &reg, 1)
-            if self.groups[i].ring != NULL:
-                munmap(self.groups[i].ring, self.groups[i].ring_sz)
-            if self.groups[i].mem != NULL:
-                munmap(self.groups[i].mem, self.groups[i].mem_sz)
+            self._group_free(&self.groups[i], i)
         self.ngroups = 0
+        self.inc_group = -1
         while self.npipes > 0:
             self.npipes -= 1
             c_close(self.pipes[self.npipes][0])
@@ -553,7 +576,9 @@ cdef class UringBackend(Backend):
             c = &self.cqes[head & self.cq_mask]
             head += 1
             io = <IoCtx*><size_t>c.user_data
-            if io.op == OP_SENDFILE and io.extra != NULL:
+            if c.flags & EV_BUFFER:
+                ev_set(&out[n], io, c.res, c.flags, self._piece(&self.groups[io.group], c))
+            elif io.op == OP_SENDFILE and io.extra != NULL:
                 if not self._splice_step(io, c.res, &result):
                     continue                # its next step is on its way
                 ev_set(&out[n], io, result, 0, NULL)
@@ -563,93 +588,193 @@ cdef class UringBackend(Backend):
         IOCPX_STORE_REL_U32(self.cq_khead, head)
         return n
 
-    # ---- provided receive buffers -----------------------------------------
+    # ---- provided receive buffers ---------------------------------------
+
+    cdef inline char* _piece(self, BufGroup* g, io_uring_cqe* c) noexcept nogil:
+        """(Leader) where the data of a receive completion is, and one more
+        piece of its buffer waiting to be copied out."""
+        cdef uint16_t bid = <uint16_t>(c.flags >> EV_BUFFER_SHIFT)
+        cdef char* p = g.addr[bid]
+        cdef int32_t add = 1 + REF_DONE
+        if not g.inc or g.off[bid] == 0:
+            IOCPX_ADD_I32(&g.out, 1)    # the first piece of a buffer: it left the ring
+        if g.inc:
+            p += g.off[bid]
+            if c.res > 0:
+                g.off[bid] += c.res
+            if c.flags & CQE_F_BUF_MORE:
+                add = 1                 # the kernel goes on filling this buffer
+        IOCPX_ADD_I32(&g.refs[bid], add)
+        return p
+
+    cdef void _release_piece(self, BufGroup* g, uint16_t bid) noexcept:
+        """A piece was copied out (GIL held: dispatch serializes the ring's
+        producer side): the last one gives the buffer back to the kernel."""
+        cdef io_uring_buf* slot
+        if IOCPX_ADD_I32(&g.refs[bid], -1) != REF_DONE:
+            return
+        g.refs[bid] = 0
+        g.off[bid] = 0
+        IOCPX_ADD_I32(&g.out, -1)
+        slot = &g.ring[g.tail & g.mask]
+        slot.addr = <uint64_t><size_t>g.addr[bid]
+        slot.len = g.size
+        slot.bid = bid
+        g.tail += 1
+        IOCPX_STORE_REL_U16(&g.ring[0].resv, g.tail)   # the ring's tail overlays bufs[0].resv
 
     cdef int buffer_group(self, uint32_t size) except -1:
-        """The id of a receive buffer pool of `size`-byte buffers, created on first use."""
+        """The receive pool for receives of up to size bytes: the shared
+        incremental pool where the kernel has it, else one pool per size."""
         cdef int i
+        if self.inc_group >= 0:
+            return self.inc_group
+        if self.inc_ok != 0:
+            i = self._group_new(INC_BUF, 1)
+            if i >= 0:
+                self.inc_ok = 1
+                self.inc_group = i
+                return i
+            self.inc_ok = 0             # this kernel has no incremental consumption
         for i in range(self.ngroups):
             if self.groups[i].size == size:
                 return i
+        return self._group_new(size, 0)
+
+    cdef int _group_new(self, uint32_t size, bint inc) except -2:
+        """Make and register a pool; its id, or -1 when the kernel refuses
+        incremental consumption (inc=1) so the caller falls back."""
         if self.ngroups >= MAX_GROUPS:
             raise ValueError(f"too many distinct buffer sizes (at most {MAX_GROUPS})")
-        cdef uint32_t nbufs = 64
-        while nbufs < 4096 and <uint64_t>nbufs * 2 * size <= POOL_BYTES:
-            nbufs *= 2
-        cdef BufGroup* g = &self.groups[self.ngroups]
+        cdef int gid = self.ngroups
+        cdef BufGroup* g = &self.groups[gid]
+        cdef uint32_t entries = 1
+        cdef io_uring_buf_reg reg
+        cdef long r
+        while entries < 32768 and <uint64_t>entries * 2 * size <= POOL_MAX:
+            entries *= 2
         memset(g, 0, sizeof(BufGroup))
         g.size = size
-        g.nbufs = nbufs
-        g.mask = <uint16_t>(nbufs - 1)
-        g.ring_sz = nbufs * sizeof(io_uring_buf)
+        g.entries = entries
+        g.mask = <uint16_t>(entries - 1)
+        g.inc = inc
+        g.ring_sz = entries * sizeof(io_uring_buf)
         g.ring = <io_uring_buf*>mmap(NULL, g.ring_sz, PROT_READ | PROT_WRITE,
                                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         if <void*>g.ring == MAP_FAILED:
             g.ring = NULL
             raise oserror(errno, "mmap buffer ring")
-        g.mem_sz = <size_t>nbufs * size
-        g.mem = <char*>mmap(NULL, g.mem_sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-        if <void*>g.mem == MAP_FAILED:
-            g.mem = NULL
-            munmap(g.ring, g.ring_sz)
-            g.ring = NULL
-            raise oserror(errno, "mmap receive buffers")
-        cdef uint32_t b
-        for b in range(nbufs):
-            g.ring[b].addr = <uint64_t><size_t>(g.mem + <size_t>b * size)
-            g.ring[b].len = size
-            g.ring[b].bid = <uint16_t>b
-        g.tail = <uint16_t>nbufs
-        IOCPX_STORE_REL_U16(&g.ring[0].resv, g.tail)   # the ring's tail overlays bufs[0].resv
-        cdef io_uring_buf_reg reg
+        g.addr = <char**>calloc(entries, sizeof(char*))
+        g.off = <uint32_t*>calloc(entries, sizeof(uint32_t))
+        g.refs = <int32_t*>calloc(entries, sizeof(int32_t))
+        if g.addr == NULL or g.off == NULL or g.refs == NULL:
+            self._group_free(g, -1)
+            raise MemoryError()
         memset(&reg, 0, sizeof(reg))
         reg.ring_addr = <uint64_t><size_t>g.ring
-        reg.ring_entries = nbufs
-        reg.bgid = <uint16_t>self.ngroups
-        cdef long r = syscall(__NR_io_uring_register, self.ring_fd, IORING_REGISTER_PBUF_RING, &reg, 1)
+        reg.ring_entries = entries
+        reg.bgid = <uint16_t>gid
+        reg.pad = IOU_PBUF_RING_INC if inc else 0      # the field is `flags` in newer headers
+        r = syscall(__NR_io_uring_register, self.ring_fd, IORING_REGISTER_PBUF_RING, &reg, 1)
         if r < 0:
             err = errno
-            munmap(g.ring, g.ring_sz)
-            munmap(g.mem, g.mem_sz)
-            g.ring = NULL
-            g.mem = NULL
+            self._group_free(g, -1)
+            if inc and err == EINVAL:
+                return -1
             raise oserror(err, "io_uring provided buffer ring")
         self.ngroups += 1
-        return self.ngroups - 1
+        try:
+            self._grow(g)
+        except BaseException:
+            self.ngroups -= 1
+            self._group_free(g, gid)
+            raise
+        return gid
+
+    cdef int _starved(self, BufGroup* g) except -1:
+        """A receive ended for want of buffers (ENOBUFS). Grow the pool unless
+        buffers came back since (one burst of ENOBUFS grows it once)."""
+        if g.out >= <int32_t>g.nbufs - (g.nbufs // 8):
+            return self._grow(g)
+        return 0
+
+    cdef int _grow(self, BufGroup* g) except -1:
+        """Provide one more chunk (POOL_BYTES) of buffers, up to g.entries
+        buffers (GIL held). 0 when the pool is at its limit."""
+        cdef uint32_t n = POOL_BYTES // g.size
+        cdef uint32_t j, bid
+        cdef char* mem
+        cdef io_uring_buf* slot
+        if n == 0:
+            n = 1
+        if g.nbufs + n > g.entries or g.nchunks >= 128:
+            return 0
+        mem = <char*>mmap(NULL, POOL_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if <void*>mem == MAP_FAILED:
+            raise oserror(errno, "mmap receive buffers")
+        g.chunks[g.nchunks] = mem
+        g.nchunks += 1
+        for j in range(n):
+            bid = g.nbufs + j
+            g.addr[bid] = mem + <size_t>j * g.size
+            slot = &g.ring[g.tail & g.mask]
+            slot.addr = <uint64_t><size_t>g.addr[bid]
+            slot.len = g.size
+            slot.bid = <uint16_t>bid
+            g.tail += 1
+        g.nbufs += n
+        IOCPX_STORE_REL_U16(&g.ring[0].resv, g.tail)
+        return 1
+
+    cdef void _group_free(self, BufGroup* g, int gid) noexcept:
+        """Unregister (gid >= 0) and unmap a pool. Only once no receive is pending."""
+        cdef io_uring_buf_reg reg
+        cdef int c
+        if gid >= 0 and self.ring_fd >= 0:
+            memset(&reg, 0, sizeof(reg))
+            reg.bgid = <uint16_t>gid
+            syscall(__NR_io_uring_register, self.ring_fd, IORING_UNREGISTER_PBUF_RING, &reg, 1)
+        if g.ring != NULL:
+            munmap(g.ring, g.ring_sz)
+            g.ring = NULL
+        for c in range(g.nchunks):
+            munmap(g.chunks[c], POOL_BYTES)
+        g.nchunks = 0
+        free(g.addr)
+        free(g.off)
+        free(g.refs)
+        g.addr = NULL
+        g.off = NULL
+        g.refs = NULL
+
+    def pools(self):
+        """[(buffer size, buffers provided, incremental)] of each receive pool."""
+        return [(self.groups[i].size, self.groups[i].nbufs, bool(self.groups[i].inc))
+                for i in range(self.ngroups)]
 
     cdef object recv_bytes(self, Event* ev):
-        """The bytes a receive completion carried (None if none) and the buffer
-        given back to the kernel at once. Must be called for every recv event
-        (or recv_copy)."""
-        if not (ev.flags & EV_BUFFER):
-            return None
+        """The bytes a receive completion carried (None if none); its piece
+        of buffer is released. Must be called for every recv event (or
+        recv_copy). A receive the kernel ended for want of buffers grows the pool."""
         cdef BufGroup* g = &self.groups[ev.io.group]
-        cdef uint16_t bid = <uint16_t>(ev.flags >> EV_BUFFER_SHIFT)
-        data = None
-        if ev.res > 0:
-            data = PyBytes_FromStringAndSize(g.mem + <size_t>bid * g.size, ev.res)
-        self._recycle(g, bid)
+        if not (ev.flags & EV_BUFFER):
+            if ev.res == -ENOBUFS:
+                self._starved(g)
+            return None
+        data = PyBytes_FromStringAndSize(<char*>ev.data, ev.res) if ev.res > 0 else None
+        self._release_piece(g, <uint16_t>(ev.flags >> EV_BUFFER_SHIFT))
         return data
 
     cdef Py_ssize_t recv_copy(self, Event* ev, char* dst) except -1:
-        if not (ev.flags & EV_BUFFER):
-            return 0
         cdef BufGroup* g = &self.groups[ev.io.group]
-        cdef uint16_t bid = <uint16_t>(ev.flags >> EV_BUFFER_SHIFT)
         cdef Py_ssize_t n = ev.res if ev.res > 0 else 0
-        memcpy(dst, g.mem + <size_t>bid * g.size, n)
-        self._recycle(g, bid)
+        if not (ev.flags & EV_BUFFER):
+            if ev.res == -ENOBUFS:
+                self._starved(g)
+            return 0
+        memcpy(dst, ev.data, n)
+        self._release_piece(g, <uint16_t>(ev.flags >> EV_BUFFER_SHIFT))
         return n
-
-    cdef inline void _recycle(self, BufGroup* g, uint16_t bid) noexcept:
-        """Give buffer bid back to the kernel's ring (dispatch holds the GIL,
-        which serializes this producer side)."""
-        cdef io_uring_buf* slot = &g.ring[g.tail & g.mask]
-        slot.addr = <uint64_t><size_t>(g.mem + <size_t>bid * g.size)
-        slot.len = g.size
-        slot.bid = bid
-        g.tail += 1
-        IOCPX_STORE_REL_U16(&g.ring[0].resv, g.tail)
 
 
 def probe():
@@ -686,6 +811,7 @@ def features():
         out["provided_buffer_rings"] = True
     except OSError:
         out["provided_buffer_rings"] = False
+    out["incremental_buffers"] = b.inc_ok == 1
     out["multishot_receive"] = out["provided_buffer_rings"] and probe() is None
     b.release()
     return out

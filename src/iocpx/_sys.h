@@ -192,12 +192,14 @@ static __forceinline void iocpx_store_rel_u16(uint16_t *p, uint16_t v) {
 #  define IOCPX_STORE_REL_U32(p, v)  iocpx_store_rel_u32((p), (v))
 #  define IOCPX_STORE_REL_U16(p, v)  iocpx_store_rel_u16((p), (v))
 #  define IOCPX_ADD_I64(p, v)        (_InterlockedExchangeAdd64((volatile __int64 *)(p), (v)) + (v))
+#  define IOCPX_ADD_I32(p, v)        (_InterlockedExchangeAdd((volatile long *)(p), (v)) + (v))
 #  define IOCPX_LOAD_I64(p)          (*(volatile int64_t *)(p))
 #else
 #  define IOCPX_LOAD_ACQ_U32(p)      __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #  define IOCPX_STORE_REL_U32(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 #  define IOCPX_STORE_REL_U16(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 #  define IOCPX_ADD_I64(p, v)        __atomic_add_fetch((p), (v), __ATOMIC_RELAXED)
+#  define IOCPX_ADD_I32(p, v)        __atomic_add_fetch((p), (v), __ATOMIC_ACQ_REL)
 #  define IOCPX_LOAD_I64(p)          __atomic_load_n((p), __ATOMIC_RELAXED)
 #endif
 

@@ -1,5 +1,5 @@
 # Declarations of iocpx/_sys.h: the small platform layer every module shares.
-from libc.stdint cimport uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint16_t, uint32_t, uint64_t, int32_t, int64_t
 
 cdef extern from "_sys.h" nogil:
     ctypedef struct iocpx_ovl_t:
@@ -23,6 +23,7 @@ cdef extern from "_sys.h" nogil:
     void IOCPX_STORE_REL_U32(uint32_t* p, uint32_t v)
     void IOCPX_STORE_REL_U16(uint16_t* p, uint16_t v)
     int64_t IOCPX_ADD_I64(int64_t* p, int64_t v)
+    int32_t IOCPX_ADD_I32(int32_t* p, int32_t v)
     int64_t IOCPX_LOAD_I64(int64_t* p)
     void* iocpx_tls_get()
     void iocpx_tls_set(void* e)

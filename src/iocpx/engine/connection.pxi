@@ -91,10 +91,15 @@ cdef void conn_on_connect(Connection c, Event* ev) except *:
 
 
 cdef void conn_on_aux(Connection c, Event* ev) except *:
-    """A connection's posted packet (close request, on_drain due) or cancel completed."""
+    """A connection's posted packet (close request, on_drain due, held bytes
+    to deliver) or cancel completed."""
+    cdef uint8_t op = ev.io.op
     c._io_done(ev.io)
+    if op == OP_NOP and c.held_posted:
+        conn_deliver_held(c)
     if c.state < C_ABORTING:
         conn_check_drain(c)     # a drain found by a synchronous send outside dispatch
+    conn_rearm_recv(c)
     c._maybe_finish()
 
 

@@ -192,6 +192,7 @@ cdef class Engine:
             "timers_fired": self.n_timers_fired,
             "rescues": self.n_rescues,
             "internal_errors": self.n_errors,
+            "receive_pools": self.be.pools() if hasattr(self.be, "pools") else None,
             "closing": self.state == E_CLOSING,
             "closed_engine": self.state == E_CLOSED,
         }

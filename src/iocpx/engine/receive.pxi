@@ -1,6 +1,10 @@
 # Receiving (the model's step 9): one receive armed per connection (multishot
 # where the backend has it), its completions turned into on_recv calls in
 # stream order, the receive re-posted when it ends, reading paused and resumed.
+#
+# Pausing cancels the receive, but the kernel may have read ahead of the
+# cancel: those bytes are held (c.held) and delivered, in order, once reading
+# resumes, so no on_recv runs while a connection is paused.
 
 cdef enum:
     PAUSE_USER = 1          # pause_reading()
@@ -49,24 +53,74 @@ cdef void conn_on_recv(Connection c, Event* evs, int k) except *:
         eng.n_msgs_in += 1
         c.last_tick = eng.tick
         if c.state == C_OPEN:
-            if c.first_pending:
-                conn_surface(c, data)
-            elif c.on_recv is not None:
-                c._call(c.on_recv, data)
+            if c.paused or c.held:          # read ahead of a pause: keep it, in order
+                conn_hold(c, data)
+            else:
+                conn_deliver(c, data)
     elif res == 0:
-        conn_on_eof(c)
+        if c.held:
+            c.held_eof = 1                  # after the held bytes
+        else:
+            conn_on_eof(c)
     elif res != -_errno.ENOBUFS and res != -_errno.ECANCELED:
         c._abort(peer_error(eng.be, -res, "recv"))
-    # The receive re-post: a receive that ended (a multishot op the kernel
-    # stopped, a buffer pool that ran dry, one cancelled by a pause that was
-    # resumed since, or a backend whose receives are one-shot) is armed again
-    # while the connection wants to read.
-    if c.recv_io == NULL and c.state == C_OPEN and not c.paused:
+    conn_rearm_recv(c)
+    c._maybe_finish()
+
+
+cdef inline void conn_deliver(Connection c, object data) noexcept:
+    """Received bytes to the application: on_accept with the first ones
+    (first_data), on_recv after."""
+    if c.first_pending:
+        conn_surface(c, data)
+    elif c.on_recv is not None:
+        c._call(c.on_recv, data)
+
+
+cdef void conn_hold(Connection c, object data) except *:
+    if c.held is None:
+        c.held = deque()
+    c.held.append(data)
+    if not c.paused:
+        conn_post_held(c)
+
+
+cdef void conn_post_held(Connection c) except *:
+    """Have the held bytes delivered from dispatch (this may be any thread)."""
+    cdef IoCtx* io
+    if c.held_posted:
+        return
+    io = c._new_io(OP_NOP)
+    try:
+        c.eng.be.submit_post(io)
+    except BaseException:
+        c._io_done(io)
+        raise
+    c.held_posted = 1
+
+
+cdef void conn_deliver_held(Connection c) except *:
+    """Runs in dispatch (conn_on_aux): the held bytes, then a held EOF."""
+    c.held_posted = 0
+    while c.held and not c.paused and c.state == C_OPEN:
+        conn_deliver(c, c.held.popleft())
+    if not c.held:
+        c.held = None
+        if c.held_eof and c.state == C_OPEN:
+            c.held_eof = 0
+            conn_on_eof(c)
+
+
+cdef void conn_rearm_recv(Connection c) noexcept:
+    """The receive re-post: a receive that ended (a multishot op the kernel
+    stopped, a buffer pool that ran dry, one cancelled by a pause that was
+    resumed since, or a backend whose receives are one-shot) is armed again
+    while the connection wants to read and holds nothing back."""
+    if c.recv_io == NULL and c.state == C_OPEN and not c.paused and not c.held and not c.held_eof:
         try:
             conn_start_recv(c)
         except BaseException as e:
             c._abort(e)
-    c._maybe_finish()
 
 
 cdef void conn_on_eof(Connection c) except *:
@@ -90,8 +144,11 @@ cdef void conn_resume(Connection c, int why) except *:
     if not (c.paused & why):
         return
     c.paused &= ~why
-    if not c.paused and c.state == C_OPEN and c.recv_io == NULL:
-        conn_start_recv(c)
+    if not c.paused and c.state == C_OPEN:
+        if c.held:
+            conn_post_held(c)       # the held bytes first; the receive is armed after them
+        elif c.recv_io == NULL:
+            conn_start_recv(c)
 
 
 cdef bint conn_stop_reading(Connection c) except -1:
