@@ -295,12 +295,13 @@ def run_server(sid, a):
             res["error"] = f"silent connections: {line or 'no answer in time'}"
             return res
         res["silent_open"], res["open_seconds"] = int(line.split()[1]), float(line.split()[2])
+        t_open = time.monotonic()           # the first N silent connections are all open
         res["held_before"] = held(srv, kind, baseline)
         holder_cmd(hold, f"RATE {a.rate:g}", 10)
         t_rate = time.monotonic()
         log(f"  {res['silent_open']:,} open in {res['open_seconds']:.2f} s; {a.rate:g}/s more "
             f"arriving; {a.probes} legit probes ...")
-        waits, timeouts = [], 0
+        waits, timeouts, timeline = [], 0, []
         next_at = time.monotonic()
         cpu0, procs0, t_probe = H.cpu_seconds(srv.pid), H.all_proc_cpu(), time.monotonic()
         deadline = time.monotonic() + a.probes * (a.interval + a.probe_timeout) + 30
@@ -309,11 +310,13 @@ def run_server(sid, a):
                 break
             time.sleep(max(0.0, next_at - time.monotonic()))
             next_at = time.monotonic() + a.interval
+            t_probe0 = time.monotonic() - t_open
             w = probe("127.0.0.1", port, i, a.probe_timeout)
             if w is None:
                 timeouts += 1
                 w = a.probe_timeout
             waits.append(w)
+            timeline.append((round(t_probe0, 3), round(w * 1e3, 3)))
         res["server_cpu_s"] = H.cpu_seconds(srv.pid) - cpu0
         res["others"] = H.top_others(procs0, H.all_proc_cpu(), time.monotonic() - t_probe,
                                      exclude=[srv.pid, hold.pid])
@@ -325,6 +328,7 @@ def run_server(sid, a):
         res["held_at_stop"] = held(srv, kind, baseline)
         waits.sort()
         res["probes"], res["timeouts"] = len(waits), timeouts
+        res["probe_timeline"] = timeline    # (s after the first N were open, wait ms)
         if waits:
             res["p50_ms"] = waits[(len(waits) - 1) // 2] * 1e3
             res["p99_ms"] = waits[min(len(waits) - 1, int(0.99 * len(waits)))] * 1e3
@@ -391,6 +395,12 @@ def render(meta, results, a):
                    f"| {H.fmt(ca.get('closed_by_server'), ',')} |")
         if r.get("error"):
             notes.append(f"{r['label']}: {r['error']}")
+        slow = sorted(r.get("probe_timeline", []), key=lambda x: -x[1])[:3]
+        if slow:
+            notes.append(f"{r['label']}: the slowest legit clients started "
+                         + ", ".join(f"{t:.1f} s ({ms:.1f} ms)" for t, ms in slow)
+                         + f" after the first {r.get('silent_open', 0):,} silent connections "
+                         "were open")
         notes.append(f"{r['label']}: {r.get('silent_open', 0):,} silent connections open in "
                      f"{r.get('open_seconds', 0):.2f} s; arrivals ran "
                      f"{r.get('arrival_seconds', 0):.1f} s; the holder said at the stop: "
