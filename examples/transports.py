@@ -154,7 +154,10 @@ def serve_asyncio(host, port, factory, loop="asyncio", on_ready=None, backlog=10
         ev = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            ev.add_signal_handler(sig, stop.set)
+            try:
+                ev.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, AttributeError):
+                pass                # Windows: Ctrl-C raises KeyboardInterrupt in the loop
         server = await ev.create_server(lambda: protocol(factory, transports), host, port,
                                         backlog=backlog, reuse_address=True)
         if on_ready:
@@ -168,6 +171,8 @@ def serve_asyncio(host, port, factory, loop="asyncio", on_ready=None, backlog=10
     loop_obj = loop_factory()
     try:
         loop_obj.run_until_complete(main())
+    except KeyboardInterrupt:
+        pass
     finally:
         loop_obj.close()
 
@@ -200,16 +205,24 @@ def serve_main(args, what, factory):
         serve_asyncio(args.host, args.port, factory, args.loop,
                       on_ready=lambda a: ready(a, f"{args.loop}, pid {os.getpid()}"))
         return 0
-    # Block the stop signals before the engine starts its threads, so they inherit the mask and
-    # the main thread alone takes them, in sigwait: no polling loop, no wake-ups while serving.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    # POSIX: block the stop signals before the engine starts its threads, so they inherit the
+    # mask and the main thread alone takes them, in sigwait: no polling loop, no wake-ups while
+    # serving. Windows has no sigwait: Server.serve_forever() until Ctrl-C.
+    posix = hasattr(signal, "pthread_sigmask")
+    if posix:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     opts = {"first_data": True} if args.first_data else {}
     srv = start_iocpx(args.host, args.port, factory, workers=args.workers, backend=args.backend,
                       **opts)
     try:
         eng = srv.engine
         ready(srv.address, f"iocpx {eng.backend}, {eng.workers} workers, pid {os.getpid()}")
-        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+        if posix:
+            signal.sigwait({signal.SIGTERM, signal.SIGINT})
+        else:
+            srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
     finally:
         srv.stop(timeout=10)
     return 0
