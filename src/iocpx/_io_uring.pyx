@@ -32,6 +32,7 @@ pipe, then pipe -> socket, each step submitted from the completion of the one
 before (in the leader, without the GIL). The engine sees one completion per
 pipe-load with the bytes that reached the socket.
 """
+cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport errno, EINTR, ETIME, EBUSY, EAGAIN, EINVAL, ENOMEM, ENOBUFS
 from libc.string cimport memset, memcpy
@@ -63,60 +64,6 @@ cdef extern from "<fcntl.h>" nogil:
 cdef extern from "<errno.h>" nogil:
     int ECANCELED, EPIPE
 
-cdef enum:
-    POOL_BYTES = 1024 * 1024        # a receive pool's first size, and each growth step
-    POOL_MAX = 64 * 1024 * 1024     # a receive pool grows up to this much
-    INC_BUF = 256 * 1024            # buffer size of the shared incremental pool
-    IOU_PBUF_RING_INC = 2           # io_uring_buf_reg flag (Linux 6.12; not in older headers)
-    CQE_F_BUF_MORE = 1 << 4         # IORING_CQE_F_BUF_MORE: the buffer has room for more
-    REF_DONE = 1 << 30              # BufGroup.refs: the kernel is done with this buffer
-    PIPE_WANT = 1 << 20             # sendfile pipe size asked for
-    PIPE_POOL = 16                  # idle sendfile pipes kept for reuse
-    SPLICE_IN = 0                   # SpliceState.phase: file -> pipe
-    SPLICE_OUT = 1                  #                    pipe -> socket
-    SQE_TRIES = 64                  # submit-and-retry rounds for an SQE slot from the leader
-
-# A pool of provided receive buffers. The buffers live in chunks of
-# POOL_BYTES, mmap'd as the pool grows (touched lazily: an idle pool costs
-# address space, not memory). Buffer bid is at addr[bid]; with incremental
-# consumption the kernel fills it piece by piece, off[bid] is where the next
-# piece starts (written by the leader when it harvests), and refs[bid] counts
-# the pieces not yet copied out plus REF_DONE once the kernel has finished
-# with it: the last copy gives the buffer back to the ring.
-cdef struct BufGroup:
-    io_uring_buf* ring      # owned: mmap'd ring the kernel takes buffers from
-    size_t ring_sz
-    char** addr             # owned: malloc'd, entries of them; addr[bid] is a buffer
-    uint32_t* off           # owned: malloc'd, entries of them
-    int32_t* refs           # owned: malloc'd, entries of them (atomic)
-    char* chunks[128]       # owned: mmap'd POOL_BYTES each, nchunks of them
-    int nchunks
-    uint32_t size           # bytes per buffer
-    uint32_t nbufs          # buffers provided so far
-    int32_t out             # buffers the kernel has taken and we have not given back (atomic)
-    uint32_t entries        # ring size: the most buffers this pool may have
-    uint16_t mask
-    uint16_t tail           # next free slot (published through ring[0].resv)
-    uint8_t inc             # incremental consumption
-    uint8_t starved         # the kernel ran out of buffers: grow at the next chance
-
-# io.extra of an OP_SENDFILE (malloc'd at submit, freed by io_free); the pipe
-# is ours until the op finishes, then goes back to the pool or is closed.
-cdef struct SpliceState:
-    int file_fd             # the engine's descriptor (not owned)
-    int sock_fd
-    int64_t offset          # next file offset to read
-    uint32_t want           # bytes this op should move
-    uint32_t moved          # bytes that reached the socket
-    uint32_t in_pipe        # bytes sitting in the pipe
-    int pipe_r, pipe_w
-    int pipe_size
-    uint8_t phase           # SPLICE_IN / SPLICE_OUT
-    uint8_t cancelled       # the connection is being cancelled: submit no further step
-    SpliceState* prev       # the backend's list of ops in progress (guarded by sq_mu)
-    SpliceState* next
-
-
 cdef inline int sys_enter(int fd, unsigned to_submit, unsigned min_complete,
                           unsigned flags, void* arg, size_t argsz) noexcept nogil:
     cdef long r = syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags, arg, argsz)
@@ -125,33 +72,9 @@ cdef inline int sys_enter(int fd, unsigned to_submit, unsigned min_complete,
     return <int>r
 
 
+@cython.final
 cdef class UringBackend(Backend):
-    cdef int ring_fd
-    cdef void* sq_ptr           # owned mmap of the SQ ring (and the CQ ring with SINGLE_MMAP)
-    cdef size_t sq_sz
-    cdef void* cq_ptr           # owned mmap of the CQ ring unless it is sq_ptr
-    cdef size_t cq_sz
-    cdef io_uring_sqe* sqes     # owned mmap of the SQE array
-    cdef size_t sqes_sz
-    cdef uint32_t* sq_khead     # kernel-shared ring indices (inside sq_ptr / cq_ptr)
-    cdef uint32_t* sq_ktail
-    cdef uint32_t* sq_kflags
-    cdef uint32_t sq_mask
-    cdef uint32_t sq_entries
-    cdef uint32_t sq_tail       # our producer index; guarded by sq_mu
-    cdef uint32_t* cq_khead
-    cdef uint32_t* cq_ktail
-    cdef uint32_t cq_mask
-    cdef io_uring_cqe* cqes
-    cdef BufGroup groups[MAX_GROUPS]     # ngroups (base class) of them in use
-    cdef iocpx_mutex_t sq_mu        # serializes SQE production, the splice list and pipe pool
-    cdef readonly unsigned setup_flags
-    cdef SpliceState* splices       # sendfile ops in progress
-    cdef int pipes[PIPE_POOL][2]    # idle pipes (ours)
-    cdef int pipe_sizes[PIPE_POOL]
-    cdef int npipes
-    cdef int inc_group              # the shared incremental pool's id, or -1
-    cdef readonly int inc_ok        # incremental consumption: -1 not tried, 0 no, 1 yes
+    """The io_uring backend (layout in _io_uring.pxd)."""
 
     def __cinit__(self, unsigned entries=4096):
         self.name = "io_uring"
@@ -231,7 +154,7 @@ cdef class UringBackend(Backend):
         """Unmap everything and close the ring. Only once no op is pending."""
         cdef int i
         for i in range(self.ngroups):
-            self._group_free(&self.groups[i], i)
+            pool_free(self, &self.groups[i], i)
         self.ngroups = 0
         self.inc_group = -1
         while self.npipes > 0:
@@ -280,7 +203,7 @@ cdef class UringBackend(Backend):
                 with nogil:
                     iocpx_sleep_ms(1)
 
-    cdef inline io_uring_sqe* _slot(self) noexcept nogil:
+    cdef io_uring_sqe* _slot(self) noexcept nogil:
         """A zeroed free slot or NULL; sq_mu held."""
         cdef io_uring_sqe* sqe
         if self.sq_tail - IOCPX_LOAD_ACQ_U32(self.sq_khead) >= self.sq_entries:
@@ -303,7 +226,7 @@ cdef class UringBackend(Backend):
             self._submit_pending()
         return NULL
 
-    cdef inline void _push(self, io_uring_sqe* sqe, IoCtx* io) noexcept nogil:
+    cdef void _push(self, io_uring_sqe* sqe, IoCtx* io) noexcept nogil:
         sqe.user_data = <uint64_t><size_t>io
         self.sq_tail += 1
         IOCPX_STORE_REL_U32(self.sq_ktail, self.sq_tail)
@@ -406,121 +329,10 @@ cdef class UringBackend(Backend):
         self._push(sqe, io)
         return 0
 
-    # ---- sendfile: splice through a pipe ----------------------------------
+    # ---- sendfile: splice through a pipe (uring/splice.pxi) -----------------
 
     cdef int submit_sendfile(self, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1:
-        cdef SpliceState* st = <SpliceState*>calloc(1, sizeof(SpliceState))   # freed by io_free
-        cdef int fds[2]
-        if st == NULL:
-            raise MemoryError()
-        io.extra = st
-        st.file_fd = file_fd
-        st.sock_fd = io.fd
-        st.offset = offset
-        st.want = nbytes
-        iocpx_mutex_lock(&self.sq_mu)
-        if self.npipes > 0:
-            self.npipes -= 1
-            st.pipe_r = self.pipes[self.npipes][0]
-            st.pipe_w = self.pipes[self.npipes][1]
-            st.pipe_size = self.pipe_sizes[self.npipes]
-            iocpx_mutex_unlock(&self.sq_mu)
-        else:
-            iocpx_mutex_unlock(&self.sq_mu)
-            st.pipe_size = iocpx_pipe_open(fds, PIPE_WANT)
-            if st.pipe_size < 0:
-                raise oserror(errno, "pipe")
-            st.pipe_r = fds[0]
-            st.pipe_w = fds[1]
-        iocpx_mutex_lock(&self.sq_mu)
-        st.next = self.splices
-        if self.splices != NULL:
-            self.splices.prev = st
-        self.splices = st
-        iocpx_mutex_unlock(&self.sq_mu)
-        if self._splice_submit(io, st) < 0:
-            self._splice_end(st)
-            raise OSError(EBUSY, "io_uring submission queue stays full")
-        return 0
-
-    cdef int _splice_submit(self, IoCtx* io, SpliceState* st) noexcept nogil:
-        """Submit the next splice of st: file -> pipe, or pipe -> socket."""
-        cdef io_uring_sqe* sqe = self._slot_nogil()
-        cdef uint32_t n
-        if sqe == NULL:
-            return -1
-        sqe.opcode = IORING_OP_SPLICE
-        sqe.splice_flags = SPLICE_F_MOVE
-        if st.phase == SPLICE_IN:
-            n = st.want - st.moved
-            if n > <uint32_t>st.pipe_size:
-                n = <uint32_t>st.pipe_size
-            sqe.fd = st.pipe_w
-            sqe.off = <uint64_t>-1
-            sqe.splice_fd_in = st.file_fd
-            sqe.splice_off_in = <uint64_t>st.offset
-            sqe.len = n
-        else:
-            sqe.fd = st.sock_fd
-            sqe.off = <uint64_t>-1
-            sqe.splice_fd_in = st.pipe_r
-            sqe.splice_off_in = <uint64_t>-1
-            sqe.len = st.in_pipe
-        self._push(sqe, io)
-        return 0
-
-    cdef int _splice_step(self, IoCtx* io, int res, int* result) noexcept nogil:
-        """A splice of an OP_SENDFILE completed. 1 when the op is over (result:
-        what the engine sees: bytes moved, 0 at the end of the file, or -errno),
-        0 when the next step was submitted."""
-        cdef SpliceState* st = <SpliceState*>io.extra
-        if res < 0:
-            result[0] = <int>st.moved if st.moved > 0 and res != -ECANCELED else res
-        elif st.phase == SPLICE_IN:
-            if res == 0:
-                result[0] = <int>st.moved       # the file ended
-            else:
-                st.in_pipe = res
-                st.offset += res
-                st.phase = SPLICE_OUT
-                if not st.cancelled and self._splice_submit(io, st) == 0:
-                    return 0
-                result[0] = -ECANCELED if st.cancelled else -EBUSY
-        else:
-            if res == 0:
-                result[0] = <int>st.moved if st.moved > 0 else -EPIPE
-            else:
-                st.in_pipe -= res
-                st.moved += res
-                if st.in_pipe == 0:
-                    result[0] = <int>st.moved   # one pipe-load reached the socket
-                elif not st.cancelled and self._splice_submit(io, st) == 0:
-                    return 0
-                else:
-                    result[0] = -ECANCELED if st.cancelled else -EBUSY
-        self._splice_end(st)
-        return 1
-
-    cdef void _splice_end(self, SpliceState* st) noexcept nogil:
-        """The op is over: unlist it; an empty pipe goes back to the pool."""
-        iocpx_mutex_lock(&self.sq_mu)
-        if st.prev != NULL:
-            st.prev.next = st.next
-        elif self.splices == st:
-            self.splices = st.next
-        if st.next != NULL:
-            st.next.prev = st.prev
-        st.prev = st.next = NULL
-        if st.pipe_r >= 0 and st.in_pipe == 0 and self.npipes < PIPE_POOL and self.ring_fd >= 0:
-            self.pipes[self.npipes][0] = st.pipe_r
-            self.pipes[self.npipes][1] = st.pipe_w
-            self.pipe_sizes[self.npipes] = st.pipe_size
-            self.npipes += 1
-        elif st.pipe_r >= 0:
-            c_close(st.pipe_r)
-            c_close(st.pipe_w)
-        st.pipe_r = st.pipe_w = -1
-        iocpx_mutex_unlock(&self.sq_mu)
+        return splice_start(self, io, file_fd, offset, nbytes)
 
     # ---- completion side (leader thread, no GIL) --------------------------
 
@@ -565,7 +377,7 @@ cdef class UringBackend(Backend):
             if timeout_ms >= 0:
                 return self._harvest(out, maxev)
 
-    cdef inline int _harvest(self, Event* out, int maxev) noexcept nogil:
+    cdef int _harvest(self, Event* out, int maxev) noexcept nogil:
         cdef uint32_t head = self.cq_khead[0]
         cdef uint32_t tail = IOCPX_LOAD_ACQ_U32(self.cq_ktail)
         cdef int n = 0
@@ -577,9 +389,9 @@ cdef class UringBackend(Backend):
             head += 1
             io = <IoCtx*><size_t>c.user_data
             if c.flags & EV_BUFFER:
-                ev_set(&out[n], io, c.res, c.flags, self._piece(&self.groups[io.group], c))
+                ev_set(&out[n], io, c.res, c.flags, pool_piece(&self.groups[io.group], c))
             elif io.op == OP_SENDFILE and io.extra != NULL:
-                if not self._splice_step(io, c.res, &result):
+                if not splice_step(self, io, c.res, &result):
                     continue                # its next step is on its way
                 ev_set(&out[n], io, result, 0, NULL)
             else:
@@ -588,40 +400,7 @@ cdef class UringBackend(Backend):
         IOCPX_STORE_REL_U32(self.cq_khead, head)
         return n
 
-    # ---- provided receive buffers ---------------------------------------
-
-    cdef inline char* _piece(self, BufGroup* g, io_uring_cqe* c) noexcept nogil:
-        """(Leader) where the data of a receive completion is, and one more
-        piece of its buffer waiting to be copied out."""
-        cdef uint16_t bid = <uint16_t>(c.flags >> EV_BUFFER_SHIFT)
-        cdef char* p = g.addr[bid]
-        cdef int32_t add = 1 + REF_DONE
-        if not g.inc or g.off[bid] == 0:
-            IOCPX_ADD_I32(&g.out, 1)    # the first piece of a buffer: it left the ring
-        if g.inc:
-            p += g.off[bid]
-            if c.res > 0:
-                g.off[bid] += c.res
-            if c.flags & CQE_F_BUF_MORE:
-                add = 1                 # the kernel goes on filling this buffer
-        IOCPX_ADD_I32(&g.refs[bid], add)
-        return p
-
-    cdef void _release_piece(self, BufGroup* g, uint16_t bid) noexcept:
-        """A piece was copied out (GIL held: dispatch serializes the ring's
-        producer side): the last one gives the buffer back to the kernel."""
-        cdef io_uring_buf* slot
-        if IOCPX_ADD_I32(&g.refs[bid], -1) != REF_DONE:
-            return
-        g.refs[bid] = 0
-        g.off[bid] = 0
-        IOCPX_ADD_I32(&g.out, -1)
-        slot = &g.ring[g.tail & g.mask]
-        slot.addr = <uint64_t><size_t>g.addr[bid]
-        slot.len = g.size
-        slot.bid = bid
-        g.tail += 1
-        IOCPX_STORE_REL_U16(&g.ring[0].resv, g.tail)   # the ring's tail overlays bufs[0].resv
+    # ---- provided receive buffers (uring/buffers.pxi) ----------------------
 
     cdef int buffer_group(self, uint32_t size) except -1:
         """The receive pool for receives of up to size bytes: the shared
@@ -630,7 +409,7 @@ cdef class UringBackend(Backend):
         if self.inc_group >= 0:
             return self.inc_group
         if self.inc_ok != 0:
-            i = self._group_new(INC_BUF, 1)
+            i = pool_new(self, INC_BUF, 1)
             if i >= 0:
                 self.inc_ok = 1
                 self.inc_group = i
@@ -639,113 +418,7 @@ cdef class UringBackend(Backend):
         for i in range(self.ngroups):
             if self.groups[i].size == size:
                 return i
-        return self._group_new(size, 0)
-
-    cdef int _group_new(self, uint32_t size, bint inc) except -2:
-        """Make and register a pool; its id, or -1 when the kernel refuses
-        incremental consumption (inc=1) so the caller falls back."""
-        if self.ngroups >= MAX_GROUPS:
-            raise ValueError(f"too many distinct buffer sizes (at most {MAX_GROUPS})")
-        cdef int gid = self.ngroups
-        cdef BufGroup* g = &self.groups[gid]
-        cdef uint32_t entries = 1
-        cdef io_uring_buf_reg reg
-        cdef long r
-        while entries < 32768 and <uint64_t>entries * 2 * size <= POOL_MAX:
-            entries *= 2
-        memset(g, 0, sizeof(BufGroup))
-        g.size = size
-        g.entries = entries
-        g.mask = <uint16_t>(entries - 1)
-        g.inc = inc
-        g.ring_sz = entries * sizeof(io_uring_buf)
-        g.ring = <io_uring_buf*>mmap(NULL, g.ring_sz, PROT_READ | PROT_WRITE,
-                                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-        if <void*>g.ring == MAP_FAILED:
-            g.ring = NULL
-            raise oserror(errno, "mmap buffer ring")
-        g.addr = <char**>calloc(entries, sizeof(char*))
-        g.off = <uint32_t*>calloc(entries, sizeof(uint32_t))
-        g.refs = <int32_t*>calloc(entries, sizeof(int32_t))
-        if g.addr == NULL or g.off == NULL or g.refs == NULL:
-            self._group_free(g, -1)
-            raise MemoryError()
-        memset(&reg, 0, sizeof(reg))
-        reg.ring_addr = <uint64_t><size_t>g.ring
-        reg.ring_entries = entries
-        reg.bgid = <uint16_t>gid
-        reg.pad = IOU_PBUF_RING_INC if inc else 0      # the field is `flags` in newer headers
-        r = syscall(__NR_io_uring_register, self.ring_fd, IORING_REGISTER_PBUF_RING, &reg, 1)
-        if r < 0:
-            err = errno
-            self._group_free(g, -1)
-            if inc and err == EINVAL:
-                return -1
-            raise oserror(err, "io_uring provided buffer ring")
-        self.ngroups += 1
-        try:
-            self._grow(g)
-        except BaseException:
-            self.ngroups -= 1
-            self._group_free(g, gid)
-            raise
-        return gid
-
-    cdef int _starved(self, BufGroup* g) except -1:
-        """A receive ended for want of buffers (ENOBUFS). Grow the pool unless
-        buffers came back since (one burst of ENOBUFS grows it once)."""
-        if g.out >= <int32_t>g.nbufs - (g.nbufs // 8):
-            return self._grow(g)
-        return 0
-
-    cdef int _grow(self, BufGroup* g) except -1:
-        """Provide one more chunk (POOL_BYTES) of buffers, up to g.entries
-        buffers (GIL held). 0 when the pool is at its limit."""
-        cdef uint32_t n = POOL_BYTES // g.size
-        cdef uint32_t j, bid
-        cdef char* mem
-        cdef io_uring_buf* slot
-        if n == 0:
-            n = 1
-        if g.nbufs + n > g.entries or g.nchunks >= 128:
-            return 0
-        mem = <char*>mmap(NULL, POOL_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-        if <void*>mem == MAP_FAILED:
-            raise oserror(errno, "mmap receive buffers")
-        g.chunks[g.nchunks] = mem
-        g.nchunks += 1
-        for j in range(n):
-            bid = g.nbufs + j
-            g.addr[bid] = mem + <size_t>j * g.size
-            slot = &g.ring[g.tail & g.mask]
-            slot.addr = <uint64_t><size_t>g.addr[bid]
-            slot.len = g.size
-            slot.bid = <uint16_t>bid
-            g.tail += 1
-        g.nbufs += n
-        IOCPX_STORE_REL_U16(&g.ring[0].resv, g.tail)
-        return 1
-
-    cdef void _group_free(self, BufGroup* g, int gid) noexcept:
-        """Unregister (gid >= 0) and unmap a pool. Only once no receive is pending."""
-        cdef io_uring_buf_reg reg
-        cdef int c
-        if gid >= 0 and self.ring_fd >= 0:
-            memset(&reg, 0, sizeof(reg))
-            reg.bgid = <uint16_t>gid
-            syscall(__NR_io_uring_register, self.ring_fd, IORING_UNREGISTER_PBUF_RING, &reg, 1)
-        if g.ring != NULL:
-            munmap(g.ring, g.ring_sz)
-            g.ring = NULL
-        for c in range(g.nchunks):
-            munmap(g.chunks[c], POOL_BYTES)
-        g.nchunks = 0
-        free(g.addr)
-        free(g.off)
-        free(g.refs)
-        g.addr = NULL
-        g.off = NULL
-        g.refs = NULL
+        return pool_new(self, size, 0)
 
     def pools(self):
         """[(buffer size, buffers provided, incremental)] of each receive pool."""
@@ -759,10 +432,10 @@ cdef class UringBackend(Backend):
         cdef BufGroup* g = &self.groups[ev.io.group]
         if not (ev.flags & EV_BUFFER):
             if ev.res == -ENOBUFS:
-                self._starved(g)
+                pool_starved(g)
             return None
         data = PyBytes_FromStringAndSize(<char*>ev.data, ev.res) if ev.res > 0 else None
-        self._release_piece(g, <uint16_t>(ev.flags >> EV_BUFFER_SHIFT))
+        pool_release_piece(g, <uint16_t>(ev.flags >> EV_BUFFER_SHIFT))
         return data
 
     cdef Py_ssize_t recv_copy(self, Event* ev, char* dst) except -1:
@@ -770,11 +443,15 @@ cdef class UringBackend(Backend):
         cdef Py_ssize_t n = ev.res if ev.res > 0 else 0
         if not (ev.flags & EV_BUFFER):
             if ev.res == -ENOBUFS:
-                self._starved(g)
+                pool_starved(g)
             return 0
         memcpy(dst, ev.data, n)
-        self._release_piece(g, <uint16_t>(ev.flags >> EV_BUFFER_SHIFT))
+        pool_release_piece(g, <uint16_t>(ev.flags >> EV_BUFFER_SHIFT))
         return n
+
+
+include "uring/buffers.pxi"
+include "uring/splice.pxi"
 
 
 def probe():

@@ -90,142 +90,7 @@ def live_backends():
     """The IocpBackend objects alive in this process (diagnostics and tests)."""
     return list(_live)
 
-# ---------------------------------------------------------------------------
-# process-wide state: extension functions (resolved once) and errno values
-
-cdef LPFN_ACCEPTEX pAcceptEx = NULL
-cdef LPFN_CONNECTEX pConnectEx = NULL
-cdef LPFN_GETACCEPTEXSOCKADDRS pGetAcceptExSockAddrs = NULL
-cdef LPFN_TRANSMITFILE pTransmitFile = NULL
-cdef int g_skip_ok = -1         # FILE_SKIP_COMPLETION_PORT_ON_SUCCESS safe (-1: not checked)
-
-# Python's errno values (on Windows ECONNRESET etc. are the WSA codes, and
-# ECANCELED/EMFILE are the CRT's): read from the errno module, not errno.h.
-cdef int E_CANCELED = _errno.ECANCELED
-cdef int E_CONNRESET = _errno.ECONNRESET
-cdef int E_CONNREFUSED = _errno.ECONNREFUSED
-cdef int E_CONNABORTED = _errno.ECONNABORTED
-cdef int E_TIMEDOUT = _errno.ETIMEDOUT
-cdef int E_NETUNREACH = _errno.ENETUNREACH
-cdef int E_HOSTUNREACH = _errno.EHOSTUNREACH
-cdef int E_MFILE = _errno.EMFILE
-cdef int E_NOBUFS = _errno.ENOBUFS
-cdef int E_PIPE = _errno.EPIPE
-cdef int E_NOTCONN = _errno.ENOTCONN
-cdef int E_BADF = _errno.EBADF
-cdef int E_INVAL = _errno.EINVAL
-cdef int E_ADDRINUSE = _errno.EADDRINUSE
-cdef int E_ADDRNOTAVAIL = _errno.EADDRNOTAVAIL
-cdef int E_ACCES = _errno.EACCES
-cdef int E_AGAIN = _errno.EAGAIN
-cdef int E_NETDOWN = _errno.ENETDOWN
-
-
-cdef int win_errno(DWORD e) noexcept nogil:
-    """The negative Event.res for a Windows / Winsock error code."""
-    if e == ERROR_OPERATION_ABORTED or e == <DWORD>WSA_OPERATION_ABORTED:
-        return -E_CANCELED
-    if e == ERROR_NETNAME_DELETED or e == <DWORD>WSAECONNRESET or e == <DWORD>WSAENETRESET:
-        return -E_CONNRESET
-    if e == <DWORD>WSAECONNREFUSED or e == ERROR_CONNECTION_REFUSED or e == ERROR_PORT_UNREACHABLE:
-        return -E_CONNREFUSED
-    if e == <DWORD>WSAECONNABORTED or e == ERROR_CONNECTION_ABORTED or e == ERROR_REQUEST_ABORTED \
-            or e == <DWORD>WSAEDISCON:
-        return -E_CONNABORTED
-    if e == <DWORD>WSAETIMEDOUT or e == ERROR_SEM_TIMEOUT:
-        return -E_TIMEDOUT
-    if e == <DWORD>WSAENETUNREACH or e == ERROR_NETWORK_UNREACHABLE:
-        return -E_NETUNREACH
-    if e == <DWORD>WSAEHOSTUNREACH or e == ERROR_HOST_UNREACHABLE:
-        return -E_HOSTUNREACH
-    if e == <DWORD>WSAEMFILE or e == ERROR_TOO_MANY_OPEN_FILES:
-        return -E_MFILE
-    if e == <DWORD>WSAENOBUFS or e == ERROR_NOT_ENOUGH_MEMORY or e == ERROR_NO_SYSTEM_RESOURCES:
-        return -E_NOBUFS
-    if e == <DWORD>WSAESHUTDOWN or e == ERROR_BROKEN_PIPE:
-        return -E_PIPE
-    if e == <DWORD>WSAENOTCONN:
-        return -E_NOTCONN
-    if e == <DWORD>WSAENOTSOCK or e == <DWORD>WSAEBADF or e == ERROR_INVALID_HANDLE:
-        return -E_BADF
-    if e == <DWORD>WSAEINVAL or e == ERROR_INVALID_PARAMETER:
-        return -E_INVAL
-    if e == <DWORD>WSAEADDRINUSE:
-        return -E_ADDRINUSE
-    if e == <DWORD>WSAEADDRNOTAVAIL:
-        return -E_ADDRNOTAVAIL
-    if e == <DWORD>WSAEACCES or e == ERROR_ACCESS_DENIED:
-        return -E_ACCES
-    if e == <DWORD>WSAEWOULDBLOCK:
-        return -E_AGAIN
-    if e == <DWORD>WSAENETDOWN:
-        return -E_NETDOWN
-    return -<int>(WINERR_TAG | (e & 0xFFFFFF))
-
-
-cdef str win_message(DWORD code):
-    """Windows' own text for an error code (FormatMessageW)."""
-    cdef wchar_t buf[512]
-    cdef DWORD n = FormatMessageW(FORMAT_MESSAGE_FROM_SYSTEM | FORMAT_MESSAGE_IGNORE_INSERTS,
-                                  NULL, code, 0, buf, 512, NULL)
-    while n > 0 and (buf[n - 1] == c'\n' or buf[n - 1] == c'\r' or buf[n - 1] == c' ' or buf[n - 1] == c'.'):
-        n -= 1
-    if n == 0:
-        return f"Windows error {code}"
-    return PyUnicode_FromWideChar(buf, n)
-
-
-cdef object win_error(DWORD code, str what):
-    """The OSError for a Windows code right after a failed call (winerror set)."""
-    cdef int neg = win_errno(code)
-    msg = f"{what}: {win_message(code)}" if what else win_message(code)
-    if neg == -E_CANCELED:
-        return OSError(E_CANCELED, msg)
-    return OSError(0, msg, None, <int>code)
-
-
-cdef int resolve_extensions() except -1:
-    """Resolve AcceptEx, ConnectEx, GetAcceptExSockAddrs and TransmitFile once
-    per process, and decide whether skipping completions on success is safe."""
-    global pAcceptEx, pConnectEx, pGetAcceptExSockAddrs, pTransmitFile, g_skip_ok
-    if pAcceptEx != NULL and pConnectEx != NULL and pGetAcceptExSockAddrs != NULL \
-            and pTransmitFile != NULL and g_skip_ok >= 0:
-        return 0
-    cdef WSADATA wsa
-    if WSAStartup(MAKEWORD(2, 2), &wsa) != 0:
-        raise win_error(WSAGetLastError(), "WSAStartup")
-    cdef SOCKET s = WSASocketW(AF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED)
-    if s == INVALID_SOCKET:
-        raise win_error(WSAGetLastError(), "WSASocketW")
-    cdef DWORD got = 0
-    cdef WSAPROTOCOL_INFOW info
-    cdef int ilen = sizeof(info)
-    try:
-        if WSAIoctl(s, SIO_GET_EXTENSION_FUNCTION_POINTER, &iocpx_WSAID_ACCEPTEX, sizeof(GUID),
-                    &pAcceptEx, sizeof(pAcceptEx), &got, NULL, NULL) != 0:
-            raise win_error(WSAGetLastError(), "WSAIoctl(AcceptEx)")
-        if WSAIoctl(s, SIO_GET_EXTENSION_FUNCTION_POINTER, &iocpx_WSAID_CONNECTEX, sizeof(GUID),
-                    &pConnectEx, sizeof(pConnectEx), &got, NULL, NULL) != 0:
-            raise win_error(WSAGetLastError(), "WSAIoctl(ConnectEx)")
-        if WSAIoctl(s, SIO_GET_EXTENSION_FUNCTION_POINTER, &iocpx_WSAID_GETACCEPTEXSOCKADDRS,
-                    sizeof(GUID), &pGetAcceptExSockAddrs, sizeof(pGetAcceptExSockAddrs),
-                    &got, NULL, NULL) != 0:
-            raise win_error(WSAGetLastError(), "WSAIoctl(GetAcceptExSockAddrs)")
-        if WSAIoctl(s, SIO_GET_EXTENSION_FUNCTION_POINTER, &iocpx_WSAID_TRANSMITFILE, sizeof(GUID),
-                    &pTransmitFile, sizeof(pTransmitFile), &got, NULL, NULL) != 0:
-            raise win_error(WSAGetLastError(), "WSAIoctl(TransmitFile)")
-        # Skipping the completion packet on immediate success is only safe
-        # when the base provider hands out IFS handles (no layered provider).
-        memset(&info, 0, sizeof(info))
-        if getsockopt(s, SOL_SOCKET, SO_PROTOCOL_INFOW, <char*>&info, &ilen) == 0:
-            g_skip_ok = 1 if (info.dwServiceFlags1 & XP1_IFS_HANDLES) else 0
-        else:
-            g_skip_ok = 0
-        if _os.environ.get("IOCPX_IOCP_SKIP_ON_SUCCESS") == "0":
-            g_skip_ok = 0
-    finally:
-        closesocket(s)
-    return 0
+include "iocp/errors.pxi"
 
 
 # ---------------------------------------------------------------------------
@@ -370,92 +235,7 @@ cdef class IocpBackend(Backend):
     # ---- submissions (GIL held) --------------------------------------------
 
     cdef int submit_accept(self, IoCtx* io) except -1:
-        self._check_open()
-        cdef AcceptState* st = <AcceptState*>io.extra
-        cdef uint32_t rcvlen = <uint32_t>io.len if io.len > 0 else 0
-        cdef iocpx_addr_t a
-        cdef int alen = sizeof(a)
-        cdef int family
-        if st != NULL and st.cap < rcvlen:      # plain mode before, first data now: grow
-            family = st.family
-            closesocket(st.sock)
-            free(st)
-            io.extra = st = NULL
-        if st == NULL:
-            if getsockname(<SOCKET>io.fd, <sockaddr*>&a, &alen) != 0:
-                raise win_error(WSAGetLastError(), "getsockname")
-            st = <AcceptState*>malloc(sizeof(AcceptState) + rcvlen + 2 * ADDR_SLOT)
-            if st == NULL:
-                raise MemoryError()
-            memset(st, 0, sizeof(AcceptState))
-            st.sock = INVALID_SOCKET
-            st.family = (<sockaddr*>&a).sa_family
-            st.cap = rcvlen
-            st.io = io
-            io.extra = st           # freed by io_free
-        st.listen = <SOCKET>io.fd
-        st.rcvlen = rcvlen
-        st.stale = 0
-        st.got = 0
-        # io.aux.silent_ms: the listener's first_data_timeout (0: none), in whole
-        # seconds as SO_CONNECT_TIME counts them
-        st.limit_s = 0
-        if rcvlen and io.aux.silent_ms > 0:
-            st.limit_s = <uint32_t>((io.aux.silent_ms + 999) // 1000)
-        cdef Event ev
-        if st.sock == INVALID_SOCKET:
-            try:
-                st.sock = self._new_socket(st.family)
-            except OSError as e:
-                # Out of sockets: complete the accept with the error instead of
-                # losing the slot, so the engine backs off and re-arms it.
-                ev_set(&ev, io, win_errno(<DWORD>(e.winerror or WSAENOBUFS)), 0, NULL)
-                if self._push_ready(&ev) < 0:
-                    raise MemoryError()
-                return 0
-        memset(&io.ovl, 0, sizeof(OVERLAPPED))
-        if st.rcvlen:
-            self._list_accept(st)
-        cdef DWORD got = 0
-        cdef BOOL ok
-        cdef int err = 0
-        ok = pAcceptEx(st.listen, st.sock, accept_buf(st), st.rcvlen, ADDR_SLOT, ADDR_SLOT,
-                       &got, <OVERLAPPED*>&io.ovl)
-        if not ok:
-            err = WSAGetLastError()
-        return self._submitted(io, ok, got, err)
-
-    cdef void _list_accept(self, AcceptState* st) noexcept nogil:
-        """Track a first-data accept; the first one wakes a leader sleeping
-        without limit, so that it starts scanning."""
-        cdef int wake = 0
-        iocpx_mutex_lock(&self.mu)
-        if not st.listed:
-            if self.pending == NULL and self.sleeping and not self.wake_pending:
-                self.wake_pending = 1
-                wake = 1
-            st.listed = 1
-            st.prev = NULL
-            st.next = self.pending
-            if self.pending != NULL:
-                self.pending.prev = st
-            self.pending = st
-        iocpx_mutex_unlock(&self.mu)
-        if wake:
-            PostQueuedCompletionStatus(self.port, 0, KEY_WAKE, NULL)
-
-    cdef void _unlist_accept(self, AcceptState* st) noexcept nogil:
-        iocpx_mutex_lock(&self.mu)
-        if st.listed:
-            st.listed = 0
-            if st.prev != NULL:
-                st.prev.next = st.next
-            else:
-                self.pending = st.next
-            if st.next != NULL:
-                st.next.prev = st.prev
-            st.prev = st.next = NULL
-        iocpx_mutex_unlock(&self.mu)
+        return accept_submit(self, io)          # iocp/accept.pxi
 
     cdef int submit_recv(self, IoCtx* io) except -1:
         """A zero-byte WSARecv: completes when data (or EOF) is there."""
@@ -556,12 +336,6 @@ cdef class IocpBackend(Backend):
     cdef void _finish(self, IoCtx* io, int ok, DWORD nbytes, DWORD err, Event* ev) noexcept nogil:
         """Turn a finished operation into an event: the post-processing each
         op needs (accept/connect context, the read after a zero-byte receive)."""
-        cdef AcceptState* st
-        cdef sockaddr* local
-        cdef sockaddr* remote
-        cdef int llen = 0, rlen = 0, n
-        cdef SOCKET ls
-        cdef u_long on = 1
         cdef long r
         ev.io = io
         ev.flags = 0
@@ -569,31 +343,7 @@ cdef class IocpBackend(Backend):
         ev.res = 0
         cdef uint8_t op = io.op
         if op == OP_ACCEPT:
-            st = <AcceptState*>io.extra
-            self._unlist_accept(st)
-            if not ok:
-                closesocket(st.sock)
-                st.sock = INVALID_SOCKET
-                # a silent client we dropped: not ECANCELED, so the engine re-arms
-                ev.res = -E_TIMEDOUT if (st.stale and err == ERROR_OPERATION_ABORTED) else win_errno(err)
-                return
-            ls = st.listen
-            if setsockopt(st.sock, SOL_SOCKET, SO_UPDATE_ACCEPT_CONTEXT, <char*>&ls, sizeof(ls)) != 0:
-                err = WSAGetLastError()
-                closesocket(st.sock)
-                st.sock = INVALID_SOCKET
-                ev.res = win_errno(err)
-                return
-            pGetAcceptExSockAddrs(accept_buf(st), st.rcvlen, ADDR_SLOT, ADDR_SLOT,
-                                  &local, &llen, &remote, &rlen)
-            memset(&io.addr, 0, sizeof(io.addr))
-            if remote != NULL and rlen > 0:
-                memcpy(&io.addr, remote, rlen if rlen <= <int>sizeof(io.addr) else sizeof(io.addr))
-            io.addrlen = rlen
-            st.got = nbytes if nbytes <= st.rcvlen else st.rcvlen
-            ioctlsocket(st.sock, FIONBIO, &on)
-            ev.res = <int32_t>st.sock      # handed to the engine, which closes it
-            st.sock = INVALID_SOCKET
+            accept_finish(self, io, ok, nbytes, err, ev)
         elif op == OP_RECV:
             if not ok:
                 ev.res = win_errno(err)
@@ -685,56 +435,14 @@ cdef class IocpBackend(Backend):
                 now = iocpx_now_ns()
                 if now >= self.next_scan_ns:
                     self.next_scan_ns = now + SCAN_MS * 1000000
-                    self._scan_accepts()
+                    accept_scan(self)
             if n:
                 return n
             if timeout_ms >= 0 and iocpx_now_ns() >= deadline:
                 return 0
 
-    cdef void _scan_accepts(self) noexcept nogil:
-        """Cancel first-data accepts whose client has been connected for
-        first_data_timeout seconds without sending (SO_CONNECT_TIME is -1
-        while nobody is connected). The aborted AcceptEx completes with
-        -ETIMEDOUT, and the engine counts it and re-arms the slot."""
-        cdef AcceptState* st
-        cdef DWORD secs
-        cdef int slen
-        iocpx_mutex_lock(&self.mu)
-        st = self.pending
-        while st != NULL:
-            if not st.stale and st.limit_s:
-                secs = <DWORD>0xFFFFFFFF
-                slen = sizeof(secs)
-                if getsockopt(st.sock, SOL_SOCKET, SO_CONNECT_TIME, <char*>&secs, &slen) == 0 \
-                        and secs != <DWORD>0xFFFFFFFF and secs >= st.limit_s:
-                    st.stale = 1
-                    self.stale_drops += 1
-                    # The AcceptEx was issued on the listening socket; try the
-                    # accept socket too in case a provider moved it there.
-                    if not CancelIoEx(iocpx_sock_handle(st.listen), <OVERLAPPED*>&st.io.ovl):
-                        CancelIoEx(iocpx_sock_handle(st.sock), <OVERLAPPED*>&st.io.ovl)
-            st = st.next
-        iocpx_mutex_unlock(&self.mu)
-
     cdef int accept_silent(self, int listen_fd) except -1:
-        """Pending first-data AcceptEx slots on listen_fd whose client has been
-        connected for a second or more without sending (SO_CONNECT_TIME)."""
-        cdef AcceptState* st
-        cdef DWORD secs
-        cdef int slen, k = 0
-        with nogil:
-            iocpx_mutex_lock(&self.mu)
-            st = self.pending
-            while st != NULL:
-                if st.listen == <SOCKET>listen_fd and not st.stale:
-                    secs = <DWORD>0xFFFFFFFF
-                    slen = sizeof(secs)
-                    if getsockopt(st.sock, SOL_SOCKET, SO_CONNECT_TIME, <char*>&secs, &slen) == 0 \
-                            and secs != <DWORD>0xFFFFFFFF and secs >= 1:
-                        k += 1
-                st = st.next
-            iocpx_mutex_unlock(&self.mu)
-        return k
+        return accept_count_silent(self, listen_fd)
 
     def pending_connect_times(self):
         """SO_CONNECT_TIME (seconds, -1: nobody connected yet) of each socket
@@ -775,6 +483,9 @@ cdef class IocpBackend(Backend):
             msg = f"{what}: {win_message(<DWORD>err)}" if what else win_message(<DWORD>err)
             return OSError(err, msg)
         return oserror(err, what)
+
+
+include "iocp/accept.pxi"
 
 
 def probe():
