@@ -146,6 +146,7 @@ cdef class Connection:
     cdef void _io_done(self, IoCtx* io) noexcept
     cdef int _call(self, fn, arg) noexcept
     cdef void _abort(self, object exc) noexcept
+    cdef int _cancel(self, IoCtx* target) except -1
     cdef void _maybe_finish(self) noexcept
 
 

@@ -169,19 +169,38 @@ cdef class Connection:
             return
         if self.close_exc is None:
             self.close_exc = exc
+        cdef bint connecting = self.state == C_CONNECTING
         self.state = C_ABORTING
         conn_drop_queue(self)
-        cdef IoCtx* io
         try:
-            io = self._new_io(OP_CANCEL)
+            if connecting:
+                self._cancel(NULL)          # the connect op: cancel by socket
+            else:
+                # by op, not by socket: io_uring looks an op up by its address in
+                # O(1) but walks every pending op for a socket (thousands of
+                # silent clients timing out together made that a stall)
+                if self.recv_io != NULL:
+                    self._cancel(self.recv_io)
+                    self.recv_cancel = self.recv_io
+                    self.recv_io = NULL
+                if self.send_io != NULL:
+                    self._cancel(self.send_io)
         except BaseException:
-            return
-        try:
-            self.eng.be.submit_cancel_fd(io, self.fd)
-        except BaseException:
-            self._io_done(io)
             engine_fault(self.eng)
             log.exception("iocpx: could not cancel the operations of connection %d", self.id)
+
+    cdef int _cancel(self, IoCtx* target) except -1:
+        """Cancel one op of ours (NULL: every op on the socket)."""
+        cdef IoCtx* io = self._new_io(OP_CANCEL)
+        try:
+            if target == NULL:
+                self.eng.be.submit_cancel_fd(io, self.fd)
+            else:
+                self.eng.be.submit_cancel_op(io, target)
+        except BaseException:
+            self._io_done(io)
+            raise
+        return 0
 
     cdef void _maybe_finish(self) noexcept:
         """Close the socket and report on_close once nothing is pending."""

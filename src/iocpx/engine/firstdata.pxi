@@ -22,6 +22,7 @@
 
 cdef enum:
     GUARD_MS = 1000         # how often silent AcceptEx slots are counted (SO_CONNECT_TIME is in s)
+    EXPIRE_BATCH = 64       # silent connections closed per timer run
     PLAIN_MIN_S = 10        # plain mode lasts at least this long after a silent slot was seen
 
 
@@ -217,16 +218,20 @@ cdef void _silent_schedule(Listener lst) noexcept:
 
 
 def silent_expire(Listener lst):
-    """Close, unseen, the connections whose first data did not come in time."""
+    """Close, unseen, the connections whose first data did not come in time:
+    EXPIRE_BATCH at a time, so that thousands expiring together (a burst of
+    silent clients) never hold up the other connections' events."""
     cdef Connection c
+    cdef int n = 0
     lst.silent_timer = None
     now = time.monotonic()
-    while lst.silent_head != NULL:
+    while lst.silent_head != NULL and n < EXPIRE_BATCH:
         c = <Connection>lst.silent_head
         if c.first_deadline > now:
             break
         silent_remove(c)
         if c.first_pending and c.state == C_OPEN:
+            n += 1
             lst.eng.n_first_data_timeouts += 1
             c._abort(TimeoutError(_errno.ETIMEDOUT,
                                   f"no data within first_data_timeout ({lst.first_data_timeout:g} s)"))

@@ -165,6 +165,7 @@ cdef int dispatch_run(Engine eng, bint home) noexcept:
     cdef SchedNode* s
     cdef PyObject* tp
     cdef int count = 0, k
+    cdef bint timer_turn = 1        # due timers and queued events take turns
     cdef Py_ssize_t total
     while True:
         iocpx_mutex_lock(&eng.mu)
@@ -173,13 +174,16 @@ cdef int dispatch_run(Engine eng, bint home) noexcept:
         elif not eng.rescue and not eng.exiting:
             iocpx_mutex_unlock(&eng.mu)
             break
-        if eng.heap_len > 0 and eng.heap[0].due_ns <= iocpx_now_ns():
+        if (timer_turn or eng.rq.len == 0) and eng.heap_len > 0 \
+                and eng.heap[0].due_ns <= iocpx_now_ns():
             tp = timers_pop(eng)
             eng.progress += 1
+            timer_turn = 0
             iocpx_mutex_unlock(&eng.mu)
             timer_fire(eng, <Timer>tp)
             Py_DECREF(<object>tp)       # the heap's reference
             continue
+        timer_turn = 1
         if eng.rq.len == 0:
             if not eng.leader and _may_act(eng, home):
                 eng.leader = 1          # reserved: nobody else enters the kernel first
