@@ -35,6 +35,8 @@ cdef class Engine:
     cdef uint64_t progress          # events and timers dispatched so far (stall detection)
     cdef int exiting                # exit packets were posted: every worker leaves
     cdef int64_t n_rescues          # times a helper took over from a stuck worker
+    cdef long home_tid              # the home worker's thread id (0 until it runs)
+    cdef int home_dispatching       # the home worker is running events
 
     # -- timers (engine/timers.pxi), guarded by mu
     cdef TimerSlot* heap            # owned: malloc'd binary min-heap of heap_cap slots

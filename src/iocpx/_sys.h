@@ -214,6 +214,35 @@ static __forceinline void iocpx_store_rel_u16(uint16_t *p, uint16_t v) {
 #  define iocpx_bytes_len(o) PyBytes_GET_SIZE(o)
 #endif
 
+/* Thread identity and state, for the engine's stall watcher: a worker that
+ * has been inside one callback for a while is rescued only if it is really
+ * blocked (asleep in the kernel), not if it is computing or merely waiting
+ * for a CPU. Linux reads /proc/self/task/TID/stat; elsewhere the state is
+ * unknown (0) and every long callback counts as blocked. */
+#ifdef _WIN32
+static inline long iocpx_thread_id(void) { return (long)GetCurrentThreadId(); }
+static inline int iocpx_thread_runnable(long tid) { (void)tid; return 0; }
+#else
+#  include <sys/syscall.h>
+#  include <stdio.h>
+static inline long iocpx_thread_id(void) { return (long)syscall(SYS_gettid); }
+static inline int iocpx_thread_runnable(long tid) {
+    char path[64], buf[256];
+    char *p;
+    int fd;
+    ssize_t n;
+    snprintf(path, sizeof path, "/proc/self/task/%ld/stat", tid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    p = strrchr(buf, ')');          /* "pid (comm) S ...": comm may hold spaces */
+    return p != NULL && p[1] == ' ' && p[2] == 'R';
+}
+#endif
+
 /* The engine whose worker runs on this thread (NULL elsewhere): lets send()
  * defer its submit to the end of the worker's batch instead of a syscall each. */
 static IOCPX_TLS void *iocpx_tls_engine = NULL;

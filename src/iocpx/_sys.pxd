@@ -26,6 +26,8 @@ cdef extern from "_sys.h" nogil:
     int32_t IOCPX_ADD_I32(int32_t* p, int32_t v)
     int64_t IOCPX_LOAD_I64(int64_t* p)
     void* iocpx_tls_get()
+    long iocpx_thread_id()
+    int iocpx_thread_runnable(long tid)
     void iocpx_tls_set(void* e)
     char* iocpx_bytes_ptr(object o)
     Py_ssize_t iocpx_bytes_len(object o)

@@ -61,6 +61,8 @@ cdef void workers_run(Engine eng, bint home) noexcept nogil:
     cdef bint lead = 0              # dispatch_run reserved the leader role for us
     iocpx_tls_set(<void*>eng)
     iocpx_mutex_lock(&eng.mu)
+    if home:
+        eng.home_tid = iocpx_thread_id()
     while True:
         now = iocpx_now_ns()
         if _may_act(eng, home) and _work_ready(eng, now):
@@ -68,11 +70,15 @@ cdef void workers_run(Engine eng, bint home) noexcept nogil:
                 eng.watcher_idle = 0
                 iocpx_cond_signal(&eng.watch_cv)
             eng.dispatchers += 1
+            if home:
+                eng.home_dispatching = 1
             iocpx_mutex_unlock(&eng.mu)
             with gil:
                 r = dispatch_run(eng, home)
             iocpx_mutex_lock(&eng.mu)
             eng.dispatchers -= 1
+            if home:
+                eng.home_dispatching = 0
             if r == D_EXIT:
                 break
             if r == D_LEAD:
@@ -148,8 +154,13 @@ cdef void workers_watch(Engine eng) noexcept nogil:
             continue
         quiet += 1
         # A dispatcher has been inside one event for STALL_MS, and work is
-        # waiting: events queued, or a kernel nobody waits in.
+        # waiting: events queued, or a kernel nobody waits in. The home worker
+        # is rescued only if it is blocked: one that computes (it holds the
+        # GIL, so no helper could run anyway) or waits for a CPU is left alone.
         if busy and eng.dispatchers > 0 and (eng.rq.len > 0 or not eng.leader):
+            if eng.home_dispatching and eng.dispatchers == 1 and eng.home_tid \
+                    and iocpx_thread_runnable(eng.home_tid):
+                continue
             eng.rescue = 1
             eng.n_rescues += 1
             break
