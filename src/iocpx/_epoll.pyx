@@ -209,13 +209,17 @@ cdef class EpollBackend(Backend):
             raise oserror(errno, "fcntl")
         return 0
 
-    cdef int submit_accept(self, IoCtx* io) except -1:
-        cdef FdState* st
+    cdef FdState* _locked_state(self, int fd) except NULL:
+        """fd's state with mu held (the caller unlocks); MemoryError unlocked."""
         iocpx_mutex_lock(&self.mu)
-        st = self._state(io.fd)
+        cdef FdState* st = self._state(fd)
         if st == NULL:
             iocpx_mutex_unlock(&self.mu)
             raise MemoryError()
+        return st
+
+    cdef int submit_accept(self, IoCtx* io) except -1:
+        cdef FdState* st = self._locked_state(io.fd)
         io.aux.next_accept = NULL
         if st.acc_tail != NULL:
             st.acc_tail.aux.next_accept = io
@@ -227,12 +231,7 @@ cdef class EpollBackend(Backend):
         return 0
 
     cdef int submit_recv(self, IoCtx* io) except -1:
-        cdef FdState* st
-        iocpx_mutex_lock(&self.mu)
-        st = self._state(io.fd)
-        if st == NULL:
-            iocpx_mutex_unlock(&self.mu)
-            raise MemoryError()
+        cdef FdState* st = self._locked_state(io.fd)
         io.aux.unread = 0           # data events not yet consumed by recv_bytes
         st.recv = io
         self._interest(io.fd, st)

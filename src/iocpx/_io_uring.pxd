@@ -88,6 +88,7 @@ cdef class UringBackend(Backend):
     cdef int inc_group              # the shared incremental pool's id, or -1
     cdef readonly int inc_ok        # incremental consumption: -1 not tried, 0 no, 1 yes
 
+    cdef void* _map(self, size_t size, long long offset) except NULL
     cdef io_uring_sqe* _sqe(self) except NULL
     cdef io_uring_sqe* _slot(self) noexcept nogil
     cdef io_uring_sqe* _slot_nogil(self) noexcept nogil

@@ -104,31 +104,13 @@ cdef class UringBackend(Backend):
             if self.cq_sz > self.sq_sz:
                 self.sq_sz = self.cq_sz
             self.cq_sz = self.sq_sz
-        self.sq_ptr = mmap(NULL, self.sq_sz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
-                           self.ring_fd, IORING_OFF_SQ_RING)
-        if self.sq_ptr == MAP_FAILED:
-            self.sq_ptr = NULL
-            err = errno
-            self.release()
-            raise oserror(err, "io_uring mmap")
+        self.sq_ptr = self._map(self.sq_sz, IORING_OFF_SQ_RING)
         if p.features & IORING_FEAT_SINGLE_MMAP:
             self.cq_ptr = self.sq_ptr
         else:
-            self.cq_ptr = mmap(NULL, self.cq_sz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
-                               self.ring_fd, IORING_OFF_CQ_RING)
-            if self.cq_ptr == MAP_FAILED:
-                self.cq_ptr = NULL
-                err = errno
-                self.release()
-                raise oserror(err, "io_uring mmap")
+            self.cq_ptr = self._map(self.cq_sz, IORING_OFF_CQ_RING)
         self.sqes_sz = p.sq_entries * sizeof(io_uring_sqe)
-        self.sqes = <io_uring_sqe*>mmap(NULL, self.sqes_sz, PROT_READ | PROT_WRITE,
-                                        MAP_SHARED | MAP_POPULATE, self.ring_fd, IORING_OFF_SQES)
-        if <void*>self.sqes == MAP_FAILED:
-            self.sqes = NULL
-            err = errno
-            self.release()
-            raise oserror(err, "io_uring mmap")
+        self.sqes = <io_uring_sqe*>self._map(self.sqes_sz, IORING_OFF_SQES)
         cdef char* sq = <char*>self.sq_ptr
         cdef char* cq = <char*>self.cq_ptr
         self.sq_khead = <uint32_t*>(sq + p.sq_off.head)
@@ -145,6 +127,16 @@ cdef class UringBackend(Backend):
         self.cq_ktail = <uint32_t*>(cq + p.cq_off.tail)
         self.cq_mask = (<uint32_t*>(cq + p.cq_off.ring_mask))[0]
         self.cqes = <io_uring_cqe*>(cq + p.cq_off.cqes)
+
+    cdef void* _map(self, size_t size, long long offset) except NULL:
+        """mmap one region of the ring; on failure release everything and raise."""
+        cdef void* p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+                            self.ring_fd, offset)
+        if p == MAP_FAILED:
+            err = errno
+            self.release()
+            raise oserror(err, "io_uring mmap")
+        return p
 
     def __dealloc__(self):
         self.release()
