@@ -119,6 +119,8 @@ cdef class Connection:
     cdef bint nodelay
     cdef bint have_peer
     cdef bint was_full              # on_drain owed once send_buffered falls to max_send/2
+    cdef bint peer_eof              # the peer has shut down its side
+    cdef bint lingering             # close(): FIN sent, reading (and discarding) until the peer's
     cdef int paused                 # PAUSE_* bits: reading is stopped while non-zero
     cdef object held                # deque of bytes read ahead of a pause, or None
     cdef bint held_eof              # ... and the peer's EOF came after them
@@ -150,6 +152,7 @@ cdef class Connection:
     cdef void _abort(self, object exc) noexcept
     cdef int _cancel(self, IoCtx* target) except -1
     cdef void _maybe_finish(self) noexcept
+    cdef void _report(self) noexcept
 
 
 cdef class CompletionPort:

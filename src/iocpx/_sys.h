@@ -158,6 +158,14 @@ static inline long iocpx_sock_recv(int s, char *buf, size_t n) {
     return (long)recv(s, buf, n, MSG_DONTWAIT);
 #endif
 }
+/* Send FIN after what is queued; the socket stays open for reading. */
+static inline int iocpx_sock_shutdown_wr(int s) {
+#ifdef _WIN32
+    return shutdown((SOCKET)s, SD_SEND);
+#else
+    return shutdown(s, SHUT_WR);
+#endif
+}
 static inline int iocpx_sock_nodelay(int s, int on) {
     int v = on;
     return setsockopt(s, IPPROTO_TCP, TCP_NODELAY, (const char *)&v, sizeof(v));

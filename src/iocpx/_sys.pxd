@@ -45,6 +45,7 @@ cdef extern from "_sys.h":
     void iocpx_sock_close(int s) nogil
     int iocpx_pipe_open(int* fds, int want) nogil
     int iocpx_sock_nodelay(int s, int on) nogil
+    int iocpx_sock_shutdown_wr(int s) nogil
     long iocpx_sock_recv(int s, char* buf, size_t n) nogil
     int iocpx_sock_name(int s, iocpx_addr_t* a) nogil
     int iocpx_sock_peer(int s, iocpx_addr_t* a) nogil

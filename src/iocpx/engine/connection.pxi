@@ -90,6 +90,40 @@ cdef void conn_on_connect(Connection c, Event* ev) except *:
     c._maybe_finish()
 
 
+cdef enum:
+    LINGER_MS = 2000        # a graceful close waits this long at most for the peer's FIN
+
+
+cdef bint conn_linger(Connection c) noexcept:
+    """Everything queued is sent and the peer has not shut down its side:
+    send FIN and read (discarding) until its FIN, for LINGER_MS at most, as
+    nginx's lingering close does. Closing a socket with unread bytes makes
+    the kernel send a reset, which destroys the replies still in flight to
+    the peer (a pipelining HTTP client would lose them). on_close is
+    delivered when the lingering starts: for the application the connection
+    is closed; the engine closes the socket when the peer's FIN comes (or
+    after LINGER_MS). True if lingering."""
+    if iocpx_sock_shutdown_wr(c.fd) != 0:
+        return False            # not connected any more: close now
+    c.lingering = 1
+    try:
+        conn_start_recv(c)
+        internal_timer(c.eng, LINGER_MS / 1000.0, conn_linger_expire, c)
+    except BaseException:
+        c.lingering = 0
+        if c.recv_io != NULL:   # the receive is armed but no timer: cancel it
+            c._abort(None)
+            return True
+        return False
+    return True
+
+
+def conn_linger_expire(Connection c):
+    """The peer kept its side open past LINGER_MS: close anyway."""
+    if c.lingering and c.state == C_CLOSING:
+        c._abort(None)
+
+
 cdef void conn_on_aux(Connection c, Event* ev) except *:
     """A connection's posted packet (close request, on_drain due, held bytes
     to deliver) or cancel completed."""
@@ -208,6 +242,10 @@ cdef class Connection:
             return
         if self.state == C_CLOSING and (self.send_io != NULL or self.sendq):
             return
+        if self.state == C_CLOSING and not self.peer_eof and not self.lingering:
+            if conn_linger(self):
+                self._report()          # our side is done; the socket lingers unseen
+                return
         cdef Engine eng = self.eng
         self.state = C_CLOSED
         _sock_close(self.fd)
@@ -217,6 +255,12 @@ cdef class Connection:
             silent_remove(self)
         eng._conns.pop(self.id, None)
         eng.n_closed += 1
+        self._report()
+
+    cdef void _report(self) noexcept:
+        """Deliver on_close, once."""
+        if self.reported:
+            return
         cb = self.on_close
         exc = self.close_exc
         self.on_accept = self.on_recv = self.on_close = self.on_connect = self.on_drain = None
@@ -312,7 +356,7 @@ cdef class Connection:
         cdef iocpx_addr_t a
         if self._peer is None:
             if not self.have_peer:
-                if self.fd < 0:
+                if self.fd < 0 or self.lingering:
                     raise _closed_error("connection")
                 if iocpx_sock_peer(self.fd, &a) < 0:
                     raise oserror(iocpx_last_error(), "getpeername")
@@ -326,7 +370,7 @@ cdef class Connection:
         """The local (host, port)."""
         cdef iocpx_addr_t a
         if self._local is None:
-            if self.fd < 0:
+            if self.fd < 0 or self.lingering:
                 raise _closed_error("connection")
             if iocpx_sock_name(self.fd, &a) < 0:
                 raise oserror(iocpx_last_error(), "getsockname")

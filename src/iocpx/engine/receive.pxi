@@ -58,7 +58,9 @@ cdef void conn_on_recv(Connection c, Event* evs, int k) except *:
             else:
                 conn_deliver(c, data)
     elif res == 0:
-        if c.held:
+        if c.state != C_OPEN:
+            c.peer_eof = 1                  # lingering close: the peer's FIN
+        elif c.held:
             c.held_eof = 1                  # after the held bytes
         else:
             conn_on_eof(c)
@@ -125,6 +127,7 @@ cdef void conn_rearm_recv(Connection c) noexcept:
 
 cdef void conn_on_eof(Connection c) except *:
     """The peer shut down its side: finish sending what is queued, then close."""
+    c.peer_eof = 1
     if c.state != C_OPEN:
         return
     if c.first_pending:                 # connected and closed without sending
