@@ -91,7 +91,7 @@ cdef class Listener:
     cdef bint first_data            # on_accept waits for the connection's first bytes
     cdef double first_data_timeout  # seconds a connection may stay silent before (0: no limit)
     cdef PyObject* silent_head      # Connections waiting for first data, oldest first: a
-    cdef PyObject* silent_tail      #   list linked through Connection.silent_prev/next
+    cdef PyObject* silent_tail      #   list linked through each one's SilentLink
     cdef object silent_timer        # Timer for the oldest of them, or None
     cdef int silent_slots           # AcceptEx slots last seen holding a silent client (iocp)
     cdef double plain_until         # until then, accepts are posted without a receive buffer
@@ -106,38 +106,45 @@ cdef class FileJob:
     cdef void finish(self) noexcept
 
 
+cdef class SilentLink:
+    """A connection's place in its listener's list of connections waiting for
+    first data: made only while it waits, so other connections carry 8 bytes."""
+    cdef Listener owner             # the listener whose list holds the connection
+    cdef PyObject* prev             # neighbours' Connections (the list holds a
+    cdef PyObject* next             #   reference to each member)
+    cdef double deadline            # time.monotonic() when silence ends it
+
+
 cdef class Connection:
+    # Sized for idle connections (README: about 0.5 KiB each): flags are bytes.
     cdef Engine eng
     cdef SchedNode sched            # serializes this connection's callbacks
     cdef int fd
-    cdef int state                  # ConnState
     cdef int inflight               # I/O contexts alive that name this connection
-    cdef bint first_pending         # first_data: on_accept waits for the first bytes
-    cdef bint surfaced              # the user has seen it (on_accept ran / connect returned)
-    cdef bint user_closed           # the application called close() or abort()
-    cdef bint reported              # on_close was delivered (or would have been: not surfaced)
-    cdef bint nodelay
-    cdef bint have_peer
-    cdef bint was_full              # on_drain owed once send_buffered falls to max_send/2
-    cdef bint peer_eof              # the peer has shut down its side
-    cdef bint lingering             # close(): FIN sent, reading (and discarding) until the peer's
-    cdef int paused                 # PAUSE_* bits: reading is stopped while non-zero
+    cdef uint8_t state              # ConnState
+    cdef uint8_t paused             # PAUSE_* bits: reading is stopped while non-zero
+    cdef uint8_t first_pending      # first_data: on_accept waits for the first bytes
+    cdef uint8_t surfaced           # the user has seen it (on_accept ran / connect returned)
+    cdef uint8_t user_closed        # the application called close() or abort()
+    cdef uint8_t reported           # on_close was delivered (or would have been: not surfaced)
+    cdef uint8_t nodelay
+    cdef uint8_t have_peer
+    cdef uint8_t was_full           # on_drain owed once send_buffered falls to max_send/2
+    cdef uint8_t peer_eof           # the peer has shut down its side
+    cdef uint8_t lingering          # close(): FIN sent, reading (and discarding) until the peer's
+    cdef uint8_t held_eof           # the peer's EOF came after the held bytes
+    cdef uint8_t held_posted        # a completion that delivers the held bytes is on its way
+    cdef uint16_t group
     cdef object held                # deque of bytes read ahead of a pause, or None
-    cdef bint held_eof              # ... and the peer's EOF came after them
-    cdef bint held_posted           # a completion that delivers them is on its way
     cdef IoCtx* recv_io             # the armed (multishot) receive, or NULL; kernel-owned
     cdef IoCtx* recv_cancel         # the receive a cancel was sent for (not owned)
     cdef IoCtx* send_io             # the one send/sendfile in flight, or NULL; kernel-owned
     cdef Py_ssize_t max_send        # send_buffered above this pauses reading (backpressure)
     cdef int64_t idle_ticks         # idle_timeout in sweeper ticks (0: none)
     cdef int64_t last_tick          # the sweeper tick of the last data in or out
-    cdef double first_deadline      # first_data: time.monotonic() when silence ends it
-    cdef PyObject* silent_prev      # links in silent_owner's list of connections waiting
-    cdef PyObject* silent_next      #   for first data (the list holds a reference to each)
-    cdef Listener silent_owner      # the listener whose list holds it, or None
+    cdef SilentLink silent          # while it waits for first data (with a deadline), or None
     cdef object sendq               # deque of bytes / FileJob not yet handed to the kernel, or None
     cdef readonly Py_ssize_t send_buffered  # bytes queued or in flight, not yet sent
-    cdef uint16_t group
     cdef object on_accept, on_recv, on_close, on_connect, on_drain
     cdef object close_exc
     cdef readonly int64_t id

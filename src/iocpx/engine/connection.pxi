@@ -251,7 +251,7 @@ cdef class Connection:
         _sock_close(self.fd)
         self.fd = -1
         conn_drop_queue(self)
-        if self.silent_owner is not None:
+        if self.silent is not None:
             silent_remove(self)
         eng._conns.pop(self.id, None)
         eng.n_closed += 1
@@ -347,8 +347,8 @@ cdef class Connection:
     @property
     def closed(self):
         """True once close()/abort() was called or the connection ended."""
-        return self.user_closed or self.state >= C_ABORTING or \
-            (self.state == C_CLOSING and not self.sendq and self.send_io == NULL)
+        return bool(self.user_closed or self.state >= C_ABORTING or
+                    (self.state == C_CLOSING and not self.sendq and self.send_io == NULL))
 
     @property
     def peer(self):

@@ -160,7 +160,7 @@ cdef void conn_surface(Connection c, object data) noexcept:
     """Hand the connection to the application: on_accept(conn, data)."""
     c.first_pending = 0
     c.surfaced = 1
-    if c.silent_owner is not None:
+    if c.silent is not None:
         silent_remove(c)
     if data:
         c.eng.n_bytes_in += len(data)
@@ -172,16 +172,23 @@ cdef void conn_surface(Connection c, object data) noexcept:
 # ---- connections waiting for first data: a list per listener, oldest first,
 # ---- and one timer at the oldest deadline (the timeout is the same for all)
 
+@cython.final
+@cython.no_gc_clear
+cdef class SilentLink:
+    """A waiting connection's links and deadline (layout in _core.pxd)."""
+
 cdef void silent_add(Listener lst, Connection c) noexcept:
     if lst.first_data_timeout <= 0:
         return
-    c.first_deadline = time.monotonic() + lst.first_data_timeout
-    c.silent_owner = lst
-    c.silent_prev = lst.silent_tail
-    c.silent_next = NULL
+    cdef SilentLink link = SilentLink.__new__(SilentLink)
+    link.owner = lst
+    link.deadline = time.monotonic() + lst.first_data_timeout
+    link.prev = lst.silent_tail
+    link.next = NULL
+    c.silent = link
     Py_INCREF(c)                        # the list's reference
     if lst.silent_tail != NULL:
-        (<Connection>lst.silent_tail).silent_next = <PyObject*>c
+        (<Connection>lst.silent_tail).silent.next = <PyObject*>c
     else:
         lst.silent_head = <PyObject*>c
     lst.silent_tail = <PyObject*>c
@@ -191,19 +198,19 @@ cdef void silent_add(Listener lst, Connection c) noexcept:
 
 cdef void silent_remove(Connection c) noexcept:
     """Unlink c from its listener's list (it surfaced, closed or timed out)."""
-    cdef Listener lst = c.silent_owner
-    if lst is None:
+    cdef SilentLink link = c.silent
+    if link is None:
         return
-    if c.silent_prev != NULL:
-        (<Connection>c.silent_prev).silent_next = c.silent_next
+    cdef Listener lst = link.owner
+    if link.prev != NULL:
+        (<Connection>link.prev).silent.next = link.next
     else:
-        lst.silent_head = c.silent_next
-    if c.silent_next != NULL:
-        (<Connection>c.silent_next).silent_prev = c.silent_prev
+        lst.silent_head = link.next
+    if link.next != NULL:
+        (<Connection>link.next).silent.prev = link.prev
     else:
-        lst.silent_tail = c.silent_prev
-    c.silent_prev = c.silent_next = NULL
-    c.silent_owner = None
+        lst.silent_tail = link.prev
+    c.silent = None
     Py_DECREF(c)
 
 
@@ -211,7 +218,7 @@ cdef void _silent_schedule(Listener lst) noexcept:
     if lst.silent_head == NULL or lst.eng.state != E_RUNNING:
         return
     try:
-        lst.silent_timer = internal_timer_at(lst.eng, (<Connection>lst.silent_head).first_deadline,
+        lst.silent_timer = internal_timer_at(lst.eng, (<Connection>lst.silent_head).silent.deadline,
                                              silent_expire, lst)
     except BaseException:
         log.exception("iocpx: could not schedule the first-data timeout")
@@ -227,7 +234,7 @@ def silent_expire(Listener lst):
     now = time.monotonic()
     while lst.silent_head != NULL and n < EXPIRE_BATCH:
         c = <Connection>lst.silent_head
-        if c.first_deadline > now:
+        if c.silent.deadline > now:
             break
         silent_remove(c)
         if c.first_pending and c.state == C_OPEN:
