@@ -170,16 +170,31 @@ cdef void workers_watch(Engine eng) noexcept nogil:
 
 cdef int dispatch_run(Engine eng, bint home) noexcept:
     """Run due timers and queued events until there are none (GIL held).
-    A helper stops as soon as the home worker is back."""
+    A helper stops as soon as the home worker is back. After an event of a
+    connection, the events that queued behind it (its SchedNode backlog) run
+    next; the node is released in the same critical section that takes the
+    next event, one lock round per event."""
     cdef Event run[MERGE_MAX]      # run[0]: the event; more: receives of one op merged into it
     cdef Event* nx
     cdef SchedNode* s
+    cdef SchedNode* cur = NULL      # the node we run events of (running = 1), owner held
     cdef PyObject* tp
-    cdef int count = 0, k
+    cdef int count = 0, k, r = D_DONE
     cdef bint timer_turn = 1        # due timers and queued events take turns
     cdef Py_ssize_t total
+    owner = None                    # keeps cur's object alive
     while True:
         iocpx_mutex_lock(&eng.mu)
+        if cur != NULL:
+            if cur.backlog.len > 0:     # what arrived for it meanwhile, in order
+                run[0] = evq_peek(&cur.backlog)[0]
+                evq_drop(&cur.backlog)
+                eng.progress += 1
+                iocpx_mutex_unlock(&eng.mu)
+                handle_event(eng, run, 1)
+                continue
+            cur.running = 0
+            cur = NULL
         if home:
             eng.rescue = 0              # back from whatever we ran: helpers step aside
         elif not eng.rescue and not eng.exiting:
@@ -191,6 +206,7 @@ cdef int dispatch_run(Engine eng, bint home) noexcept:
             eng.progress += 1
             timer_turn = 0
             iocpx_mutex_unlock(&eng.mu)
+            owner = None
             timer_fire(eng, <Timer>tp)
             Py_DECREF(<object>tp)       # the heap's reference
             continue
@@ -198,8 +214,7 @@ cdef int dispatch_run(Engine eng, bint home) noexcept:
         if eng.rq.len == 0:
             if not eng.leader and _may_act(eng, home):
                 eng.leader = 1          # reserved: nobody else enters the kernel first
-                iocpx_mutex_unlock(&eng.mu)
-                return D_LEAD
+                r = D_LEAD
             iocpx_mutex_unlock(&eng.mu)
             break
         run[0] = evq_peek(&eng.rq)[0]
@@ -235,21 +250,23 @@ cdef int dispatch_run(Engine eng, bint home) noexcept:
         iocpx_mutex_unlock(&eng.mu)
         if run[0].io.op == OP_EXIT:
             io_free(run[0].io)
-            eng._flush()
-            return D_EXIT
+            r = D_EXIT
+            break
         if s != NULL:
             owner = <object>run[0].io.owner     # keeps the SchedNode's object alive
+            cur = s
             handle_event(eng, run, k)
-            drain_node(eng, s)
-            owner = None
         else:
+            owner = None
             handle_event(eng, run, 1)
         count += 1
         if count >= FLUSH_EVERY:
             eng._flush()
             count = 0
-    eng._flush()
-    return D_DONE
+    owner = None
+    if r != D_LEAD:                 # the leader's next wait submits what the run queued
+        eng._flush()
+    return r
 
 
 cdef void drain_node(Engine eng, SchedNode* s) noexcept:
