@@ -6,7 +6,7 @@ import threading
 import pytest
 
 import iocpx
-from conftest import BACKENDS, Recorder, client, echo, recv_exact, wait_for
+from conftest import Recorder, client, echo, recv_exact, wait_for
 
 
 def test_connect_roundtrip_on_same_engine(engine):
@@ -65,6 +65,33 @@ def test_server_context_manager_and_stats(backend):
         s.close()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(srv.address, timeout=5)
+    final = srv.stats()                 # after stop(): the final counters
+    assert final["accepted"] == 1 and final["closed"] == 1
+    assert final["bytes_in"] == 4 and final["bytes_out"] == 4
+    assert final["live_io"] == 0        # every context reaped, in this process
+    assert final["closed_engine"]
+    final["accepted"] = -1              # a copy: the server's own record stays
+    assert srv.stats()["accepted"] == 1
+
+
+def test_engine_stats_counters(engine):
+    st = engine.stats()
+    for key in ("connections", "accepted", "connected", "closed", "bytes_in", "bytes_out",
+                "bytes_dropped", "messages_in", "pending_ops", "live_io", "listeners",
+                "accept_errors", "first_data_timeouts", "idle_timeouts", "timers",
+                "timers_fired", "rescues", "internal_errors"):
+        assert isinstance(st[key], int) and not isinstance(st[key], bool), key
+        assert st[key] >= 0, key
+    assert st["backend"] == engine.backend and st["workers"] == engine.workers
+    assert not st["closing"] and not st["closed_engine"]
+    assert st["internal_errors"] == 0
+
+
+def test_server_stats_before_start_raises(backend):
+    srv = iocpx.Server(("127.0.0.1", 0), on_recv=echo, backend=backend, workers=1)
+    with pytest.raises(RuntimeError):
+        srv.stats()
+    srv.stop()                          # nothing to stop: no error
 
 
 def test_server_serve_forever_stops(backend):
@@ -203,6 +230,8 @@ def test_abort_drops_queue_and_reports(engine):
     conns[0].abort()
     rec.wait(lambda r: r.closed)
     assert list(rec.closed.values()) == [None]
+    st = engine.stats()
+    assert st["bytes_out"] + st["bytes_dropped"] == 1 << 20
     s.close()
 
 

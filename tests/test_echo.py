@@ -10,17 +10,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import iocpx
-from conftest import BACKENDS, Recorder, client, echo, recv_exact, wait_for
+from conftest import Recorder, check_closed_engine, client, echo, held, recv_exact, wait_for
 
 
-@pytest.fixture(scope="module", params=[(b, w) for b in BACKENDS for w in (1, 4)],
-                ids=lambda p: f"{p[0]}-w{p[1]}")
-def echo_server(request):
-    eng = iocpx.Engine(workers=request.param[1], backend=request.param[0])
+@pytest.fixture(scope="module")
+def echo_server(backend, workers):
+    """One echo server per backend and worker count, shared by the module."""
+    eng = iocpx.Engine(workers=workers, backend=backend)
     lst = eng.listen(("127.0.0.1", 0), on_recv=echo)
     yield lst.address
     eng.close(timeout=30)
-    assert eng.stats()["pending_ops"] == 0
+    check_closed_engine(eng)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -110,40 +110,41 @@ def test_64mib_stream_order_by_hash(echo_server):
 @pytest.mark.parametrize("first_data", [True, False])
 def test_first_data(engine, first_data):
     rec = Recorder()
-    lst = engine.listen(("127.0.0.1", 0), first_data=first_data,
-                        on_accept=lambda c, d: rec.add("accept", c.id, d),
-                        on_recv=lambda c, d: rec.add("recv", c.id, d), on_close=rec.on_close)
+    lst = engine.listen(("127.0.0.1", 0), first_data=first_data, on_accept=rec.accept,
+                        on_recv=rec.recv, on_close=rec.on_close)
     s = client(lst.address)
     if first_data:
-        # connected but silent: not surfaced yet
-        import time
-        time.sleep(0.2)
-        assert not [e for e in rec.events if e[0] == "accept"]
-    s.sendall(b"first")
-    rec.wait(lambda r: any(e[0] in ("accept", "recv") and e[2] for e in r.events))
-    s.sendall(b"second")
-    rec.wait(lambda r: len([e for e in r.events if e[0] in ("accept", "recv")]) >= (2 if first_data else 3))
-    kinds = [(e[0], e[2]) for e in rec.events if e[0] in ("accept", "recv")]
-    if first_data:
-        assert kinds[0] == ("accept", b"first")
-        assert b"".join(d for k, d in kinds[1:]) == b"second"
+        # The engine holds the connection (accepted, or in an AcceptEx slot)
+        # before it has sent anything: it must not surface yet. Sending only
+        # now proves it below: on_accept gets exactly these bytes, whereas a
+        # connection surfaced early would have got b"" and the bytes in on_recv.
+        wait_for(lambda: held(engine) == 1, what="the silent connection to be held")
+        assert rec.kinds() == []
     else:
-        assert kinds[0] == ("accept", b"")
-        assert b"".join(d for k, d in kinds[1:]) == b"firstsecond"
+        rec.wait(lambda r: r.kinds() == ["accept"], what="on_accept at connect")
+    s.sendall(b"first")
+    rec.wait(lambda r: r.data() == b"first", what="the first bytes")
+    s.sendall(b"second")
+    rec.wait(lambda r: r.data() == b"firstsecond", what="the second bytes")
+    accepts = [e for e in rec.events if e[0] == "accept"]
+    assert len(accepts) == 1
+    assert accepts[0][2] == (b"first" if first_data else b"")
+    assert rec.kinds()[0] == "accept"
     s.close()
-    rec.wait(lambda r: r.closed)
+    rec.wait_closed()
     assert list(rec.closed.values()) == [None]
+    assert rec.kinds()[-1] == "close"
 
 
 def test_first_data_client_closes_without_sending(engine):
     """The connection surfaces with b'' and then closes, like AcceptEx's 0-byte completion."""
     rec = Recorder()
-    lst = engine.listen(("127.0.0.1", 0), first_data=True,
-                        on_accept=lambda c, d: rec.add("accept", c.id, d), on_close=rec.on_close)
+    lst = engine.listen(("127.0.0.1", 0), first_data=True, on_accept=rec.accept,
+                        on_recv=rec.recv, on_close=rec.on_close)
     s = client(lst.address)
     s.close()
-    rec.wait(lambda r: r.closed)
-    assert rec.events[0][0] == "accept" and rec.events[0][2] == b""
+    rec.wait_closed()
+    assert [(k, d) for k, _, d in rec.events] == [("accept", b""), ("close", None)]
 
 
 def test_send_from_foreign_thread(engine):
@@ -153,11 +154,6 @@ def test_send_from_foreign_thread(engine):
     wait_for(lambda: conns, what="accept")
     conn = conns[0]
     parts = [os.urandom(1000 + i) for i in range(200)]
-
-    def pump(idx):
-        for p in parts[idx::4]:
-            conn.send(p)
-
     # Order is per caller: one thread sends in order, the others interleave.
     t = threading.Thread(target=lambda: [conn.send(p) for p in parts])
     t.start()

@@ -5,14 +5,15 @@ import time
 import pytest
 
 import iocpx
-from conftest import BACKENDS
+from conftest import wait_for
 
 
-@pytest.fixture(params=BACKENDS)
-def port(request):
-    p = iocpx.CompletionPort(backend=request.param)
+@pytest.fixture
+def port(backend):
+    p = iocpx.CompletionPort(backend=backend)
     yield p
     p.close()
+    assert p.closed
 
 
 def test_post_get_roundtrip(port):
@@ -83,27 +84,46 @@ def test_get_releases_the_gil(port):
 
 def test_close_wakes_waiter_and_rejects_use(backend):
     p = iocpx.CompletionPort(backend=backend)
-    errs = []
+    got, errs = [], []
+    started = threading.Event()
 
     def waiter():
-        try:
-            p.get()
-        except iocpx.ConnectionClosedError as e:
-            errs.append(e)
+        started.set()
+        while True:
+            try:
+                got.append(p.get())     # no timeout: only close() can end this loop
+            except iocpx.ConnectionClosedError as e:
+                errs.append(e)
+                return
 
     t = threading.Thread(target=waiter)
     t.start()
+    assert started.wait(5)
+    p.post(1, 0, "read")
+    wait_for(lambda: got, what="the waiter to take a packet")
+    # No event says "the waiter sits in the kernel again"; give it a moment to
+    # get there, so close() has a sleeping waiter to wake (it passes either way).
     time.sleep(0.1)
-    p.post(1, 0, "unread")      # may be taken by the waiter or dropped by close
-    time.sleep(0.05)
     p.close()
     t.join(5)
-    assert not t.is_alive()
+    assert not t.is_alive(), "close() did not wake the waiting get()"
+    assert got == [(1, 0, "read")]
+    assert len(errs) == 1
     with pytest.raises(iocpx.ConnectionClosedError):
         p.post(1)
     with pytest.raises(iocpx.ConnectionClosedError):
         p.get(timeout=0)
     p.close()       # idempotent
+
+
+def test_unread_packets_are_dropped_at_close(backend):
+    p = iocpx.CompletionPort(backend=backend)
+    live0 = iocpx.live_io()
+    for i in range(10):
+        p.post(i, i, object())
+    assert iocpx.live_io() == live0 + 10
+    p.close()
+    assert iocpx.live_io() == live0
 
 
 def test_post_argument_errors(port):

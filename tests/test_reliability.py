@@ -3,6 +3,7 @@ exhaustion, storms, shutdown under load. Nothing is lost, memory stays
 bounded, the server serves on. Every test runs on every backend."""
 import asyncio
 import hashlib
+import logging
 import os
 import socket
 import subprocess
@@ -14,8 +15,8 @@ import time
 import pytest
 
 import iocpx
-from conftest import (BACKENDS, LINUX, UNDER_WINE, Recorder, client, echo, recv_exact,
-                      recv_until_eof, wait_for)
+from conftest import (LINUX, UNDER_WINE, Recorder, check_closed_engine, client, echo, held, loud,
+                      recv_exact, recv_until_eof, still_open, wait_dropped, wait_for)
 
 try:
     import resource
@@ -56,8 +57,8 @@ def test_slow_reader_push_256mib_bounded(engine):
     s = client(lst.address, timeout=60)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
     recv_exact(s, chunk)
-    time.sleep(1.0)                     # the reader stalls
-    assert state["full"] >= 1
+    # the reader stalls: the pusher runs into the cap
+    wait_for(lambda: state["full"] >= 1, timeout=20, what="send() to refuse (SendBufferFull)")
     assert state["sent"] < total // 4
     grown = rss_bytes() - rss0
     assert grown < 64 << 20, f"RSS grew {grown >> 20} MiB while the reader stalled"
@@ -158,31 +159,95 @@ def test_one_byte_trickle(engine):
     s.close()
 
 
-def test_slowloris_and_never_sending_client_hit_idle_timeout(engine):
+IDLE = 1.0 if UNDER_WINE else 0.5     # Wine: slower I/O, a wider margin
+SWEEP = 0.25                          # the engine checks idle connections this often
+
+
+def idle_clients(address, n):
+    """n clients that each exchange one byte, then stay idle; their last
+    activity falls at different points of the engine's sweep period."""
+    socks, last = [], []
+    for i in range(n):
+        s = client(address)
+        s.sendall(b"%d" % i)
+        assert recv_exact(s, 1) == b"%d" % i
+        socks.append(s)
+        last.append(time.monotonic())
+        time.sleep(SWEEP / n)                    # spread over one sweep period
+    return socks, last
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "engine bug: the idle sweeper (engine.pxi _sweep, every 250 ms) closes a connection once "
+    "tick - last_tick >= idle_ticks, so one whose last activity came just before a tick is "
+    "closed after idle_timeout - 250 ms (0.26 s of silence for idle_timeout=0.5)"))
+def test_idle_timeout_never_closes_sooner(engine):
+    """No data in or out for idle_timeout seconds: not less."""
+    lst = engine.listen(("127.0.0.1", 0), idle_timeout=IDLE, on_recv=echo)
+    idle, last = idle_clients(lst.address, 5)
+    took = []
+    for s, t0 in zip(idle, last):
+        assert wait_dropped(s, timeout=10 + IDLE), "an idle connection was not closed"
+        took.append(time.monotonic() - t0)
+        s.close()
+    assert min(took) >= IDLE - 0.02, \
+        f"closed after {min(took):.3f} s of silence with idle_timeout={IDLE}: {took}"
+
+
+def test_idle_timeout_closes_idle_surfaced_connections(engine, caplog):
+    """idle_timeout closes a surfaced connection with no data in or out for
+    that long (TimeoutError in on_close, counted in idle_timeouts), never
+    sooner; a slowloris trickle faster than that keeps its connection; a
+    first-data connection that has not surfaced is not the idle timeout's
+    business (first_data_timeout governs it, here None: kept)."""
+    caplog.set_level(logging.DEBUG, logger="iocpx")
     rec = Recorder()
-    lst = engine.listen(("127.0.0.1", 0), first_data=True, idle_timeout=0.5,
-                        on_accept=lambda c, d: (rec.add("accept", c.id, d), c.send(d)),
+    lst = engine.listen(("127.0.0.1", 0), first_data=True, first_data_timeout=None,
+                        idle_timeout=IDLE, on_accept=lambda c, d: (rec.accept(c, d), c.send(d)),
                         on_recv=echo, on_close=rec.on_close)
     silent = client(lst.address)                 # connects, never sends
-    slow = client(lst.address)
-    slow.sendall(b"h")
-    assert recv_exact(slow, 1) == b"h"
-    t0 = time.monotonic()
-    assert recv_until_eof(silent, timeout=10) == b""      # dropped by the server
-    assert recv_until_eof(slow, timeout=10) == b""
-    assert time.monotonic() - t0 < 5
-    rec.wait(lambda r: r.closed)
-    exc = list(rec.closed.values())[0]
-    assert isinstance(exc, TimeoutError)
-    assert [e[0] for e in rec.events].count("accept") == 1   # the silent one never surfaced
-    fast = client(lst.address)                   # the listener still serves
-    for i in range(5):
-        fast.sendall(b"x%d" % i)
-        assert recv_exact(fast, 2) == b"x%d" % i
-        time.sleep(0.2)                          # activity keeps it alive
-    fast.close()
-    silent.close()
-    slow.close()
+    wait_for(lambda: held(engine) == 1, what="the silent connection to be held")
+    idle, last = idle_clients(lst.address, 5)
+    trickle = client(lst.address)
+    stop, trickled, errors = threading.Event(), [0], []
+
+    def slowloris():                             # one byte per IDLE/4: never idle that long
+        try:
+            while not stop.is_set():
+                trickle.sendall(b"t")
+                assert recv_exact(trickle, 1, timeout=5) == b"t"
+                trickled[0] += 1
+                stop.wait(IDLE / 4)
+        except Exception as e:                   # reported below
+            errors.append(e)
+
+    th = threading.Thread(target=slowloris)
+    th.start()
+    took = []
+    try:
+        for s, t0 in zip(idle, last):
+            assert wait_dropped(s, timeout=10 + IDLE), "an idle connection was not closed"
+            took.append(time.monotonic() - t0)
+        rec.wait_closed(5)
+    finally:
+        stop.set()
+        th.join(10)
+    assert not errors, f"the trickling client was cut off: {errors[0]!r}"
+    assert max(took) < IDLE + SWEEP + (3 if UNDER_WINE else 1), took
+    assert trickled[0] >= 2
+    excs = list(rec.closed.values())
+    assert len(excs) == 5 and all(isinstance(e, TimeoutError) for e in excs), excs
+    assert engine.stats()["idle_timeouts"] == 5
+    assert still_open(silent), "idle_timeout closed a connection that never surfaced"
+    assert engine.stats()["first_data_timeouts"] == 0
+    silent.sendall(b"late")                      # it surfaces now, with its first bytes
+    assert recv_exact(silent, 4) == b"late"
+    assert ("accept", b"late") in [(k, d) for k, _, d in rec.events]
+    for s in idle + [trickle, silent]:
+        s.close()
+    rec.wait_closed(7)
+    noisy = loud(caplog)                         # idle timeouts log at DEBUG at most
+    assert not noisy, [f"{r.levelname}: {r.getMessage()}" for r in noisy]
 
 
 EMFILE_SERVER = textwrap.dedent("""
@@ -199,7 +264,6 @@ EMFILE_SERVER = textwrap.dedent("""
 
 
 @pytest.mark.skipif(resource is None, reason="lowers RLIMIT_NOFILE (POSIX only)")
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_emfile_listener_survives(backend):
     """Out of descriptors while accepting: the listener backs off, and
     accepts again once descriptors are free."""
@@ -323,9 +387,8 @@ def test_engine_close_with_10000_busy_connections(backend):
         t0 = time.monotonic()
         eng.close(timeout=60)
         took = time.monotonic() - t0
-        st = eng.stats()
-        assert st["pending_ops"] == 0 and st["connections"] == 0
-        assert iocpx.live_io() == 0
+        check_closed_engine(eng, live_before=0)
+        assert eng.stats()["closed"] == eng.stats()["accepted"] >= 9_900
         assert took < 30
         assert p.wait(60) == 0          # every client saw its connection end
     finally:
