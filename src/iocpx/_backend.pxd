@@ -5,7 +5,7 @@
 from cpython.ref cimport PyObject
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, int64_t
 from libc.stdlib cimport malloc, realloc, free
-from iocpx._sys cimport iocpx_ovl_t, iocpx_addr_t, socklen_t, iocpx_sock_recv
+from iocpx._sys cimport iocpx_ovl_t, iocpx_addr_t, socklen_t, iocpx_sock_recv, sockaddr, IOCPX_AF_UNIX
 
 # Operation types: one enum for every backend.
 cpdef enum OpType:
@@ -108,9 +108,18 @@ cdef struct IoCtx:
     Py_ssize_t len      # bytes left at buf; OP_ACCEPT: first-data bytes wanted with the accept
     IoAux aux           # op- and backend-specific, see IoAux
     iocpx_addr_t addr   # accept: peer address written by the kernel; connect: target
+                        # (sa_family AF_UNIX: the target is in extra, see io_target)
     socklen_t addrlen
-    void* extra         # owned by the backend (timespec, AcceptState, sendfile state);
+    void* extra         # owned by the backend (timespec, AcceptState, sendfile state),
+                        # or by the engine for an AF_UNIX connect (its iocpx_unaddr_t);
                         # freed by io_free through Backend-agnostic free()
+
+cdef inline sockaddr* io_target(IoCtx* io) noexcept nogil:
+    """The address an OP_CONNECT goes to (io.addrlen bytes): io.addr, or an
+    AF_UNIX path, too big for io.addr, kept out of line in io.extra."""
+    if io.addr.sa.sa_family == IOCPX_AF_UNIX and io.extra != NULL:
+        return <sockaddr*>io.extra
+    return &io.addr.sa
 
 cdef enum:
     READ_MIN = 65536        # a heap-buffer receive reads up to this much, whatever buffer_size
@@ -168,6 +177,7 @@ cdef class Backend:
     cdef readonly bint accept_with_data # an accept can wait for the client's first bytes (AcceptEx)
     cdef int socket_open(self, int family) except -1       # a new stream socket for connect()
     cdef int adopt(self, int fd) except -1                 # a listening socket joins the port
+    cdef int adopt_stream(self, int fd) except -1          # a connected stream socket joins it
     cdef int submit_accept(self, IoCtx* io) except -1
     cdef int submit_recv(self, IoCtx* io) except -1
     cdef int submit_send(self, IoCtx* io) except -1

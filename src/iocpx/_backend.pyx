@@ -99,6 +99,8 @@ cdef class Backend:
         raise NotImplementedError
     cdef int adopt(self, int fd) except -1:
         return 0
+    cdef int adopt_stream(self, int fd) except -1:
+        return self.adopt(fd)
     cdef int submit_accept(self, IoCtx* io) except -1:
         raise NotImplementedError
     cdef int submit_recv(self, IoCtx* io) except -1:

@@ -53,6 +53,7 @@ cdef class Engine:
     cdef int64_t n_accepted, n_connected, n_closed, n_bytes_in, n_bytes_out
     cdef int64_t n_msgs_in, n_errors, n_accept_errors, n_bytes_dropped
     cdef int64_t n_first_data_timeouts, n_idle_timeouts, n_timers_fired
+    cdef int64_t n_adopted          # connections taken over by Engine.adopt()
 
     cdef int _check_open(self) except -1
     cdef int64_t _take_id(self)
@@ -96,6 +97,7 @@ cdef class Listener:
     cdef int silent_slots           # AcceptEx slots last seen holding a silent client (iocp)
     cdef double plain_until         # until then, accepts are posted without a receive buffer
     cdef object guard_timer         # the periodic check of silent AcceptEx slots, or None
+    cdef object unix_cleanup        # (path, st_dev, st_ino) of the socket file to remove at close, or None
 
 
 cdef class FileJob:

@@ -19,6 +19,8 @@ file:
   engine/sendq.pxi       the send queue and flow control
   engine/sendfile.pxi    sendfile (TransmitFile / sendfile / splice)
   engine/port.pxi        CompletionPort: post/get on the raw port
+  engine/unix.pxi        Unix-domain sockets: paths, abstract names, the socket file
+  engine/adopt.pxi       sockets made elsewhere: listen(sock=...), Engine.adopt()
   engine/harness.pxi     BackendTester: one backend driven op by op (contract tests)
 """
 import errno as _errno
@@ -61,4 +63,6 @@ include "engine/receive.pxi"
 include "engine/sendq.pxi"
 include "engine/sendfile.pxi"
 include "engine/port.pxi"
+include "engine/unix.pxi"
+include "engine/adopt.pxi"
 include "engine/harness.pxi"

@@ -29,7 +29,7 @@ from posix.unistd cimport close as c_close, read as c_read, write as c_write
 from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy, iocpx_mutex_lock,
                          iocpx_mutex_unlock, sockaddr, socklen_t)
 from iocpx._backend cimport (Backend, IoCtx, Event, EventQueue, ev_set, evq_push, evq_take,
-                             evq_free, recv_heap, oserror, EV_MORE, OP_SEND, READ_MIN)
+                             evq_free, recv_heap, oserror, io_target, EV_MORE, OP_SEND, READ_MIN)
 
 cdef extern from "<sys/epoll.h>" nogil:
     union epoll_data:
@@ -304,7 +304,7 @@ cdef class EpollBackend(Backend):
     cdef int submit_connect(self, IoCtx* io) except -1:
         iocpx_mutex_lock(&self.mu)
         try:
-            if connect(io.fd, &io.addr.sa, io.addrlen) == 0:
+            if connect(io.fd, io_target(io), io.addrlen) == 0:
                 self._ready_or_raise(io, 0)
             elif errno == EINPROGRESS or errno == EINTR:
                 self._arm_out(io, 1)

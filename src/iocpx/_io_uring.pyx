@@ -44,8 +44,8 @@ from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy, i
                          iocpx_mutex_unlock, iocpx_sleep_ms, iocpx_pipe_open,
                          IOCPX_LOAD_ACQ_U32, IOCPX_STORE_REL_U32, IOCPX_STORE_REL_U16,
                          IOCPX_ADD_I32)
-from iocpx._backend cimport (Backend, IoCtx, Event, ev_set, oserror, EV_BUFFER, EV_BUFFER_SHIFT,
-                             MAX_GROUPS, OP_SENDFILE)
+from iocpx._backend cimport (Backend, IoCtx, Event, ev_set, oserror, io_target, EV_BUFFER,
+                             EV_BUFFER_SHIFT, MAX_GROUPS, OP_SENDFILE)
 from iocpx._uring cimport *
 
 cdef extern from *:
@@ -283,7 +283,7 @@ cdef class UringBackend(Backend):
         cdef io_uring_sqe* sqe = self._sqe()
         sqe.opcode = IORING_OP_CONNECT
         sqe.fd = io.fd
-        sqe.addr = <uint64_t><size_t>&io.addr
+        sqe.addr = <uint64_t><size_t>io_target(io)     # io.addr, or an AF_UNIX path in io.extra
         sqe.off = io.addrlen
         self._push(sqe, io)
         return 0

@@ -53,7 +53,7 @@ from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy,
                          iocpx_mutex_lock, iocpx_mutex_unlock, iocpx_now_ns,
                          iocpx_addr_t)
 from iocpx._backend cimport (Backend, IoCtx, Event, EventQueue, ev_set, evq_push, evq_take,
-                             evq_free, recv_heap, oserror, OP_NOP, OP_ACCEPT, OP_RECV, OP_SEND,
+                             evq_free, recv_heap, oserror, io_target, OP_NOP, OP_ACCEPT, OP_RECV, OP_SEND,
                              OP_CONNECT, OP_CANCEL, OP_POST, OP_EXIT, OP_SENDFILE)
 from iocpx._winsock cimport *
 
@@ -77,7 +77,8 @@ cdef enum:
     KEY_IO = 1              # a socket's own operations
     KEY_POST = 2            # PostQueuedCompletionStatus packets with an IoCtx
     KEY_WAKE = 3            # wake-up for the leader (no OVERLAPPED)
-    ADDR_SLOT = 28 + 16     # AcceptEx address slot: sizeof(sockaddr_in6) + 16
+    ADDR_SLOT = 112 + 16    # AcceptEx address slot: the largest address (SOCKADDR_UN, 110 bytes,
+                            # rounded up) + 16, as AcceptEx requires
     MAX_ENTRIES = 256
     SCAN_MS = 1000          # how often the leader checks first-data accepts
     WINERR_TAG = 0x20000000 # Event.res = -(WINERR_TAG | code): a Windows code without errno
@@ -178,8 +179,8 @@ cdef class IocpBackend(Backend):
         return 0
 
     cdef SOCKET _new_socket(self, int family) except? 0:
-        cdef SOCKET s = WSASocketW(family, SOCK_STREAM, IPPROTO_TCP, NULL, 0,
-                                   WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT)
+        cdef SOCKET s = WSASocketW(family, SOCK_STREAM, IPPROTO_TCP if family != AF_UNIX else 0,
+                                   NULL, 0, WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT)
         if s == INVALID_SOCKET:
             raise win_error(WSAGetLastError(), "WSASocketW")
         try:
@@ -196,6 +197,13 @@ cdef class IocpBackend(Backend):
     cdef int adopt(self, int fd) except -1:
         self._check_open()
         self._associate(<SOCKET>fd, False)
+        return 0
+
+    cdef int adopt_stream(self, int fd) except -1:
+        """A connected socket made elsewhere: non-blocking too, for the read
+        after a zero-byte receive."""
+        self._check_open()
+        self._associate(<SOCKET>fd, True)
         return 0
 
     # ---- ready list: events of operations that finished at submit -----------
@@ -265,8 +273,11 @@ cdef class IocpBackend(Backend):
         return self._submitted(io, r == 0, got, err)
 
     cdef int submit_connect(self, IoCtx* io) except -1:
-        """ConnectEx needs a bound socket: bind to the wildcard address first."""
+        """ConnectEx needs a bound socket: bind to the wildcard address first.
+        AF_UNIX has no ConnectEx: a connect() of its own (local, immediate)."""
         self._check_open()
+        if io.addr.sa.sa_family == AF_UNIX:
+            return self._connect_unix(io)
         cdef iocpx_addr_t any_
         memset(&any_, 0, sizeof(any_))
         any_.sa.sa_family = io.addr.sa.sa_family
@@ -288,6 +299,22 @@ cdef class IocpBackend(Backend):
         if not ok:
             err = WSAGetLastError()
         return self._submitted(io, ok, 0, err)
+
+    cdef int _connect_unix(self, IoCtx* io) except -1:
+        """connect() in blocking mode (a Unix socket connects at once or is
+        refused), its result queued as the completion."""
+        cdef u_long mode = 0
+        cdef int err = 0
+        cdef Event ev
+        ioctlsocket(<SOCKET>io.fd, FIONBIO, &mode)
+        if connect(<SOCKET>io.fd, <sockaddr*><void*>io_target(io), <int>io.addrlen) != 0:
+            err = WSAGetLastError()
+        mode = 1
+        ioctlsocket(<SOCKET>io.fd, FIONBIO, &mode)
+        ev_set(&ev, io, win_errno(<DWORD>err) if err else 0, 0, NULL)
+        if self._push_ready(&ev) < 0:
+            raise MemoryError()
+        return 0
 
     cdef int submit_sendfile(self, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1:
         """TransmitFile of nbytes from the CRT descriptor file_fd at offset."""

@@ -5,6 +5,7 @@
 #ifndef IOCPX_SYS_H
 #define IOCPX_SYS_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -177,6 +178,84 @@ static inline int iocpx_sock_name(int s, iocpx_addr_t *a) {
 static inline int iocpx_sock_peer(int s, iocpx_addr_t *a) {
     socklen_t n = (socklen_t)sizeof(*a);
     return getpeername(s, &a->sa, &n);
+}
+
+/* ---- Unix-domain and adopted sockets: raw addresses and socket facts ----
+ * AF_UNIX addresses do not fit iocpx_addr_t (which sits in every per-I/O
+ * context): they travel out of line, in a malloc'd iocpx_unaddr_t. The layout
+ * is Linux's sockaddr_un and Windows' SOCKADDR_UN (afunix.h) alike. */
+#ifndef AF_UNIX
+#  define AF_UNIX 1
+#endif
+#define IOCPX_AF_UNIX AF_UNIX
+#define IOCPX_UN_PATH 108
+typedef struct {
+    unsigned short sun_family;
+    char sun_path[IOCPX_UN_PATH];
+} iocpx_unaddr_t;
+#define IOCPX_UN_OFF ((int)offsetof(iocpx_unaddr_t, sun_path))
+
+/* Fill a from a path of n bytes (a leading NUL: Linux's abstract namespace,
+ * taken as is, no terminator); returns the address length, or -1 when the
+ * name does not fit. */
+static inline int iocpx_unaddr_fill(iocpx_unaddr_t *a, const char *path, size_t n) {
+    memset(a, 0, sizeof(*a));
+    a->sun_family = AF_UNIX;
+    if (n > 0 && path[0] == '\0') {
+        if (n > IOCPX_UN_PATH) return -1;
+        memcpy(a->sun_path, path, n);
+        return IOCPX_UN_OFF + (int)n;
+    }
+    if (n + 1 > IOCPX_UN_PATH) return -1;
+    memcpy(a->sun_path, path, n);
+    return IOCPX_UN_OFF + (int)n + 1;
+}
+
+/* A plain (not yet associated, blocking) socket; -1 on error. */
+static inline int iocpx_sock_open(int family, int type) {
+#ifdef _WIN32
+    SOCKET s = WSASocketW(family, type, 0, NULL, 0, WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT);
+    return s == INVALID_SOCKET ? -1 : (int)s;
+#else
+    return socket(family, type | SOCK_CLOEXEC, 0);
+#endif
+}
+
+static inline int iocpx_sock_bind(int s, const void *sa, int len) {
+    return bind(s, (const struct sockaddr *)sa, (socklen_t)len);
+}
+
+static inline int iocpx_sock_listen(int s, int backlog) {
+    return listen(s, backlog);
+}
+
+/* The local (peer = 0) or remote (peer = 1) address of s, any family, into
+ * buf (room for *len bytes; *len becomes its length). 0, or -1 on error. */
+static inline int iocpx_sock_name_raw(int s, int peer, void *buf, int *len) {
+    socklen_t n = (socklen_t)*len;
+    int r = peer ? getpeername(s, (struct sockaddr *)buf, &n)
+                 : getsockname(s, (struct sockaddr *)buf, &n);
+    *len = (int)n;
+    return r;
+}
+
+/* What an adopted socket is: its type (SOCK_STREAM...), whether it listens,
+ * its family (from its local address; 0 where an unbound socket has none,
+ * as on Windows). 0, or -1 on error (not a socket). */
+static inline int iocpx_sock_info(int s, int *type, int *listening, int *family) {
+    char buf[sizeof(iocpx_unaddr_t) + sizeof(iocpx_addr_t)];
+    socklen_t n = (socklen_t)sizeof(int);
+    int v = 0;
+    *type = 0; *listening = 0; *family = 0;
+    if (getsockopt(s, SOL_SOCKET, SO_TYPE, (char *)&v, &n) != 0) return -1;
+    *type = v;
+    v = 0; n = (socklen_t)sizeof(int);
+    if (getsockopt(s, SOL_SOCKET, SO_ACCEPTCONN, (char *)&v, &n) == 0) *listening = v != 0;
+    n = (socklen_t)sizeof(buf);
+    memset(buf, 0, sizeof(buf));
+    if (getsockname(s, (struct sockaddr *)buf, &n) == 0)
+        *family = ((struct sockaddr *)buf)->sa_family;
+    return 0;
 }
 
 /* Acquire/release accessors for memory shared with the kernel or other threads.

@@ -33,7 +33,7 @@ cdef extern from "_sys.h" nogil:
     Py_ssize_t iocpx_bytes_len(object o)
 
 cdef extern from "_sys.h":
-    ctypedef struct sockaddr:
+    struct sockaddr:
         unsigned short sa_family
     ctypedef struct iocpx_addr_t:
         sockaddr sa
@@ -49,3 +49,17 @@ cdef extern from "_sys.h":
     long iocpx_sock_recv(int s, char* buf, size_t n) nogil
     int iocpx_sock_name(int s, iocpx_addr_t* a) nogil
     int iocpx_sock_peer(int s, iocpx_addr_t* a) nogil
+
+    # AF_UNIX addresses (out of line: they do not fit iocpx_addr_t) and the
+    # facts the engine checks about a socket it adopts
+    int IOCPX_AF_UNIX
+    int IOCPX_UN_OFF
+    ctypedef struct iocpx_unaddr_t:
+        unsigned short sun_family
+        char sun_path[108]
+    int iocpx_unaddr_fill(iocpx_unaddr_t* a, const char* path, size_t n) nogil
+    int iocpx_sock_open(int family, int type) nogil
+    int iocpx_sock_bind(int s, const void* sa, int len) nogil
+    int iocpx_sock_listen(int s, int backlog) nogil
+    int iocpx_sock_name_raw(int s, int peer, void* buf, int* len) nogil
+    int iocpx_sock_info(int s, int* type, int* listening, int* family) nogil

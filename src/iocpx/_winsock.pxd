@@ -50,7 +50,7 @@ cdef extern from "<winsock2.h>" nogil:
 
     SOCKET INVALID_SOCKET
     int SOCKET_ERROR
-    int AF_INET, AF_INET6, SOCK_STREAM, IPPROTO_TCP, SOL_SOCKET
+    int AF_INET, AF_INET6, AF_UNIX, SOCK_STREAM, IPPROTO_TCP, SOL_SOCKET
     int SO_PROTOCOL_INFOW
     DWORD XP1_IFS_HANDLES
     long FIONBIO
@@ -74,6 +74,7 @@ cdef extern from "<winsock2.h>" nogil:
                       GROUP g, DWORD flags)
     int closesocket(SOCKET s)
     int bind(SOCKET s, const sockaddr* name, int namelen)
+    int connect(SOCKET s, const sockaddr* name, int namelen)
     int getsockname(SOCKET s, sockaddr* name, int* namelen)
     int getsockopt(SOCKET s, int level, int optname, char* optval, int* optlen)
     int setsockopt(SOCKET s, int level, int optname, const char* optval, int optlen)

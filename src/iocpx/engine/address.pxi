@@ -3,7 +3,8 @@
 
 cdef tuple _check_address(object address):
     if not isinstance(address, tuple) or len(address) < 2:
-        raise TypeError(f"address must be a (host, port) tuple, not {address!r}")
+        raise TypeError(f"address must be a (host, port) tuple or a Unix socket path "
+                        f"(with a '/': './name.sock'), not {address!r}")
     host, port = address[0], address[1]
     if host is not None and not isinstance(host, str):
         raise TypeError(f"host must be a str, not {type(host).__name__}")

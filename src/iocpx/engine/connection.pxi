@@ -23,13 +23,28 @@ cdef Connection conn_open_connect(Engine eng, object address, object on_connect,
     size = _check_buffer_size(buffer_size)
     max_send = _check_max_send(max_send_buffer)
     idle = eng._idle_ticks(idle_timeout)
-    family, sa = _resolve(address, False)
-    if local_address is not None:
-        lfamily, lsa = _resolve(local_address, True)
-        if lfamily != family:
-            raise ValueError(f"local_address {local_address!r} is not of the family of {address!r}")
+    cdef bytes uname = None, lname = None
+    if is_unix_address(address):            # unix.pxi
+        family = IOCPX_AF_UNIX
+        uname = unix_name(address)
+        if local_address is not None:
+            if not is_unix_address(local_address):
+                raise ValueError(f"local_address {local_address!r} is not a Unix socket path")
+            lname = unix_name(local_address)
+    else:
+        family, sa = _resolve(address, False)
+        if local_address is not None:
+            lfamily, lsa = _resolve(local_address, True)
+            if lfamily != family:
+                raise ValueError(f"local_address {local_address!r} is not of the family of {address!r}")
     cdef int fd = eng.be.socket_open(family)
-    if local_address is not None:
+    if lname is not None:
+        try:
+            unix_fill(eng.be, fd, lname, False, NULL)
+        except BaseException:
+            _sock_close(fd)
+            raise
+    elif local_address is not None:
         bs = _socket.socket(family, _socket.SOCK_STREAM, 0, fd)
         try:
             bs.bind(lsa)
@@ -52,10 +67,13 @@ cdef Connection conn_open_connect(Engine eng, object address, object on_connect,
     c.max_send = max_send
     c.idle_ticks = idle
     c.last_tick = eng.tick
-    c.nodelay = bool(nodelay)
+    c.nodelay = bool(nodelay) and family != IOCPX_AF_UNIX     # no Nagle on Unix sockets
     cdef IoCtx* io = c._new_io(OP_CONNECT)
-    io.addrlen = _fill_addr(&io.addr, family, sa)
     try:
+        if uname is not None:
+            unix_fill(eng.be, fd, uname, True, io)      # the address goes in io.extra
+        else:
+            io.addrlen = _fill_addr(&io.addr, family, sa)
         eng.be.submit_connect(io)
     except BaseException:
         c._io_done(io)
@@ -128,7 +146,11 @@ cdef void conn_on_aux(Connection c, Event* ev) except *:
     """A connection's posted packet (close request, on_drain due, held bytes
     to deliver) or cancel completed."""
     cdef uint8_t op = ev.io.op
+    cdef int res = ev.res
     c._io_done(ev.io)
+    if op == OP_CANCEL and res == -_errno.EBADF and c.state >= C_ABORTING and c.inflight > 0 \
+            and c.fd >= 0:
+        conn_cancel_lost(c)         # closed behind our back (adopt.pxi)
     if op == OP_NOP and c.held_posted:
         conn_deliver_held(c)
     if c.state < C_ABORTING:
@@ -149,7 +171,8 @@ cdef inline int conn_check_usable(Connection c) except -1:
 @cython.final
 @cython.no_gc_clear
 cdef class Connection:
-    """One TCP connection. Made by the engine (accept or connect)."""
+    """One stream connection (TCP or Unix). Made by the engine (accept,
+    connect or adopt)."""
 
     def __cinit__(self):
         self.fd = -1
@@ -352,29 +375,23 @@ cdef class Connection:
 
     @property
     def peer(self):
-        """The remote (host, port)."""
-        cdef iocpx_addr_t a
+        """The remote (host, port); on a Unix socket its path ("" unnamed)."""
         if self._peer is None:
-            if not self.have_peer:
-                if self.fd < 0 or self.lingering:
+            if self.have_peer:
+                self._peer = _addr_tuple(&self.peer_addr)     # None: not inet (Unix)
+            if self._peer is None:
+                if self.lingering:
                     raise _closed_error("connection")
-                if iocpx_sock_peer(self.fd, &a) < 0:
-                    raise oserror(iocpx_last_error(), "getpeername")
-                self._peer = _addr_tuple(&a)
-            else:
-                self._peer = _addr_tuple(&self.peer_addr)
+                self._peer = sock_address(self.eng.be, self.fd, 1)
         return self._peer
 
     @property
     def local(self):
-        """The local (host, port)."""
-        cdef iocpx_addr_t a
+        """The local (host, port); on a Unix socket its path ("" unnamed)."""
         if self._local is None:
-            if self.fd < 0 or self.lingering:
+            if self.lingering:
                 raise _closed_error("connection")
-            if iocpx_sock_name(self.fd, &a) < 0:
-                raise oserror(iocpx_last_error(), "getsockname")
-            self._local = _addr_tuple(&a)
+            self._local = sock_address(self.eng.be, self.fd, 0)
         return self._local
 
     @property

@@ -113,19 +113,39 @@ cdef class Engine:
 
     # ---- public API -------------------------------------------------------
 
-    def listen(self, address, *, on_accept=None, on_recv=None, on_close=None,
+    def listen(self, address=None, *, on_accept=None, on_recv=None, on_close=None,
                accepts=None, first_data=False, first_data_timeout=10.0,
                buffer_size=4096, backlog=None, nodelay=True, on_drain=None,
-               max_send_buffer=DEFAULT_MAX_SEND, idle_timeout=None, reuse_port=False):
+               max_send_buffer=DEFAULT_MAX_SEND, idle_timeout=None, reuse_port=False,
+               sock=None, unlink_existing=False):
         """Bind and listen on address ((host, port); port 0 picks one) and keep
         `accepts` accepts pre-posted. With first_data=True a connection is
         delivered only with its first bytes, and one that stays silent for
         first_data_timeout seconds (None: no limit) is closed unseen.
         reuse_port=True sets SO_REUSEPORT so several processes can share the
-        port. Returns a Listener."""
+        port. Returns a Listener.
+
+        address may be a Unix socket path ("/run/app.sock"; "\0name" for
+        Linux's abstract namespace): an existing socket file makes it fail
+        with EADDRINUSE unless unlink_existing=True, and the listener removes
+        its file when it closes. sock= instead of an address takes over a
+        bound (maybe listening) stream socket made elsewhere, a socket.socket
+        or a descriptor (systemd's LISTEN_FDS): the engine owns it from then
+        on, as after sock.detach()."""
         return listener_open(self, address, on_accept, on_recv, on_close, accepts,
                              first_data, first_data_timeout, buffer_size, backlog, nodelay,
-                             on_drain, max_send_buffer, idle_timeout, reuse_port)
+                             on_drain, max_send_buffer, idle_timeout, reuse_port, sock,
+                             unlink_existing)
+
+    def adopt(self, sock, *, on_recv=None, on_close=None, on_drain=None, nodelay=True,
+              buffer_size=4096, max_send_buffer=DEFAULT_MAX_SEND, idle_timeout=None):
+        """Take over a connected stream socket made elsewhere (a socket.socket
+        or a descriptor; TCP or Unix) and return its Connection, reading at
+        once. The engine owns the descriptor from then on, as after
+        sock.detach(): do not close it yourself, close the Connection.
+        A closed or listening socket is a ValueError."""
+        return conn_adopt(self, sock, on_recv, on_close, on_drain, nodelay, buffer_size,
+                          max_send_buffer, idle_timeout)
 
     def connect(self, address, *, on_connect=None, on_recv=None, on_close=None,
                 nodelay=True, buffer_size=4096, on_drain=None,
@@ -133,7 +153,8 @@ cdef class Engine:
         """Start connecting to address; returns the Connection at once.
         on_connect(conn) runs once connected; a failure arrives as
         on_close(conn, exc). Data sent before that is queued.
-        local_address=(host, port) binds the socket first."""
+        local_address=(host, port) binds the socket first. address may be a
+        Unix socket path (local_address then a path too, or None)."""
         return conn_open_connect(self, address, on_connect, on_recv, on_close, nodelay,
                                  buffer_size, on_drain, max_send_buffer, idle_timeout,
                                  local_address)
@@ -177,6 +198,7 @@ cdef class Engine:
             "connections": len(self._conns) if self._conns is not None else 0,
             "accepted": self.n_accepted,
             "connected": self.n_connected,
+            "adopted": self.n_adopted,
             "closed": self.n_closed,
             "bytes_in": self.n_bytes_in,
             "bytes_out": self.n_bytes_out,

@@ -30,6 +30,9 @@ cdef frozenset _NET_ERRNOS = frozenset(
     if e is not None) | _RESET_ERRNOS
 
 
+cdef int _E_NOTSOCK = getattr(_errno, "ENOTSOCK", -1)
+
+
 cdef object peer_error(Backend be, int err, str what):
     """The exception on_close receives for a failed operation (err: errno).
 
@@ -43,6 +46,9 @@ cdef object peer_error(Backend be, int err, str what):
         name = _errno.errorcode.get(err, str(err))
         return ConnectionResetError(_errno.ECONNRESET,
                                     f"{what}: connection reset by peer ({name})")
+    if err == _errno.EBADF or err == _E_NOTSOCK:
+        return OSError(err, f"{what}: {os.strerror(err)} (the descriptor was closed outside "
+                            f"iocpx? once adopted or listened on, a socket belongs to the engine)")
     return be.error(err, what)
 
 

@@ -15,8 +15,11 @@ cdef Listener listener_open(Engine eng, object address, object on_accept, object
                             object on_close, object accepts, object first_data,
                             object first_data_timeout, object buffer_size, object backlog,
                             object nodelay, object on_drain, object max_send_buffer,
-                            object idle_timeout, object reuse_port):
-    """Engine.listen(): check everything, bind, listen, pre-post the accepts."""
+                            object idle_timeout, object reuse_port, object sock=None,
+                            object unlink_existing=False):
+    """Engine.listen(): check everything, bind, listen, pre-post the accepts.
+    address: (host, port), or a Unix socket path (unix.pxi); or sock=, a
+    socket made elsewhere (adopt.pxi)."""
     eng._check_open()
     _check_callback(on_accept, "on_accept")
     _check_callback(on_recv, "on_recv")
@@ -38,30 +41,50 @@ cdef Listener listener_open(Engine eng, object address, object on_accept, object
     if backlog < 0:
         raise ValueError(f"backlog must be >= 0, got {backlog}")
     size = _check_buffer_size(buffer_size)
-    family, sa = _resolve(address, True)
-    s = _socket.socket(family, _socket.SOCK_STREAM)
-    try:
-        s.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            if not hasattr(_socket, "SO_REUSEPORT"):
-                raise OSError(_errno.ENOPROTOOPT, "SO_REUSEPORT is not available here")
-            s.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEPORT, 1)
-        s.bind(sa)
-        s.listen(backlog)
-        bound = s.getsockname()[:2]
-    except BaseException:
-        s.close()
-        raise
+    cleanup = None
     cdef Listener lst = Listener.__new__(Listener)
     lst.eng = eng
-    lst.fd = s.detach()
-    try:
-        eng.be.adopt(lst.fd)
-    except BaseException:
-        _sock_close(lst.fd)
-        lst.fd = -1
-        raise
+    if sock is not None:
+        if address is not None:
+            raise TypeError("listen() takes an address or sock=, not both")
+        lst.fd, bound, family = adopt_listening(eng.be, sock, backlog)
+    elif address is None:
+        raise TypeError("listen() needs an address ((host, port) or a Unix socket path) or sock=")
+    elif is_unix_address(address):
+        lst.fd, bound, cleanup = unix_listen_open(eng.be, unix_name(address), backlog,
+                                                  bool(unlink_existing))
+        family = IOCPX_AF_UNIX
+        try:
+            eng.be.adopt(lst.fd)
+        except BaseException:
+            _sock_close(lst.fd)
+            lst.fd = -1
+            unix_cleanup(cleanup)
+            raise
+    else:
+        family, sa = _resolve(address, True)
+        s = _socket.socket(family, _socket.SOCK_STREAM)
+        try:
+            s.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                if not hasattr(_socket, "SO_REUSEPORT"):
+                    raise OSError(_errno.ENOPROTOOPT, "SO_REUSEPORT is not available here")
+                s.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEPORT, 1)
+            s.bind(sa)
+            s.listen(backlog)
+            bound = s.getsockname()[:2]
+        except BaseException:
+            s.close()
+            raise
+        lst.fd = s.detach()
+        try:
+            eng.be.adopt(lst.fd)
+        except BaseException:
+            _sock_close(lst.fd)
+            lst.fd = -1
+            raise
     lst.address = bound
+    lst.unix_cleanup = cleanup
     lst.on_accept = on_accept
     lst.on_recv = on_recv
     lst.on_close = on_close
@@ -70,7 +93,7 @@ cdef Listener listener_open(Engine eng, object address, object on_accept, object
     lst.idle_ticks = idle
     lst.first_data = bool(first_data)
     lst.first_data_timeout = fdt
-    lst.nodelay = bool(nodelay)
+    lst.nodelay = bool(nodelay) and family != IOCPX_AF_UNIX     # no Nagle on Unix sockets
     lst.group = <uint16_t>eng.be.buffer_group(size)
     lst.buffer_size = size
     lst.accepts = accepts
@@ -104,6 +127,8 @@ cdef void listener_maybe_finish(Listener lst) noexcept:
         lst.state = L_CLOSED
         _sock_close(lst.fd)
         lst.fd = -1
+        unix_cleanup(lst.unix_cleanup)
+        lst.unix_cleanup = None
         lst.eng._listeners.discard(lst)
 
 
@@ -158,4 +183,4 @@ cdef class Listener:
             delay = min(delay * 2, 0.01)
 
     def __repr__(self):
-        return f"<iocpx.Listener {self.address} {'open' if self.state == L_OPEN else 'closed'}>"
+        return f"<iocpx.Listener {self.address!r} {'open' if self.state == L_OPEN else 'closed'}>"
