@@ -28,7 +28,7 @@
 #   --no-verify        build and check the artifacts, install and test nothing
 # Env: IOCPX_DIST (default dist/), IOCPX_RELEASE_BUILD (scratch, default build/release).
 # Needs: Python 3.9+ with venv, internet access to PyPI (and Debian's archive, as root,
-# for mingw-w64 and wine64 when missing). Takes about 30 minutes on 2 cores with every
+# for mingw-w64 and wine64 when missing). Takes about 35 minutes on 2 cores with every
 # version. Exits non-zero if any artifact fails to build, to check or to pass its tests;
 # the last lines list every artifact with its tag, size and result.
 set -euo pipefail
