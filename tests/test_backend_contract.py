@@ -410,3 +410,16 @@ def test_cancel_a_pending_recv(h):
     h.until(lambda evs: {e[0] for e in evs} >= {"r", "k"})
     assert h.of("r") == [("r", "recv", -errno.ECANCELED, False, None)]
     assert [e[1:4] for e in h.of("k")] == [("cancel", 0, False)]
+
+
+def test_cancel_fd_with_nothing_pending_still_completes(h):
+    """The cancel op completes once even when it found nothing (its res is
+    not an error the engine reports: io_uring and epoll say -ENOENT, iocp's
+    posted acknowledgement says 0)."""
+    ls = h.listener()
+    fd, p = h.accept_one(ls)
+    h.t.cancel_fd("x", fd)
+    tag, op, res, more, data = h.final("x")
+    assert (op, more) == ("cancel", False)
+    assert res in (0, -errno.ENOENT), res
+    assert h.t.pending == 0
