@@ -232,6 +232,29 @@ def test_silent_clients_ignore_idle_timeout(engine, log):
     assert_quiet(log)                                # idle and first-data timeouts: DEBUG at most
 
 
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "engine bug: first_data_timeout=1e12 is accepted, but the deadline timer's "
+    "<uint64_t>(delay * 1e9) overflows (timers.pxi): timer_fire raises OverflowError "
+    "inside a noexcept function ('Exception ignored in iocpx._core.timer_fire')"))
+@ONE_WORKER
+def test_a_huge_first_data_timeout_keeps_the_client_quietly(engine, monkeypatch):
+    unraisable = []
+    monkeypatch.setattr("sys.unraisablehook", unraisable.append)
+    rec = Recorder()
+    lst = engine.listen(("127.0.0.1", 0), first_data=True, first_data_timeout=1e12,
+                        on_accept=on_accept_echo(rec), on_recv=echo, on_close=rec.on_close)
+    s = client(lst.address)
+    wait_for(lambda: held(engine) == 1, what="the silent client to be held")
+    sentinel = []
+    engine.call_later(0.2, sentinel.append, 1)           # the deadline timer would have run
+    wait_for(lambda: sentinel, what="a later timer")
+    s.sendall(b"still here")
+    assert recv_exact(s, 10) == b"still here"
+    s.close()
+    rec.wait_closed()
+    assert not unraisable, [str(u.exc_value) for u in unraisable]
+
+
 @pytest.mark.parametrize("value, exc", [
     (0, ValueError), (-1, ValueError), (0.0, ValueError), (math.nan, ValueError),
     (math.inf, ValueError), ("x", TypeError), ("10", TypeError), (True, TypeError),
