@@ -21,9 +21,9 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdlib cimport malloc, realloc, free
 from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, ENOENT, EEXIST
 cdef extern from "<errno.h>" nogil:
-    int ECANCELED, EWOULDBLOCK
+    int ECANCELED, EWOULDBLOCK, ECONNRESET, ECONNABORTED, EPIPE
 from libc.string cimport memset, memcpy
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from posix.unistd cimport close as c_close, read as c_read, write as c_write
 
 from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy, iocpx_mutex_lock,
@@ -79,6 +79,8 @@ cdef struct FdState:
     IoCtx* acc_head         # queued accepts, linked through aux.next_accept
     IoCtx* acc_tail
     uint32_t mask           # interest registered with epoll (0: not registered)
+    int32_t pending_err     # the connection was made, then reset before the connect
+                            # completed here: the next receive reports this errno
 
 cdef struct FileSend:       # IoCtx.extra of a sendfile op (freed by io_free)
     int file_fd
@@ -233,6 +235,11 @@ cdef class EpollBackend(Backend):
     cdef int submit_recv(self, IoCtx* io) except -1:
         cdef FdState* st = self._locked_state(io.fd)
         io.aux.unread = 0           # data events not yet consumed by recv_bytes
+        if st.pending_err:          # reset right after the connect: say so, as io_uring would
+            self._ready(io, -st.pending_err, 0)
+            st.pending_err = 0
+            iocpx_mutex_unlock(&self.mu)
+            return 0
         st.recv = io
         self._interest(io.fd, st)
         iocpx_mutex_unlock(&self.mu)
@@ -302,7 +309,8 @@ cdef class EpollBackend(Backend):
         return 1
 
     cdef int submit_connect(self, IoCtx* io) except -1:
-        iocpx_mutex_lock(&self.mu)
+        cdef FdState* st = self._locked_state(io.fd)
+        st.pending_err = 0          # a new socket on a reused descriptor number
         try:
             if connect(io.fd, io_target(io), io.addrlen) == 0:
                 self._ready_or_raise(io, 0)
@@ -460,6 +468,8 @@ cdef class EpollBackend(Backend):
             st.acc_head = io.aux.next_accept
             if st.acc_head == NULL:
                 st.acc_tail = NULL
+            if s >= 0 and s < self.nfds:
+                self.fds[s].pending_err = 0     # a new socket on a reused descriptor number
             ev_set(&out[n], io, s, 0, NULL)
             n += 1
         return n
@@ -493,12 +503,19 @@ cdef class EpollBackend(Backend):
         return 1
 
     cdef int _do_connect(self, FdState* st, Event* out) noexcept nogil:
+        """The connect finished. SO_ERROR also reports a reset that came after
+        the connection was made (the peer accepted and reset before we got
+        here): that connect succeeded, and the reset belongs to the receive,
+        as io_uring and IOCP report it."""
         cdef IoCtx* io = st.conn
         cdef int err = 0
         cdef socklen_t len = sizeof(err)
         if getsockopt(io.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0:
             err = errno
         st.conn = NULL
+        if err == ECONNRESET or err == ECONNABORTED or err == EPIPE:
+            st.pending_err = err
+            err = 0
         ev_set(out, io, -err, 0, NULL)
         return 1
 

@@ -292,7 +292,9 @@ cdef class Engine:
         self.tick += 1
         for conn in list(self._conns.values()):
             c = <Connection>conn
-            if c.idle_ticks and self.tick - c.last_tick >= c.idle_ticks and c.state <= C_CLOSING \
+            # > not >=: the last activity may have come just before the tick it
+            # is stamped with, so one more tick makes sure of idle_timeout
+            if c.idle_ticks and self.tick - c.last_tick > c.idle_ticks and c.state <= C_CLOSING \
                     and not c.first_pending:
                 self.n_idle_timeouts += 1
                 c._abort(TimeoutError(_errno.ETIMEDOUT,

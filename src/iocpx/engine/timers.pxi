@@ -32,17 +32,44 @@ cdef class Timer:
         return f"<iocpx.Timer when={self.when:.6f} {state}>"
 
 
+cdef int64_t _clock_offset_ns = 0     # engine clock - time.monotonic(), in ns
+cdef bint _clock_offset_known = 0
+
+
+cdef int64_t clock_offset() except? -1:
+    """How far the engine clock (iocpx_now_ns) is ahead of time.monotonic(),
+    measured once per process (the tightest of a few paired reads), so that a
+    deadline converts the same way every time: equal `when`s get equal
+    deadlines and keep their scheduling order. On Linux both are
+    CLOCK_MONOTONIC and this is about 0."""
+    global _clock_offset_ns, _clock_offset_known
+    cdef uint64_t a, b
+    cdef int64_t best_span = -1, off = 0
+    if not _clock_offset_known:
+        for _ in range(5):
+            a = iocpx_now_ns()
+            m = time.monotonic()
+            b = iocpx_now_ns()
+            if best_span < 0 or <int64_t>(b - a) < best_span:
+                best_span = <int64_t>(b - a)
+                off = <int64_t>((a + b) // 2) - <int64_t>(m * 1e9)
+        _clock_offset_ns = off
+        _clock_offset_known = 1
+    return _clock_offset_ns
+
+
 cdef Timer timer_new(Engine eng, double when, object fn, tuple args, bint internal):
     cdef Timer t = Timer.__new__(Timer)
-    cdef double now = time.monotonic()
-    cdef double delay = when - now
+    cdef int64_t due
     t.eng = eng
     t.when = when
     t.fn = fn
     t.args = args
     t.internal = internal
-    # the same deadline on the engine clock, rounded up: never early
-    t.due_ns = iocpx_now_ns() + (<uint64_t>(delay * 1e9) + 1 if delay > 0 else 0)
+    # the same deadline on the engine clock; timer_fire re-checks on
+    # time.monotonic(), so a conversion error can only delay, never advance
+    due = <int64_t>(when * 1e9) + clock_offset()
+    t.due_ns = <uint64_t>due if due > 0 else 0
     return t
 
 
@@ -129,7 +156,7 @@ cdef void timer_fire(Engine eng, Timer t) noexcept:
         return
     left = t.when - time.monotonic()
     if left > 0:
-        t.due_ns = iocpx_now_ns() + <uint64_t>(left * 1e9) + 1
+        t.due_ns = iocpx_now_ns() + <uint64_t>(left * 1e9) + 1000
         try:
             timers_push(eng, t)
         except BaseException:
