@@ -137,9 +137,8 @@ cdef int listener_close_async(Listener lst) except -1:
     if lst.state != L_OPEN:
         return 0
     lst.state = L_CLOSING
-    for t in (lst.guard_timer, lst.silent_timer):
-        if t is not None:
-            (<Timer>t).cancel()
+    if lst.guard_timer is not None:     # (the first-data deadlines go on: the connections
+        (<Timer>lst.guard_timer).cancel()   # it accepted outlive the listener)
     lst.guard_timer = None
     cdef IoCtx* io = io_alloc(OP_CANCEL, lst, NULL)
     try:

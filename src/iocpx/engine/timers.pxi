@@ -7,6 +7,9 @@
 
 cdef enum:
     SWEEP_MS = 250          # idle-timeout sweeper period
+    WAIT_MAX_MS = 3600000   # a leader waits an hour at most for a far timer (fits a 32-bit long)
+
+cdef uint64_t FAR_NS = 1 << 62  # a deadline this far is "never"
 
 
 @cython.final
@@ -68,9 +71,18 @@ cdef Timer timer_new(Engine eng, double when, object fn, tuple args, bint intern
     t.internal = internal
     # the same deadline on the engine clock; timer_fire re-checks on
     # time.monotonic(), so a conversion error can only delay, never advance
-    due = <int64_t>(when * 1e9) + clock_offset()
-    t.due_ns = <uint64_t>due if due > 0 else 0
+    t.due_ns = _due_ns(when * 1e9 + clock_offset())
     return t
+
+
+cdef inline uint64_t _due_ns(double ns) noexcept:
+    """A deadline in engine-clock ns, clamped: the past is 0, and a far or
+    infinite one is FAR_NS (about 146 years: pending for good)."""
+    if ns != ns or ns <= 0:
+        return 0
+    if ns >= <double>FAR_NS:
+        return FAR_NS
+    return <uint64_t>ns
 
 
 cdef int timers_push(Engine eng, Timer t) except -1:
@@ -141,11 +153,13 @@ cdef PyObject* timers_pop(Engine eng) noexcept nogil:
 cdef long timers_wait_ms(Engine eng, uint64_t now) noexcept nogil:
     """How long the leader may wait in the kernel (ms, rounded up; -1: no
     limit). mu held."""
+    cdef uint64_t ms
     if eng.heap_len == 0:
         return -1
     if eng.heap[0].due_ns <= now:
         return 0
-    return <long>((eng.heap[0].due_ns - now + 999999) // 1000000)
+    ms = (eng.heap[0].due_ns - now + 999999) // 1000000
+    return <long>(ms if ms < WAIT_MAX_MS else WAIT_MAX_MS)
 
 
 cdef void timer_fire(Engine eng, Timer t) noexcept:
@@ -156,7 +170,7 @@ cdef void timer_fire(Engine eng, Timer t) noexcept:
         return
     left = t.when - time.monotonic()
     if left > 0:
-        t.due_ns = iocpx_now_ns() + <uint64_t>(left * 1e9) + 1000
+        t.due_ns = _due_ns(<double>iocpx_now_ns() + left * 1e9 + 1000)
         try:
             timers_push(eng, t)
         except BaseException:
