@@ -13,6 +13,10 @@
  *     cc -O2 -o bench/.build/churn bench/churn.c
  *     bench/.build/churn 127.0.0.1 PORT CONCURRENCY SIZE WARMUP_S DURATION_S
  *
+ * Built with -DLOADGEN_TLS (and -lssl -lcrypto: bench/.build/churn-tls) each connection is a
+ * new TLS connection (full handshake, no session resumption), one echo over it, then
+ * close_notify and close: the handshakes-per-second benchmark.
+ *
  * The client closes first, so each connection leaves a TIME_WAIT socket on the client side. To
  * never run out of (source address, port) pairs at tens of thousands of connections per second,
  * each slot connects from its own loopback source address 127.0.0.2 .. 127.0.0.251
@@ -40,6 +44,14 @@
 #include <unistd.h>
 
 #include "loadgen_common.h"   /* histogram, clock, RNG, errors, window, JSON */
+#ifdef LOADGEN_TLS
+#include "loadgen_tls.h"      /* OpenSSL client: handshake, send, recv_message */
+#define SLOT_SEND(s, buf, n) tls_send((s)->ssl, buf, n)
+#define SLOT_RECV_MESSAGE(s, buf, got, want) tls_recv_message((s)->ssl, buf, got, want)
+#else
+#define SLOT_SEND(s, buf, n) send((s)->fd, buf, n, MSG_NOSIGNAL)
+#define SLOT_RECV_MESSAGE(s, buf, got, want) recv_message((s)->fd, buf, got, want)
+#endif
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
@@ -47,7 +59,7 @@
 
 #define N_SOURCES 250           /* source addresses 127.0.0.2 .. 127.0.0.251 */
 
-enum slot_state { S_CONNECTING, S_WAITING_ECHO };
+enum slot_state { S_CONNECTING, S_HANDSHAKE, S_WAITING_ECHO };
 
 struct slot {
     int fd;
@@ -58,6 +70,9 @@ struct slot {
     unsigned char *echo;        /* owned by the slot: where the echo is collected */
     size_t sent, got;
     uint64_t t0;                /* CLOCK_MONOTONIC ns just before socket() */
+#ifdef LOADGEN_TLS
+    SSL *ssl;                   /* owned: SSL_new after the connect, SSL_free in slot_restart */
+#endif
 };
 
 /* Fill the message with a pattern unique to (slot, connection number): a fresh splitmix64 every
@@ -113,10 +128,53 @@ static void slot_open(struct slot *s)
 
 static void slot_restart(struct slot *s)
 {
+#ifdef LOADGEN_TLS
+    if (s->ssl) {
+        if (s->state == S_WAITING_ECHO)
+            SSL_shutdown(s->ssl);   /* close_notify (not waiting for the server's), then close */
+        SSL_free(s->ssl);
+        s->ssl = NULL;
+        ERR_clear_error();
+    }
+#endif
     if (s->fd >= 0)
         close(s->fd);               /* also leaves the epoll set */
     slot_open(s);
 }
+
+static void slot_send_first(struct slot *s)
+{
+    ssize_t n = SLOT_SEND(s, s->msg, msg_size);
+    if (n < 0 && errno != EAGAIN) {
+        note_error("slot", (unsigned)s->id, "send", errno);
+        slot_restart(s);
+        return;
+    }
+    s->sent = n > 0 ? (size_t)n : 0;
+    s->state = S_WAITING_ECHO;
+    struct epoll_event ev = { .events = EPOLLIN | (s->sent < msg_size ? EPOLLOUT : 0),
+                              .data.ptr = s };
+    epoll_ctl(epfd, EPOLL_CTL_MOD, s->fd, &ev);
+}
+
+#ifdef LOADGEN_TLS
+static void slot_handshake(struct slot *s)
+{
+    int want_out = 0;
+    int r = tls_handshake(s->ssl, &want_out);
+    if (r < 0) {
+        note_error("slot", (unsigned)s->id, "TLS handshake", errno);
+        slot_restart(s);
+        return;
+    }
+    if (r == 0) {
+        struct epoll_event ev = { .events = want_out ? EPOLLOUT : EPOLLIN, .data.ptr = s };
+        epoll_ctl(epfd, EPOLL_CTL_MOD, s->fd, &ev);
+        return;
+    }
+    slot_send_first(s);
+}
+#endif
 
 static void slot_on_event(struct slot *s, uint32_t events)
 {
@@ -129,21 +187,28 @@ static void slot_on_event(struct slot *s, uint32_t events)
             slot_restart(s);
             return;
         }
-        ssize_t n = send(s->fd, s->msg, msg_size, MSG_NOSIGNAL);
-        if (n < 0 && errno != EAGAIN) {
-            note_error("slot", (unsigned)s->id, "send", errno);
+#ifdef LOADGEN_TLS
+        s->ssl = tls_new(s->fd);
+        if (!s->ssl) {
+            note_error("slot", (unsigned)s->id, "SSL_new", ENOMEM);
             slot_restart(s);
             return;
         }
-        s->sent = n > 0 ? (size_t)n : 0;
-        s->state = S_WAITING_ECHO;
-        struct epoll_event ev = { .events = EPOLLIN | (s->sent < msg_size ? EPOLLOUT : 0),
-                                  .data.ptr = s };
-        epoll_ctl(epfd, EPOLL_CTL_MOD, s->fd, &ev);
+        s->state = S_HANDSHAKE;
+        slot_handshake(s);
+#else
+        slot_send_first(s);
+#endif
         return;
     }
+#ifdef LOADGEN_TLS
+    if (s->state == S_HANDSHAKE) {
+        slot_handshake(s);
+        return;
+    }
+#endif
     if ((events & EPOLLOUT) && s->sent < msg_size) {
-        ssize_t n = send(s->fd, s->msg + s->sent, msg_size - s->sent, MSG_NOSIGNAL);
+        ssize_t n = SLOT_SEND(s, s->msg + s->sent, msg_size - s->sent);
         if (n < 0 && errno != EAGAIN) {
             note_error("slot", (unsigned)s->id, "send", errno);
             slot_restart(s);
@@ -158,7 +223,7 @@ static void slot_on_event(struct slot *s, uint32_t events)
     }
     if (!(events & (EPOLLIN | EPOLLERR | EPOLLHUP)))
         return;
-    int r = recv_message(s->fd, s->echo, &s->got, msg_size);
+    int r = SLOT_RECV_MESSAGE(s, s->echo, &s->got, msg_size);
     if (r < 0) {
         int err = errno;
         note_error("slot", (unsigned)s->id, err ? "recv" : "server closed before the whole echo",
@@ -196,6 +261,9 @@ int main(int argc, char **argv)
     }
     msg_size = (size_t)size;
     signal(SIGPIPE, SIG_IGN);
+#ifdef LOADGEN_TLS
+    tls_init();
+#endif
     epfd = epoll_create1(EPOLL_CLOEXEC);
     struct slot *slots = calloc((size_t)nslots, sizeof *slots);
     if (epfd < 0 || !slots)

@@ -21,6 +21,7 @@ import re
 import resource
 import select
 import signal
+import shutil
 import socket
 import subprocess
 import sys
@@ -31,6 +32,7 @@ REPO_ROOT = os.path.dirname(BENCH_DIR)
 BUILD_DIR = os.path.join(BENCH_DIR, ".build")
 LOADGEN_SRC = os.path.join(BENCH_DIR, "loadgen.c")
 LOADGEN_BIN = os.path.join(BUILD_DIR, "loadgen")
+LOADGEN_TLS_BIN = os.path.join(BUILD_DIR, "loadgen-tls")      # loadgen.c -DLOADGEN_TLS
 SERVERS_PY = os.path.join(BENCH_DIR, "servers.py")
 URING_SRC = os.path.join(BENCH_DIR, "uring_echo.c")
 URING_BIN = os.path.join(BUILD_DIR, "uring_echo")
@@ -209,22 +211,49 @@ def rss_kib(pid):
     return 0
 
 
-def build_c(src, binary):
+def build_c(src, binary, tls=False):
     """Compile one bench C file into bench/.build/ unless the binary is newer than it and than
-    the bench headers (loadgen_common.h)."""
+    the bench headers (loadgen_common.h, loadgen_tls.h). tls: with -DLOADGEN_TLS, linked with
+    OpenSSL (libssl-dev)."""
     deps = [src] + [os.path.join(BENCH_DIR, f) for f in os.listdir(BENCH_DIR) if f.endswith(".h")]
     if os.path.exists(binary) and os.path.getmtime(binary) >= max(map(os.path.getmtime, deps)):
         return
     os.makedirs(BUILD_DIR, exist_ok=True)
     cc = os.environ.get("CC", "cc")
     cmd = [cc, "-O2", "-Wall", "-o", binary + ".tmp", src]
+    if tls:
+        cmd[1:1] = ["-DLOADGEN_TLS"]
+        cmd += ["-lssl", "-lcrypto"]
     print("building:", " ".join(cmd), file=sys.stderr)
     subprocess.run(cmd, check=True)
     os.replace(binary + ".tmp", binary)
 
 
-def build_loadgen():
-    build_c(LOADGEN_SRC, LOADGEN_BIN)
+def build_loadgen(tls=False):
+    if tls:
+        build_c(LOADGEN_SRC, LOADGEN_TLS_BIN, tls=True)
+    else:
+        build_c(LOADGEN_SRC, LOADGEN_BIN)
+
+
+def tls_files():
+    """(chain+key PEM, certificate PEM, key PEM) of a throwaway ECDSA P-256 certificate for
+    localhost / 127.0.0.x made once in bench/.build/tls/ with `openssl req` (every TLS server of
+    a run, nginx included, gets the same one). Never checked in."""
+    d = os.path.join(BUILD_DIR, "tls")
+    both, cert, key = (os.path.join(d, n) for n in ("server.pem", "cert.pem", "key.pem"))
+    if not os.path.exists(both):
+        if not shutil.which("openssl"):
+            raise RuntimeError("the TLS rows need the openssl command (apt-get install openssl)")
+        os.makedirs(d, exist_ok=True)
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "30", "-subj",
+                        "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                        "-keyout", key, "-out", cert], check=True, capture_output=True)
+        with open(both + ".tmp", "w") as f:
+            f.write(open(cert).read() + open(key).read())
+        os.replace(both + ".tmp", both)
+    return both, cert, key
 
 
 def free_port(host="127.0.0.1"):
@@ -666,6 +695,8 @@ REPORT_KINDS = (    # (file name pattern, what wrote it)
      "real clients: redis-benchmark and wrk (bench/real_clients.py)"),
     (r"^silent-clients-\d{4}-\d{2}-\d{2}\.md$",
      "silent clients against a first-data server (bench/silent_clients.py)"),
+    (r"^tls-\d{4}-\d{2}-\d{2}\.md$",
+     "TLS: echo, handshakes and wrk over HTTPS beside uvloop and nginx (bench/tls.py)"),
 )
 
 

@@ -13,6 +13,9 @@
  *     cc -O2 -o bench/.build/loadgen bench/loadgen.c
  *     bench/.build/loadgen 127.0.0.1 PORT CONNECTIONS SIZE WARMUP_S DURATION_S [CONNECT_TIMEOUT_S]
  *
+ * Built with -DLOADGEN_TLS (and -lssl -lcrypto: bench/.build/loadgen-tls) every connection
+ * speaks TLS (bench/loadgen_tls.h): the handshake runs after the connect, as part of ramp-up.
+ *
  * Phases: ramp-up, then WARMUP_S seconds unmeasured, then DURATION_S measured. Ramp-up: each
  * connection sends one message as soon as it is connected and, once that echo is verified (so
  * the server has accepted it), waits; at most RAMP_INFLIGHT connections are "pending"
@@ -49,11 +52,14 @@
 #include <unistd.h>
 
 #include "loadgen_common.h"   /* histogram, clock, RNG, errors, window, JSON */
+#ifdef LOADGEN_TLS
+#include "loadgen_tls.h"      /* OpenSSL client: handshake, send, recv_message */
+#endif
 
 #define RAMP_INFLIGHT 64        /* connects in progress at once: stays under any listen backlog */
 #define STALL_AT_END_NS (2ull * 1000000000ull)  /* unanswered this long at the end: an error */
 
-enum conn_state { CONN_IDLE, CONN_CONNECTING, CONN_RUNNING, CONN_DEAD };
+enum conn_state { CONN_IDLE, CONN_CONNECTING, CONN_HANDSHAKE, CONN_RUNNING, CONN_DEAD };
 
 struct conn {
     int fd;
@@ -68,7 +74,18 @@ struct conn {
     int want_out;               /* EPOLLOUT currently registered */
     int ready;                  /* had its first verified echo: the server has accepted it */
     int idle;                   /* ready, no message in flight: waits for the ramp to end */
+#ifdef LOADGEN_TLS
+    SSL *ssl;                   /* owned: SSL_new after the connect, SSL_free in conn_kill */
+#endif
 };
+
+#ifdef LOADGEN_TLS
+#define CONN_SEND(c, buf, n) tls_send((c)->ssl, buf, n)
+#define CONN_RECV_MESSAGE(c, buf, got, want) tls_recv_message((c)->ssl, buf, got, want)
+#else
+#define CONN_SEND(c, buf, n) send((c)->fd, buf, n, MSG_NOSIGNAL)
+#define CONN_RECV_MESSAGE(c, buf, got, want) recv_message((c)->fd, buf, got, want)
+#endif
 
 /* Fill the message with a pattern unique to (connection, message number): one splitmix64 per
  * message, then a cheap stride, so a 1 MiB message costs the client little. */
@@ -103,6 +120,10 @@ static void conn_kill(struct conn *c)
         close(c->fd);
         c->fd = -1;
     }
+#ifdef LOADGEN_TLS
+    SSL_free(c->ssl);
+    c->ssl = NULL;
+#endif
     if (c->state != CONN_DEAD) {
         alive--;
         if (c->state != CONN_IDLE && !c->ready)
@@ -128,7 +149,7 @@ static void conn_set_out(struct conn *c, int want)
 static int conn_flush(struct conn *c)
 {
     while (c->sent < msg_size) {
-        ssize_t n = send(c->fd, c->sendbuf + c->sent, msg_size - c->sent, MSG_NOSIGNAL);
+        ssize_t n = CONN_SEND(c, c->sendbuf + c->sent, msg_size - c->sent);
         if (n > 0) {
             c->sent += (size_t)n;
             continue;
@@ -160,7 +181,7 @@ static void conn_start_message(struct conn *c, uint64_t t)
 
 static void conn_on_readable(struct conn *c)
 {
-    int r = recv_message(c->fd, c->recvbuf, &c->got, msg_size);
+    int r = CONN_RECV_MESSAGE(c, c->recvbuf, &c->got, msg_size);
     if (r < 0) {
         int err = errno;
         note_error("conn", c->id, err ? "recv" : "server closed the connection", err);
@@ -226,6 +247,26 @@ static int conn_connect(struct conn *c, const struct sockaddr_in *addr)
     return 1;
 }
 
+#ifdef LOADGEN_TLS
+/* The TLS handshake advances on each event; once done the ping-pong starts. */
+static void conn_on_handshake_event(struct conn *c)
+{
+    int want_out = 0;
+    int r = tls_handshake(c->ssl, &want_out);
+    if (r < 0) {
+        note_error("conn", c->id, "TLS handshake", errno);
+        conn_kill(c);
+        return;
+    }
+    if (r == 0) {
+        conn_set_out(c, want_out);
+        return;
+    }
+    c->state = CONN_RUNNING;
+    conn_start_message(c, now_ns());
+}
+#endif
+
 /* The connect finished (EPOLLOUT/EPOLLERR): check how, and start the ping-pong at once. */
 static void conn_on_connect_event(struct conn *c)
 {
@@ -238,8 +279,19 @@ static void conn_on_connect_event(struct conn *c)
         conn_kill(c);
         return;
     }
+#ifdef LOADGEN_TLS
+    c->ssl = tls_new(c->fd);
+    if (!c->ssl) {
+        note_error("conn", c->id, "SSL_new", ENOMEM);
+        conn_kill(c);
+        return;
+    }
+    c->state = CONN_HANDSHAKE;
+    conn_on_handshake_event(c);
+#else
     c->state = CONN_RUNNING;
     conn_start_message(c, now_ns());
+#endif
 }
 
 static void usage(const char *argv0)
@@ -266,6 +318,9 @@ int main(int argc, char **argv)
         usage(argv[0]);
     msg_size = (size_t)size;
     signal(SIGPIPE, SIG_IGN);
+#ifdef LOADGEN_TLS
+    tls_init();
+#endif
 
     if (raise_nofile((unsigned long)nconns + 16) < 0) {   /* one descriptor per connection */
         fprintf(stderr, "loadgen: %d connections need more than the open-files limit\n", nconns);
@@ -379,6 +434,12 @@ int main(int argc, char **argv)
                 conn_on_connect_event(c);
                 continue;
             }
+#ifdef LOADGEN_TLS
+            if (c->state == CONN_HANDSHAKE) {
+                conn_on_handshake_event(c);
+                continue;
+            }
+#endif
             if (c->state != CONN_RUNNING)
                 continue;
             if (events[i].events & EPOLLOUT) {

@@ -5,7 +5,10 @@ What it shows (design.md section 6, issue 8): what a user of iocpx would see wit
 here wrote. Rows:
   - RESP (examples/resp_server.py): `redis-benchmark -c 50 -P 1` and `-P 16`, `-t set` and
     `-t get` (SET first, so GET finds the key);
-  - HTTP (examples/http_server.py, `GET /`, a 14-byte body): `wrk -t1 -c100` and `-c1000`.
+  - HTTP (examples/http_server.py, `GET /`, a 14-byte body): `wrk -t1 -c100` and `-c1000`;
+  - HTTPS (`--only https`, not in the default set): the same over TLS, `wrk -t1 -c100` against
+    https://, the example with --tls-cert and nginx with `listen ... ssl`, one throwaway ECDSA
+    P-256 certificate for all (bench/harness.py tls_files(); bench/tls.py runs this part).
 Servers: iocpx with default options (no workers=/backend= given), iocpx workers=1, the same
 protocol handler on uvloop (examples/transports.py), and the C reference: redis-server (no
 persistence) for RESP, nginx (worker_processes 1, `return 200` of the same body) for HTTP, both
@@ -36,6 +39,7 @@ How to run it, from the repo root:
     python bench/real_clients.py                        # the full table: ~8 min, --repeat 3
     python bench/real_clients.py --repeat 1 --duration 2 --only resp
     python bench/real_clients.py --servers iocpx-default,uvloop --only http
+    python bench/real_clients.py --only https --repeat 1
 
 It writes bench/results/real-clients-YYYY-MM-DD.md (and .json with every run's figures) and
 rewrites bench/results/LATEST.md (a pointer to the newest reports), except with --out, which
@@ -69,6 +73,7 @@ HELLO = b"Hello, World!\n"          # examples/http_server.py's BODY; nginx retu
 
 RESP_ROWS = [("set", 1), ("set", 16), ("get", 1), ("get", 16)]     # (test, pipeline)
 HTTP_ROWS = [100, 1000]                                             # wrk connections
+HTTPS_ROWS = [100]
 SERVERS = {   # id -> label until the server says more (its backend and workers)
     "iocpx-default": "iocpx (default options)",
     "iocpx-w1": "iocpx workers=1",
@@ -206,6 +211,8 @@ def start_example(workload, sid, log_path):
     port = H.free_port(host)
     script = os.path.join(EXAMPLES, "resp_server.py" if workload == "resp" else "http_server.py")
     cmd = [sys.executable, script, "--host", host, "--port", str(port)]
+    if workload == "https":
+        cmd += ["--tls-cert", H.tls_files()[0]]
     cmd += {"iocpx-default": [], "iocpx-w1": ["--workers", "1"],
             "uvloop": ["--loop", "uvloop"]}[sid]
     proc = spawn_server(cmd, log_path)
@@ -262,7 +269,7 @@ def start_c_server(cmd, host, port, label, tmp, log_path, own_log):
     return srv, None
 
 
-def start_nginx(tools, log_path):
+def start_nginx(tools, log_path, tls=False):
     place = c_server_place(tools, "nginx")
     if place is None:
         return None, "nginx is not installed (apt-get install nginx)"
@@ -271,6 +278,11 @@ def start_nginx(tools, log_path):
     nofile = 8192 if hard == resource.RLIM_INFINITY else min(8192, hard)
     conf = os.path.join(tmp, "nginx.conf")
     body = HELLO.decode().replace("\n", "\\n")
+    ssl_conf = ""
+    if tls:
+        _, cert, key = H.tls_files()
+        ssl_conf = (f"ssl_certificate {cert}; ssl_certificate_key {key}; "
+                    "ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache off; ssl_session_tickets off;")
     with open(conf, "w") as f:
         f.write(f"""worker_processes 1;
 daemon off;
@@ -291,12 +303,14 @@ http {{
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
     server {{
-        listen {host}:{port} backlog=4096;
+        listen {host}:{port} backlog=4096{' ssl' if tls else ''};
+        {ssl_conf}
         location = / {{ default_type text/plain; return 200 "{body}"; }}
     }}
 }}
 """)
-    label = "nginx " + short_version(tool_version([tools["nginx"], "-v"])) + " (1 worker)"
+    label = "nginx " + short_version(tool_version([tools["nginx"], "-v"])) + " (1 worker" + \
+        (", TLS)" if tls else ")")
     return start_c_server([tools["nginx"], "-p", tmp, "-e", os.path.join(tmp, "error.log"),
                            "-c", conf], host, port, label, tmp, log_path,
                           os.path.join(tmp, "error.log"))
@@ -318,6 +332,10 @@ def check_server(srv, workload):
                         break
                     got += chunk
                 return None if got == want else f"RESP check: got {got!r}"
+            if workload == "https":
+                import ssl
+                ctx = ssl.create_default_context(cafile=H.tls_files()[1])
+                s = ctx.wrap_socket(s, server_hostname="localhost")
             s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
             got = b""
             while b"\r\n\r\n" not in got or not got.endswith(HELLO):
@@ -368,10 +386,10 @@ def parse_redis_csv(out, test):
     return None
 
 
-def wrk_cmd(tools, srv, conns, duration):
+def wrk_cmd(tools, srv, conns, duration, scheme="http"):
     duration = max(1, round(duration))             # wrk takes whole seconds
     return [tools["wrk"], "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "5s",
-            f"http://{srv.host}:{srv.port}/"]
+            f"{scheme}://{srv.host}:{srv.port}/"]
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
@@ -432,14 +450,14 @@ def run_resp_row(tools, srv, test, pipeline, a):
     return finish(m, requests=n, rps=r["rps"], p99_ms=r["p99_ms"], errors=0)
 
 
-def run_http_row(tools, srv, conns, a):
+def run_http_row(tools, srv, conns, a, scheme="http"):
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if nofile != resource.RLIM_INFINITY and nofile < conns + 200:
         return {"error": f"open-files limit {nofile} is below {conns} connections + 200"}
-    rc, out, err, _ = run_client(wrk_cmd(tools, srv, conns, 1), timeout=40)      # warm-up
+    rc, out, err, _ = run_client(wrk_cmd(tools, srv, conns, 1, scheme), timeout=40)  # warm-up
     if not parse_wrk(out):
         return {"error": f"warm-up run failed (exit {rc}): {(err or out).strip()[-300:]}"}
-    m = measure(srv, wrk_cmd(tools, srv, conns, a.duration), timeout=a.duration + 40)
+    m = measure(srv, wrk_cmd(tools, srv, conns, a.duration, scheme), timeout=a.duration + 40)
     r = parse_wrk(m["out"]) if m["rc"] == 0 else None
     if not r:
         return {"error": f"wrk failed (exit {m['rc']}): {(m['err'] or m['out']).strip()[-300:]}"}
@@ -467,18 +485,18 @@ def row_key(workload, row):
 def row_name(workload, row):
     if workload == "resp":
         return f"redis-benchmark -c 50 -P {row[1]} -t {row[0]}"
-    return f"wrk -t1 -c{row}"
+    return f"wrk -t1 -c{row}" + (" https://" if workload == "https" else "")
 
 
 def start(workload, sid, tools, log_path):
     if sid == "c-ref":
-        return start_redis(tools, log_path) if workload == "resp" else start_nginx(tools,
-                                                                                   log_path)
+        return start_redis(tools, log_path) if workload == "resp" else start_nginx(
+            tools, log_path, tls=workload == "https")
     return start_example(workload, sid, log_path)
 
 
 def run_round(workload, sids, tools, a, runs, labels, rnd):
-    rows = RESP_ROWS if workload == "resp" else HTTP_ROWS
+    rows = {"resp": RESP_ROWS, "http": HTTP_ROWS, "https": HTTPS_ROWS}[workload]
     client = "redis-benchmark" if workload == "resp" else "wrk"
     order = sids[rnd % len(sids):] + sids[:rnd % len(sids)]     # a different first server per round
     for sid in order:
@@ -510,7 +528,8 @@ def run_round(workload, sids, tools, a, runs, labels, rnd):
                 if workload == "resp":
                     r = run_resp_row(tools, srv, row[0], row[1], a)
                 else:
-                    r = run_http_row(tools, srv, row, a)
+                    r = run_http_row(tools, srv, row, a,
+                                     "https" if workload == "https" else "http")
                 r["response_bytes"] = srv.response_bytes
                 if "error" in r:
                     log(f"  {r['error']}")
@@ -631,7 +650,8 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds (default 3)")
     ap.add_argument("--duration", type=float, default=5.0,
                     help="seconds of load per measured row (default 5)")
-    ap.add_argument("--only", default="resp,http", help="workloads: resp, http (default both)")
+    ap.add_argument("--only", default="resp,http",
+                    help="workloads: resp, http, https (default resp,http)")
     ap.add_argument("--servers", default=",".join(SERVERS),
                     help=f"comma-separated, from {', '.join(SERVERS)} (default all)")
     ap.add_argument("--quiet-wait", type=float, default=10.0,
@@ -645,7 +665,7 @@ def main(argv=None):
     workloads = [w.strip() for w in a.only.split(",") if w.strip()]
     sids = [s.strip() for s in a.servers.split(",") if s.strip()]
     for w in workloads:
-        if w not in ("resp", "http"):
+        if w not in ("resp", "http", "https"):
             ap.error(f"unknown workload {w!r}")
     for s in sids:
         if s not in SERVERS:
@@ -675,7 +695,8 @@ def main(argv=None):
         meta["warnings"].append("uvloop is not importable: its rows fail (pip install uvloop)")
     plan = {"servers": sids,
             "rows": [("resp", r) for r in RESP_ROWS if "resp" in workloads]
-            + [("http", c) for c in HTTP_ROWS if "http" in workloads]}
+            + [("http", c) for c in HTTP_ROWS if "http" in workloads]
+            + [("https", c) for c in HTTPS_ROWS if "https" in workloads]}
     runs, labels = {}, {}
 
     def body():

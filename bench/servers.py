@@ -18,12 +18,15 @@ How to run it (by hand; bench/echo.py does this for you):
     python bench/servers.py threads 0
     PYTHONPATH=src python bench/servers.py iocpx 9000 --workers 1 --backend io_uring
     PYTHONPATH=src python bench/servers.py iocpx 9000 --workers 0 --first-data
+    python bench/servers.py uvloop 0 --tls-cert bench/.build/tls/server.pem   # the echo over TLS
 
 Once listening it prints "READY <port>" on stdout (flushed). It serves until SIGTERM or SIGINT,
 then closes cleanly, prints one "STATS {...}" line on stderr and exits 0. The iocpx server also
 answers SIGUSR1 with a "STATS {...}" line of engine.stats() on stdout (bench/silent_clients.py
 reads the connections it holds that way), and takes --first-data [--first-data-timeout S]. If
 the framework cannot be imported it prints "UNAVAILABLE <reason>" on stdout and exits 3.
+With --tls-cert PEM (certificate chain and key in one file) asyncio, uvloop and iocpx serve the
+same echo over TLS: create_server(ssl=ctx) and listen(ssl=ctx) with the same ssl.SSLContext.
 """
 
 import argparse
@@ -46,7 +49,17 @@ def _unavailable(reason):
 
 # ---- asyncio and uvloop: one Protocol, two loops ----
 
-def serve_asyncio(kind, port, backlog):
+def tls_context(pem):
+    """The server ssl.SSLContext every framework gets for --tls-cert, or None."""
+    if pem is None:
+        return None
+    import ssl
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(pem)
+    return ctx
+
+
+def serve_asyncio(kind, port, backlog, ssl=None):
     import asyncio
 
     if kind == "uvloop":
@@ -78,7 +91,7 @@ def serve_asyncio(kind, port, backlog):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         server = await loop.create_server(EchoProtocol, "127.0.0.1", port, backlog=backlog,
-                                          reuse_address=True)
+                                          reuse_address=True, ssl=ssl)
         _ready(server.sockets[0].getsockname()[1])
         await stop.wait()
         server.close()
@@ -150,7 +163,8 @@ def serve_threads(port, backlog):
 
 # ---- iocpx: the public API, nothing else ----
 
-def serve_iocpx(port, workers, backend, backlog, first_data=False, first_data_timeout=None):
+def serve_iocpx(port, workers, backend, backlog, first_data=False, first_data_timeout=None,
+                ssl=None):
     # Block the stop signals (and SIGUSR1, "print your stats") before the engine starts its
     # worker threads, so they inherit the mask and the main thread alone receives them, in
     # sigwait (no polling, no wake-ups).
@@ -168,6 +182,8 @@ def serve_iocpx(port, workers, backend, backlog, first_data=False, first_data_ti
     eng = iocpx.Engine(workers=workers, backend=backend)
     try:
         listen_kw = {}
+        if ssl is not None:
+            listen_kw["ssl"] = ssl
         if backlog is not None:
             listen_kw["backlog"] = backlog
         if first_data:
@@ -217,15 +233,21 @@ def main(argv=None):
                     help="iocpx: accept a connection only with its first data (first_data=True)")
     ap.add_argument("--first-data-timeout", type=float, default=None,
                     help="iocpx: pass first_data_timeout=S to listen() if this iocpx has it")
+    ap.add_argument("--tls-cert", metavar="PEM", default=None,
+                    help="serve the echo over TLS with this certificate chain + key (one PEM); "
+                         "asyncio, uvloop and iocpx")
     args = ap.parse_args(argv)
+    if args.tls_cert and args.kind == "threads":
+        ap.error("--tls-cert: the thread-per-client server has no TLS variant")
+    ctx = tls_context(args.tls_cert)
 
     if args.kind == "iocpx":
         stats = serve_iocpx(args.port, args.workers or None, args.backend, args.backlog,
-                            args.first_data, args.first_data_timeout)
+                            args.first_data, args.first_data_timeout, ctx)
     elif args.kind == "threads":
         stats = serve_threads(args.port, args.backlog or 1024)
     else:
-        stats = serve_asyncio(args.kind, args.port, args.backlog or 1024)
+        stats = serve_asyncio(args.kind, args.port, args.backlog or 1024, ctx)
     stats["pid"] = os.getpid()
     print("STATS " + json.dumps(stats, default=repr), file=sys.stderr, flush=True)
     return 0

@@ -29,6 +29,11 @@ How to run it, from the repo root (after `python setup.py build_ext --inplace`):
     curl -v http://127.0.0.1:8080/ http://127.0.0.1:8080/files/hosts
     wrk -t1 -c100 -d5s --latency http://127.0.0.1:8080/
 
+Over TLS (HTTPS), with a certificate and key in PEM files (files are then read and encrypted):
+
+    PYTHONPATH=src python examples/http_server.py --port 8443 --tls-cert cert.pem --tls-key key.pem
+    curl --cacert ca.pem https://localhost:8443/
+
 It prints one line `serving HTTP on HOST:PORT (...)` once listening, and stops on Ctrl-C or
 SIGTERM. `--port 0` lets the kernel pick the port.
 """

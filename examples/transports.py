@@ -25,8 +25,13 @@ resume_writing pause reading, the same flow control.
 
 What it needs: Python 3.9+; iocpx for the iocpx runner, `pip install uvloop` for uvloop.
 
+TLS (`--tls-cert FILE --tls-key FILE`): the same handler behind TLS, on iocpx
+(`listen(ssl=ctx)`: the engine drives ssl.MemoryBIO/SSLObject; a file is then read and encrypted
+instead of moved by the kernel) and on asyncio/uvloop (`create_server(ssl=ctx)`), with the same
+certificate. `--tls-alpn h2,http/1.1` sets the ALPN protocols offered.
+
 How to run it: not by itself; `python examples/resp_server.py --help` shows the options it adds
-(--host, --port, --loop, --workers, --backend).
+(--host, --port, --loop, --workers, --backend, --first-data, --tls-cert, --tls-key, --tls-alpn).
 """
 
 import os
@@ -138,9 +143,9 @@ def make_protocol_class():
     return HandlerProtocol
 
 
-def serve_asyncio(host, port, factory, loop="asyncio", on_ready=None, backlog=1024):
+def serve_asyncio(host, port, factory, loop="asyncio", on_ready=None, backlog=1024, ssl=None):
     """Serve until SIGINT/SIGTERM on asyncio's loop or uvloop's; on_ready(address) once
-    listening."""
+    listening. ssl: an ssl.SSLContext to serve TLS with, or None."""
     import asyncio
     if loop == "uvloop":
         import uvloop
@@ -159,7 +164,7 @@ def serve_asyncio(host, port, factory, loop="asyncio", on_ready=None, backlog=10
             except (NotImplementedError, AttributeError):
                 pass                # Windows: Ctrl-C raises KeyboardInterrupt in the loop
         server = await ev.create_server(lambda: protocol(factory, transports), host, port,
-                                        backlog=backlog, reuse_address=True)
+                                        backlog=backlog, reuse_address=True, ssl=ssl)
         if on_ready:
             on_ready(server.sockets[0].getsockname()[:2])
         await stop.wait()
@@ -191,11 +196,35 @@ def add_common_arguments(ap, default_port):
                     help="iocpx backend: io_uring, epoll, iocp (default: iocpx's choice)")
     ap.add_argument("--first-data", action="store_true",
                     help="iocpx: accept a connection only together with its first data")
+    ap.add_argument("--tls-cert", metavar="PEM", default=None,
+                    help="serve TLS with this certificate chain (PEM; may hold the key too)")
+    ap.add_argument("--tls-key", metavar="PEM", default=None,
+                    help="the private key of --tls-cert, if not in the same file")
+    ap.add_argument("--tls-alpn", metavar="P1,P2", default=None,
+                    help="ALPN protocols to offer with --tls-cert, comma-separated")
+
+
+def tls_context(args):
+    """The server ssl.SSLContext the --tls-* options ask for, or None."""
+    if args.tls_cert is None:
+        if args.tls_key or args.tls_alpn:
+            raise SystemExit("--tls-key/--tls-alpn need --tls-cert")
+        return None
+    import ssl
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    if args.tls_alpn:
+        ctx.set_alpn_protocols(args.tls_alpn.split(","))
+    return ctx
 
 
 def serve_main(args, what, factory):
     """Run the chosen transport until SIGINT/SIGTERM; prints `serving WHAT on HOST:PORT (...)`."""
+    ctx = tls_context(args)
+
     def ready(address, detail):
+        if ctx is not None:
+            detail += ", TLS"
         print(f"serving {what} on {address[0]}:{address[1]} ({detail})", flush=True)
 
     if args.loop != "iocpx":
@@ -203,7 +232,7 @@ def serve_main(args, what, factory):
             print("--workers/--backend/--first-data apply to --loop iocpx only", file=sys.stderr)
             return 2
         serve_asyncio(args.host, args.port, factory, args.loop,
-                      on_ready=lambda a: ready(a, f"{args.loop}, pid {os.getpid()}"))
+                      on_ready=lambda a: ready(a, f"{args.loop}, pid {os.getpid()}"), ssl=ctx)
         return 0
     # POSIX: block the stop signals before the engine starts its threads, so they inherit the
     # mask and the main thread alone takes them, in sigwait: no polling loop, no wake-ups while
@@ -212,6 +241,8 @@ def serve_main(args, what, factory):
     if posix:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     opts = {"first_data": True} if args.first_data else {}
+    if ctx is not None:
+        opts["ssl"] = ctx
     srv = start_iocpx(args.host, args.port, factory, workers=args.workers, backend=args.backend,
                       **opts)
     try:

@@ -168,7 +168,7 @@ suite_in_venv() {   # suite_in_venv NAME PYTHON INSTALL-ARGS...: fresh venv, ins
     local name="$1" pyx="$2" venv="$WORK/venv-$1" rc=0; shift 2
     rm -rf "$venv"
     "$pyx" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q "$@" pytest hypothesis > "$WORK/$name-install.log" 2>&1 \
+    "$venv/bin/python" -m pip install -q "$@" pytest hypothesis trustme > "$WORK/$name-install.log" 2>&1 \
         || { tail -40 "$WORK/$name-install.log"; return 1; }
     # from the sdist's folder, nothing there shadows the install: check where iocpx comes from
     (cd "$SRC" && "$venv/bin/python" -c "import iocpx, sys; f = iocpx.__file__; print('testing', f); sys.exit('site-packages' not in f)") || return 1

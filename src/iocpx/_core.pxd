@@ -55,6 +55,8 @@ cdef class Engine:
     cdef int64_t n_first_data_timeouts, n_idle_timeouts, n_timers_fired
     cdef int64_t n_adopted          # connections taken over by Engine.adopt()
 
+    cdef int64_t n_tls_handshakes, n_tls_timeouts, n_tls_errors     # engine/tls.pxi
+
     cdef int _check_open(self) except -1
     cdef int64_t _take_id(self)
     cdef void _kick(self) except *
@@ -94,6 +96,9 @@ cdef class Listener:
     cdef PyObject* silent_head      # Connections waiting for first data, oldest first: a
     cdef PyObject* silent_tail      #   list linked through each one's SilentLink
     cdef object silent_timer        # Timer for the oldest of them, or None
+    # -- TLS (engine/tls.pxi)
+    cdef object ssl_ctx             # ssl.SSLContext (server side), or None: plain
+    cdef double ssl_timeout         # ssl_handshake_timeout, seconds
     cdef int silent_slots           # AcceptEx slots last seen holding a silent client (iocp)
     cdef double plain_until         # until then, accepts are posted without a receive buffer
     cdef object guard_timer         # the periodic check of silent AcceptEx slots, or None
@@ -115,6 +120,26 @@ cdef class SilentLink:
     cdef PyObject* prev             # neighbours' Connections (the list holds a
     cdef PyObject* next             #   reference to each member)
     cdef double deadline            # time.monotonic() when silence ends it
+
+cdef class TlsState:
+    # A connection's TLS machine (engine/tls.pxi). Every use of obj, and every
+    # send submitted on its connection, holds lock.
+    cdef object obj                 # ssl.SSLObject over the two BIOs (Connection.ssl_object)
+    cdef object sslo                # the _ssl object it wraps (its read/write without a Python frame)
+    cdef object inc                 # ssl.MemoryBIO: ciphertext received, not yet decrypted
+    cdef object out                 # ssl.MemoryBIO: ciphertext made, not yet handed to the kernel
+    cdef iocpx_mutex_t lock         # initialized in __cinit__, destroyed in __dealloc__
+    cdef int stage                  # TlsStage
+    cdef bint server_side
+    cdef bint notify_connect        # Engine.connect: on_connect once the handshake is done
+    cdef bint raw                   # the send in flight carries plain bytes (queued before start_tls)
+    cdef int raw_items              # items at the head of sendq queued before start_tls
+    cdef Py_ssize_t c_left          # ciphertext bytes of the send in flight not sent yet
+    cdef Py_ssize_t p_left          # plaintext bytes that send carries (leave send_buffered at its end)
+    cdef Py_ssize_t head_off        # plaintext of sendq[0] already encrypted (large sends go in pieces)
+    cdef double timeout             # ssl_handshake_timeout, seconds
+    cdef object timer               # the handshake timeout (Timer, holds the connection), or None
+    cdef Listener lst               # accepted: the listener whose on_accept is due after the handshake
 
 
 cdef class Connection:
@@ -152,6 +177,7 @@ cdef class Connection:
     cdef readonly int64_t id
     cdef object _peer, _local
     cdef iocpx_addr_t peer_addr
+    cdef TlsState tls               # engine/tls.pxi; None for a plain connection
 
     @staticmethod
     cdef Connection _new(Engine eng, int fd, uint16_t group)

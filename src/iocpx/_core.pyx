@@ -18,6 +18,7 @@ file:
   engine/receive.pxi     the receive loop, re-post, pause/resume
   engine/sendq.pxi       the send queue and flow control
   engine/sendfile.pxi    sendfile (TransmitFile / sendfile / splice)
+  engine/tls.pxi         TLS: ssl.MemoryBIO + SSLObject between the receive path and the send queue
   engine/port.pxi        CompletionPort: post/get on the raw port
   engine/unix.pxi        Unix-domain sockets: paths, abstract names, the socket file
   engine/adopt.pxi       sockets made elsewhere: listen(sock=...), Engine.adopt()
@@ -62,6 +63,7 @@ include "engine/connection.pxi"
 include "engine/receive.pxi"
 include "engine/sendq.pxi"
 include "engine/sendfile.pxi"
+include "engine/tls.pxi"
 include "engine/port.pxi"
 include "engine/unix.pxi"
 include "engine/adopt.pxi"

@@ -20,6 +20,7 @@ static inline int iocpx_mutex_init(iocpx_mutex_t *m) { InitializeSRWLock(m); ret
 static inline void iocpx_mutex_destroy(iocpx_mutex_t *m) { (void)m; }
 static inline void iocpx_mutex_lock(iocpx_mutex_t *m) { AcquireSRWLockExclusive(m); }
 static inline void iocpx_mutex_unlock(iocpx_mutex_t *m) { ReleaseSRWLockExclusive(m); }
+static inline int iocpx_mutex_trylock(iocpx_mutex_t *m) { return TryAcquireSRWLockExclusive(m) ? 0 : -1; }
 static inline int iocpx_cond_init(iocpx_cond_t *c) { InitializeConditionVariable(c); return 0; }
 static inline void iocpx_cond_destroy(iocpx_cond_t *c) { (void)c; }
 static inline void iocpx_cond_signal(iocpx_cond_t *c) { WakeConditionVariable(c); }
@@ -53,6 +54,7 @@ static inline int iocpx_mutex_init(iocpx_mutex_t *m) { return pthread_mutex_init
 static inline void iocpx_mutex_destroy(iocpx_mutex_t *m) { pthread_mutex_destroy(m); }
 static inline void iocpx_mutex_lock(iocpx_mutex_t *m) { pthread_mutex_lock(m); }
 static inline void iocpx_mutex_unlock(iocpx_mutex_t *m) { pthread_mutex_unlock(m); }
+static inline int iocpx_mutex_trylock(iocpx_mutex_t *m) { return pthread_mutex_trylock(m) == 0 ? 0 : -1; }
 static inline int iocpx_cond_init(iocpx_cond_t *c) {
     pthread_condattr_t a; int r;
     pthread_condattr_init(&a);

@@ -12,6 +12,7 @@ cdef extern from "_sys.h" nogil:
     void iocpx_mutex_destroy(iocpx_mutex_t* m)
     void iocpx_mutex_lock(iocpx_mutex_t* m)
     void iocpx_mutex_unlock(iocpx_mutex_t* m)
+    int iocpx_mutex_trylock(iocpx_mutex_t* m)      # 0: taken; -1: held by someone
     int iocpx_cond_init(iocpx_cond_t* c)
     void iocpx_cond_destroy(iocpx_cond_t* c)
     void iocpx_cond_signal(iocpx_cond_t* c)

@@ -13,7 +13,8 @@ cdef enum ConnState:
 cdef Connection conn_open_connect(Engine eng, object address, object on_connect, object on_recv,
                                   object on_close, object nodelay, object buffer_size,
                                   object on_drain, object max_send_buffer, object idle_timeout,
-                                  object local_address):
+                                  object local_address, object ssl=None, object server_hostname=None,
+                                  object ssl_handshake_timeout=60.0):
     """Engine.connect(): a socket, then the connect op (ConnectEx, IORING_OP_CONNECT...)."""
     eng._check_open()
     _check_callback(on_connect, "on_connect")
@@ -23,6 +24,16 @@ cdef Connection conn_open_connect(Engine eng, object address, object on_connect,
     size = _check_buffer_size(buffer_size)
     max_send = _check_max_send(max_send_buffer)
     idle = eng._idle_ticks(idle_timeout)
+    cdef double ssl_secs = 0
+    if ssl is not None:
+        if ssl is True:
+            ssl = _ssl().create_default_context()
+        tls_check_context(ssl, False)
+        ssl_secs = _check_seconds(ssl_handshake_timeout, "ssl_handshake_timeout", False)
+        if server_hostname is None and not is_unix_address(address):
+            server_hostname = _check_address(address)[0]
+    elif server_hostname is not None:
+        raise ValueError("server_hostname is only meaningful with ssl")
     cdef bytes uname = None, lname = None
     if is_unix_address(address):            # unix.pxi
         family = IOCPX_AF_UNIX
@@ -68,6 +79,16 @@ cdef Connection conn_open_connect(Engine eng, object address, object on_connect,
     c.idle_ticks = idle
     c.last_tick = eng.tick
     c.nodelay = bool(nodelay) and family != IOCPX_AF_UNIX     # no Nagle on Unix sockets
+    if ssl is not None:
+        try:
+            c.tls = tls_new(c, ssl, False, server_hostname or None, ssl_secs)
+        except BaseException:
+            c.state = C_CLOSED
+            c.reported = 1
+            _sock_close(fd)
+            c.fd = -1
+            raise
+        c.tls.notify_connect = 1
     cdef IoCtx* io = c._new_io(OP_CONNECT)
     try:
         if uname is not None:
@@ -101,7 +122,9 @@ cdef void conn_on_connect(Connection c, Event* ev) except *:
             conn_start_recv(c)
         except BaseException as e:
             c._abort(e)
-        if c.state == C_OPEN and c.on_connect is not None:
+        if c.tls is not None:
+            tls_start(c)                # on_connect once the handshake is done
+        elif c.state == C_OPEN and c.on_connect is not None:
             c._call(c.on_connect, None)
         if c.state < C_ABORTING:
             conn_send_safe(c)
@@ -265,6 +288,8 @@ cdef class Connection:
             return
         if self.state == C_CLOSING and (self.send_io != NULL or self.sendq):
             return
+        if self.state == C_CLOSING and self.tls is not None and tls_shutdown(self):
+            return                      # close_notify on its way
         if self.state == C_CLOSING and not self.peer_eof and not self.lingering:
             if conn_linger(self):
                 self._report()          # our side is done; the socket lingers unseen
@@ -274,6 +299,8 @@ cdef class Connection:
         _sock_close(self.fd)
         self.fd = -1
         conn_drop_queue(self)
+        if self.tls is not None:
+            tls_release(self)
         if self.silent is not None:
             silent_remove(self)
         eng._conns.pop(self.id, None)
@@ -321,8 +348,8 @@ cdef class Connection:
         self.user_closed = 1
         if self.state >= C_ABORTING:
             return                      # already ending; on_close reports why
-        if self.state == C_CONNECTING:
-            self._abort(None)
+        if self.state == C_CONNECTING or (self.tls is not None and self.tls.stage == TLS_HANDSHAKE):
+            self._abort(None)           # nothing can be sent before the handshake is done
             self.eng._kick()
             return
         self.state = C_CLOSING
@@ -361,6 +388,22 @@ cdef class Connection:
             return
         conn_resume(self, PAUSE_USER)
         self.eng._kick()
+
+    def start_tls(self, ssl_context, *, server_side, server_hostname=None,
+                  ssl_handshake_timeout=60.0):
+        """Upgrade this open plain connection to TLS (STARTTLS). What was
+        sent before is sent as it was; everything after is encrypted, and
+        bytes the peer sent after the upgrade request that were not yet
+        delivered (read ahead, held by a pause) go through TLS. Returns at
+        once; sends made now are queued until the handshake is done. A
+        failed handshake closes the connection (on_close(conn, exc))."""
+        tls_upgrade(self, ssl_context, bool(server_side), server_hostname, ssl_handshake_timeout)
+
+    @property
+    def ssl_object(self):
+        """The ssl.SSLObject of a TLS connection (version(), cipher(),
+        getpeercert(), selected_alpn_protocol()...), or None when plain."""
+        return self.tls.obj if self.tls is not None else None
 
     @property
     def reading(self):

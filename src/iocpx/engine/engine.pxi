@@ -117,7 +117,7 @@ cdef class Engine:
                accepts=None, first_data=False, first_data_timeout=10.0,
                buffer_size=4096, backlog=None, nodelay=True, on_drain=None,
                max_send_buffer=DEFAULT_MAX_SEND, idle_timeout=None, reuse_port=False,
-               sock=None, unlink_existing=False):
+               sock=None, unlink_existing=False, ssl=None, ssl_handshake_timeout=60.0):
         """Bind and listen on address ((host, port); port 0 picks one) and keep
         `accepts` accepts pre-posted. With first_data=True a connection is
         delivered only with its first bytes, and one that stays silent for
@@ -131,11 +131,16 @@ cdef class Engine:
         its file when it closes. sock= instead of an address takes over a
         bound (maybe listening) stream socket made elsewhere, a socket.socket
         or a descriptor (systemd's LISTEN_FDS): the engine owns it from then
-        on, as after sock.detach()."""
+        on, as after sock.detach().
+
+        ssl=an ssl.SSLContext (server side) serves TLS: on_accept runs once
+        the handshake is done (with first_data=True, with the first decrypted
+        bytes); a handshake not done within ssl_handshake_timeout seconds, or
+        failing, closes the connection unseen."""
         return listener_open(self, address, on_accept, on_recv, on_close, accepts,
                              first_data, first_data_timeout, buffer_size, backlog, nodelay,
                              on_drain, max_send_buffer, idle_timeout, reuse_port, sock,
-                             unlink_existing)
+                             unlink_existing, ssl, ssl_handshake_timeout)
 
     def adopt(self, sock, *, on_recv=None, on_close=None, on_drain=None, nodelay=True,
               buffer_size=4096, max_send_buffer=DEFAULT_MAX_SEND, idle_timeout=None):
@@ -149,15 +154,19 @@ cdef class Engine:
 
     def connect(self, address, *, on_connect=None, on_recv=None, on_close=None,
                 nodelay=True, buffer_size=4096, on_drain=None,
-                max_send_buffer=DEFAULT_MAX_SEND, idle_timeout=None, local_address=None):
+                max_send_buffer=DEFAULT_MAX_SEND, idle_timeout=None, local_address=None,
+                ssl=None, server_hostname=None, ssl_handshake_timeout=60.0):
         """Start connecting to address; returns the Connection at once.
         on_connect(conn) runs once connected; a failure arrives as
         on_close(conn, exc). Data sent before that is queued.
         local_address=(host, port) binds the socket first. address may be a
-        Unix socket path (local_address then a path too, or None)."""
+        Unix socket path (local_address then a path too, or None). ssl=an
+        ssl.SSLContext (client side; True: ssl.create_default_context())
+        speaks TLS: on_connect runs after the handshake; server_hostname
+        (default: the host of address) is checked as the context says."""
         return conn_open_connect(self, address, on_connect, on_recv, on_close, nodelay,
                                  buffer_size, on_drain, max_send_buffer, idle_timeout,
-                                 local_address)
+                                 local_address, ssl, server_hostname, ssl_handshake_timeout)
 
     def call_later(self, delay, fn, *args):
         """Run fn(*args) on a worker after delay seconds (time.monotonic clock).
@@ -212,6 +221,9 @@ cdef class Engine:
             "idle_timeouts": self.n_idle_timeouts,
             "timers": self.heap_len,
             "timers_fired": self.n_timers_fired,
+            "tls_handshakes": self.n_tls_handshakes,
+            "tls_handshake_timeouts": self.n_tls_timeouts,
+            "tls_handshake_errors": self.n_tls_errors,
             "rescues": self.n_rescues,
             "internal_errors": self.n_errors,
             "receive_pools": self.be.pools() if hasattr(self.be, "pools") else None,

@@ -109,6 +109,9 @@ cdef void listener_on_accept(Listener lst, Event* ev) except *:
         return
     eng.n_accepted += 1
     data = eng.be.accept_data(ev)       # AcceptEx's first bytes, or None
+    if data:                            # (bytes from receives are counted in conn_on_recv)
+        eng.n_bytes_in += len(data)
+        eng.n_msgs_in += 1
     cdef Connection conn = Connection._new(eng, res, lst.group)
     memcpy(&conn.peer_addr, &io.addr, sizeof(iocpx_addr_t))
     conn.have_peer = 1
@@ -146,7 +149,9 @@ cdef int conn_start_accepted(Connection c, Listener lst, object data) except -1:
             conn_start_recv(c)
         except BaseException as e:
             c._abort(e)
-        if not lst.first_data or data is not None:
+        if lst.ssl_ctx is not None:
+            tls_accepted(c, lst, data)  # surfaces after the handshake
+        elif not lst.first_data or data is not None:
             conn_surface(c, data if data is not None else b"")
         else:
             c.first_pending = 1
@@ -162,9 +167,6 @@ cdef void conn_surface(Connection c, object data) noexcept:
     c.surfaced = 1
     if c.silent is not None:
         silent_remove(c)
-    if data:
-        c.eng.n_bytes_in += len(data)
-        c.eng.n_msgs_in += 1
     if c.state <= C_CLOSING and c.on_accept is not None:
         c._call(c.on_accept, data)
 

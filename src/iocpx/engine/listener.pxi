@@ -16,7 +16,8 @@ cdef Listener listener_open(Engine eng, object address, object on_accept, object
                             object first_data_timeout, object buffer_size, object backlog,
                             object nodelay, object on_drain, object max_send_buffer,
                             object idle_timeout, object reuse_port, object sock=None,
-                            object unlink_existing=False):
+                            object unlink_existing=False, object ssl=None,
+                            object ssl_handshake_timeout=60.0):
     """Engine.listen(): check everything, bind, listen, pre-post the accepts.
     address: (host, port), or a Unix socket path (unix.pxi); or sock=, a
     socket made elsewhere (adopt.pxi)."""
@@ -41,6 +42,10 @@ cdef Listener listener_open(Engine eng, object address, object on_accept, object
     if backlog < 0:
         raise ValueError(f"backlog must be >= 0, got {backlog}")
     size = _check_buffer_size(buffer_size)
+    cdef double ssl_secs = 0
+    if ssl is not None:
+        tls_check_context(ssl, True)
+        ssl_secs = _check_seconds(ssl_handshake_timeout, "ssl_handshake_timeout", False)
     cleanup = None
     cdef Listener lst = Listener.__new__(Listener)
     lst.eng = eng
@@ -97,6 +102,8 @@ cdef Listener listener_open(Engine eng, object address, object on_accept, object
     lst.group = <uint16_t>eng.be.buffer_group(size)
     lst.buffer_size = size
     lst.accepts = accepts
+    lst.ssl_ctx = ssl
+    lst.ssl_timeout = ssl_secs
     eng._listeners.add(lst)
     try:
         for _ in range(accepts):

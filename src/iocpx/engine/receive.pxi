@@ -72,8 +72,10 @@ cdef void conn_on_recv(Connection c, Event* evs, int k) except *:
 
 cdef inline void conn_deliver(Connection c, object data) noexcept:
     """Received bytes to the application: on_accept with the first ones
-    (first_data), on_recv after."""
-    if c.first_pending:
+    (first_data), on_recv after. On TLS: ciphertext, decrypted first."""
+    if c.tls is not None:
+        tls_on_data(c, data)
+    elif c.first_pending:
         conn_surface(c, data)
     elif c.on_recv is not None:
         c._call(c.on_recv, data)
@@ -130,6 +132,8 @@ cdef void conn_on_eof(Connection c) except *:
     c.peer_eof = 1
     if c.state != C_OPEN:
         return
+    if c.tls is not None and tls_on_eof(c):
+        return                          # during the TLS handshake
     if c.first_pending:                 # connected and closed without sending
         conn_surface(c, b"")
     if c.state == C_OPEN:

@@ -24,6 +24,8 @@ cdef int conn_send(Connection c, object data) except -1:
     if c.state >= C_ABORTING:           # the peer broke it: on_close will say so
         c.eng.n_bytes_dropped += n
         return 0
+    if c.tls is not None:
+        return tls_send(c, data, n)     # plaintext queued, encrypted on its way out
     conn_reserve(c, n)
     if c.send_io == NULL and not c.sendq and c.state != C_CONNECTING:
         conn_submit_bytes(c, data, n)   # the usual case: nothing queued, no deque needed
@@ -51,7 +53,8 @@ cdef int conn_reserve(Connection c, Py_ssize_t n) except -1:
     c.send_buffered += n
     if c.send_buffered > c.max_send and not c.was_full:
         c.was_full = 1
-        if c.state == C_OPEN:
+        if c.state == C_OPEN and (c.tls is None or c.tls.stage != TLS_HANDSHAKE):
+            # (a handshake needs reading: tls_ready pauses once it is done)
             conn_pause(c, PAUSE_FULL)
     return 0
 
@@ -59,6 +62,8 @@ cdef int conn_reserve(Connection c, Py_ssize_t n) except -1:
 cdef int conn_send_next(Connection c) except -1:
     """Hand the head of the send queue to the kernel unless a send is in flight."""
     cdef Py_ssize_t total, n
+    if c.tls is not None:
+        return tls_send_next(c)
     while c.send_io == NULL and c.sendq:
         item = c.sendq[0]
         if type(item) is FileJob:
@@ -176,6 +181,8 @@ cdef void conn_sent(Connection c, Py_ssize_t n) noexcept:
 cdef inline void conn_count_sent(Connection c, Py_ssize_t n) noexcept:
     c.eng.n_bytes_out += n
     c.last_tick = c.eng.tick
+    if c.tls is not None:
+        n = tls_sent(c.tls, n)          # wire bytes -> the plaintext they carried
     if c.state >= C_ABORTING:           # counted as dropped when the queue was dropped
         c.eng.n_bytes_dropped -= n
     else:
