@@ -1,5 +1,6 @@
 """Type stubs for iocpx._core (the engine)."""
 import os
+import ssl
 from types import TracebackType
 from typing import Any, Callable, Optional, Tuple, Union
 
@@ -32,6 +33,11 @@ class Connection:
     def abort(self) -> None: ...
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
+    def start_tls(self, ssl_context: ssl.SSLContext, *, server_side: bool,
+                  server_hostname: Optional[str] = None,
+                  ssl_handshake_timeout: float = 60.0) -> None: ...
+    @property
+    def ssl_object(self) -> Optional[ssl.SSLObject]: ...
 
 class Listener:
     address: Address
@@ -56,13 +62,18 @@ class Engine:
                accepts: Optional[int] = None, first_data: bool = False, buffer_size: int = 4096,
                backlog: Optional[int] = None, nodelay: bool = True,
                on_drain: Optional[OnConnect] = None, max_send_buffer: int = 4 << 20,
-               idle_timeout: Optional[float] = None, reuse_port: bool = False) -> Listener: ...
+               idle_timeout: Optional[float] = None, reuse_port: bool = False,
+               ssl: Optional[ssl.SSLContext] = None,
+               ssl_handshake_timeout: float = 60.0) -> Listener: ...
     def connect(self, address: Tuple[str, int], *, on_connect: Optional[OnConnect] = None,
                 on_recv: Optional[OnRecv] = None, on_close: Optional[OnClose] = None,
                 nodelay: bool = True, buffer_size: int = 4096,
                 on_drain: Optional[OnConnect] = None, max_send_buffer: int = 4 << 20,
                 idle_timeout: Optional[float] = None,
-                local_address: Optional[Tuple[str, int]] = None) -> Connection: ...
+                local_address: Optional[Tuple[str, int]] = None,
+                ssl: Union[ssl.SSLContext, bool, None] = None,
+                server_hostname: Optional[str] = None,
+                ssl_handshake_timeout: float = 60.0) -> Connection: ...
     def stats(self) -> dict[str, Any]: ...
     def close(self, timeout: Optional[float] = None) -> None: ...
     def __enter__(self) -> "Engine": ...
