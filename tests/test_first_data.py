@@ -232,19 +232,11 @@ def test_silent_clients_ignore_idle_timeout(engine, log):
     assert_quiet(log)                                # idle and first-data timeouts: DEBUG at most
 
 
-LISTENER_CLOSE_BUG = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "engine bug: Listener.close() cancels the listener's first-data deadline timer "
-    "(listener.pxi listener_close_async: silent_timer.cancel()), so connections it accepted "
-    "that are still waiting for their first bytes are never dropped afterwards"))
-
-
 @ONE_WORKER
-def test_first_data_timeout_still_applies_after_the_listener_closes(engine, request):
+def test_first_data_timeout_still_applies_after_the_listener_closes(engine):
     """Closing a listener leaves the connections it accepted open, but not a
     silent one forever: it is still dropped after first_data_timeout (iocp:
     a client still in an AcceptEx slot goes with the slot at once)."""
-    if engine.backend != "iocp":
-        request.applymarker(LISTENER_CLOSE_BUG)
     fdt = fdt_for(engine.backend)
     rec = Recorder()
     lst = engine.listen(("127.0.0.1", 0), first_data=True, first_data_timeout=fdt,
@@ -264,10 +256,6 @@ def test_first_data_timeout_still_applies_after_the_listener_closes(engine, requ
         wait_for(lambda: engine.stats()["first_data_timeouts"] == 1, timeout=5)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "engine bug: first_data_timeout=1e12 is accepted, but the deadline timer's "
-    "<uint64_t>(delay * 1e9) overflows (timers.pxi): timer_fire raises OverflowError "
-    "inside a noexcept function ('Exception ignored in iocpx._core.timer_fire')"))
 @ONE_WORKER
 def test_a_huge_first_data_timeout_keeps_the_client_quietly(engine, monkeypatch):
     unraisable = []

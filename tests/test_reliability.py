@@ -177,10 +177,6 @@ def idle_clients(address, n):
     return socks, last
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: the idle sweeper (engine.pxi _sweep, every 250 ms) closes a connection once "
-    "tick - last_tick >= idle_ticks, so one whose last activity came just before a tick is "
-    "closed after idle_timeout - 250 ms (0.26 s of silence for idle_timeout=0.5)"))
 def test_idle_timeout_never_closes_sooner(engine):
     """No data in or out for idle_timeout seconds: not less."""
     lst = engine.listen(("127.0.0.1", 0), idle_timeout=IDLE, on_recv=echo)

@@ -42,14 +42,6 @@ class Fired:
         return self.calls
 
 
-TIMER_ORDER_BUG = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "engine bug: a timer's engine-clock deadline is computed as iocpx_now_ns() + "
-    "(when - time.monotonic()) from two fresh clock reads per timer (timers.pxi timer_new), "
-    "so each carries a different offset (the time between the reads) and equal or "
-    "microsecond-apart deadlines fire out of order"))
-
-
-@TIMER_ORDER_BUG
 def test_10000_random_deadlines_fire_in_deadline_order(engine):
     """Half the deadlines random, half repeating earlier ones exactly: the
     fired order is sorted by (when, order of scheduling)."""
@@ -72,7 +64,6 @@ def test_10000_random_deadlines_fire_in_deadline_order(engine):
     assert order == expected, f"{bad} of {n} timers fired out of deadline order"
 
 
-@TIMER_ORDER_BUG
 def test_equal_deadlines_fire_first_in_first_out(engine):
     """Scheduled over ~50 ms (several ticks of every clock involved, also
     Windows' 15.6 ms GetTickCount64 behind time.monotonic() before 3.13),
@@ -308,12 +299,6 @@ def test_timer_misuse(engine, call, exc):
     assert engine.stats()["timers"] == 0
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "engine bug: call_later(1e12), call_later(inf) and call_at(inf) are accepted, but "
-    "timers.pxi converts the delay with <uint64_t>(delay * 1e9) (undefined past 2**64 ns): "
-    "the timer is popped at once, timer_fire's re-queue raises OverflowError inside a noexcept "
-    "function ('Exception ignored' on stderr) and the timer is silently dropped: cancel() "
-    "then says False although it never ran"))
 @pytest.mark.parametrize("schedule", [
     lambda e, fn: e.call_later(1e12, fn),
     lambda e, fn: e.call_later(math.inf, fn),
