@@ -14,7 +14,6 @@ def test_connect_roundtrip_on_same_engine(engine):
     rec = Recorder()
     lst = engine.listen(("127.0.0.1", 0), on_recv=echo)
     got = bytearray()
-    done = threading.Event()
     payload = os.urandom(200_000)
 
     def on_recv(conn, data):

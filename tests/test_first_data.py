@@ -17,7 +17,7 @@ import time
 import pytest
 
 import iocpx
-from conftest import (UNDER_WINE, Recorder, check_closed_engine, client, echo, held, loud,
+from conftest import (UNDER_WINE, Recorder, assert_quiet, check_closed_engine, client, echo, held,
                       recv_exact, still_open, wait_dropped, wait_for)
 
 # 500 silent connections on Linux (1,000 descriptors in this process); under
@@ -42,15 +42,6 @@ def slack(backend):
     """How late a drop may come after its deadline: iocp checks its slots
     once a second; Wine is slow."""
     return (1.0 + (4.0 if UNDER_WINE else 1.0)) if backend == "iocp" else 1.0
-
-
-def assert_quiet(caplog):
-    """Nothing above DEBUG on the iocpx logger, but for the one INFO notice
-    an iocp listener gives when its guard switches to slots without first
-    data (the defence at work, not a failure)."""
-    noisy = [r for r in loud(caplog)
-             if not (r.levelno == logging.INFO and "accepting without first data" in r.getMessage())]
-    assert not noisy, [f"{r.levelname}: {r.getMessage()}" for r in noisy]
 
 
 @pytest.fixture
@@ -254,6 +245,29 @@ def test_first_data_timeout_still_applies_after_the_listener_closes(engine):
     if engine.backend != "iocp":
         assert time.monotonic() - t0 >= fdt - 0.02
         wait_for(lambda: engine.stats()["first_data_timeouts"] == 1, timeout=5)
+
+
+def test_engine_close_drops_silent_clients_unseen(backend):
+    """Engine.close() with silent clients held (accepted and waiting, or in
+    AcceptEx slots): each is dropped, none is ever surfaced or reported, and
+    every context and descriptor is given back."""
+    live0 = iocpx.live_io()
+    eng = iocpx.Engine(workers=2, backend=backend)
+    rec = Recorder()
+    socks = []
+    try:
+        lst = eng.listen(("127.0.0.1", 0), first_data=True, first_data_timeout=None,
+                         on_accept=on_accept_echo(rec), on_recv=echo, on_close=rec.on_close)
+        socks = [socket.create_connection(lst.address, timeout=10) for _ in range(24)]
+        wait_for(lambda: held(eng) >= (16 if backend == "iocp" else 24), what="the silent clients")
+    finally:
+        eng.close(timeout=30)
+    check_closed_engine(eng, live0)
+    for s in socks:
+        assert wait_dropped(s), "a silent client outlived Engine.close()"
+        s.close()
+    assert rec.events == []
+    assert eng.stats()["first_data_timeouts"] == 0
 
 
 @ONE_WORKER

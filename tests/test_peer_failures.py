@@ -33,7 +33,7 @@ import time
 import pytest
 
 import iocpx
-from conftest import (UNDER_WINE, Recorder, check_closed_engine, client, echo, held, loud,
+from conftest import (UNDER_WINE, Recorder, assert_quiet, check_closed_engine, client, echo, held, loud,
                       recv_exact, recv_until_eof, rst, unused_port, wait_dropped, wait_for)
 
 # Reset storm size: 2,000 connections (4,000 descriptors in this process) on
@@ -46,12 +46,6 @@ def assert_reset(exc):
     assert type(exc) is ConnectionResetError, repr(exc)
     assert exc.errno == errno.ECONNRESET, repr(exc)
     assert re.search(r"connection reset by peer \(\w+\)", str(exc)), str(exc)
-
-
-def assert_quiet(caplog):
-    """Nothing above DEBUG on the iocpx logger."""
-    noisy = loud(caplog)
-    assert not noisy, [f"{r.levelname}: {r.getMessage()}" for r in noisy]
 
 
 def assert_accounted(engine, queued):
@@ -260,6 +254,7 @@ def test_peer_closes_while_first_data_accept_waits(engine, log, how):
         s.close()
         rec.wait_closed()
         assert [(k, d) for k, _, d in rec.events] == [("accept", b""), ("close", None)]
+        assert engine.stats()["first_data_timeouts"] == 0
     else:
         before = engine.stats()
         rst(s)
@@ -419,19 +414,24 @@ def _app_errors(caplog):
     return [r for r in caplog.records if r.name == "iocpx" and r.levelno >= logging.ERROR]
 
 
-@pytest.mark.parametrize("where", ["on_accept", "on_recv", "on_drain"])
+@pytest.mark.parametrize("where", ["on_accept", "on_accept_first_data", "on_recv", "on_drain"])
 def test_exception_in_a_server_callback_closes_that_connection(engine, log, where):
     """The bystander connects first; the second connection's callback raises:
     it alone is closed, with the exception in on_close, logged at ERROR with
-    the traceback."""
+    the traceback. (on_accept_first_data: on_accept runs with the first bytes,
+    on iocp straight from AcceptEx.)"""
     rec = Recorder()
     boom = Boom(f"raised by {where}")
     big = b"d" * (1 << 20)
+    first_data = where == "on_accept_first_data"
+    cb = "on_accept" if first_data else where
 
     def on_accept(conn, data):
         rec.accept(conn, data)
-        if where == "on_accept" and len(rec.surfaced) == 2:
+        if cb == "on_accept" and len(rec.surfaced) == 2:
             raise boom
+        if data:                                 # first data: echo it
+            conn.send(data)
 
     def on_recv(conn, data):
         rec.recv(conn, data)
@@ -449,7 +449,8 @@ def test_exception_in_a_server_callback_closes_that_connection(engine, log, wher
             raise boom
 
     lst = engine.listen(("127.0.0.1", 0), on_accept=on_accept, on_recv=on_recv,
-                        on_drain=on_drain, on_close=rec.on_close, max_send_buffer=64 << 10)
+                        on_drain=on_drain, on_close=rec.on_close, max_send_buffer=64 << 10,
+                        first_data=first_data)
     other = client(lst.address)                  # an innocent bystander
     other.sendall(b"x")
     assert recv_exact(other, 1) == b"x"
@@ -473,7 +474,7 @@ def test_exception_in_a_server_callback_closes_that_connection(engine, log, wher
         errors = _app_errors(log)
         assert len(errors) == 1 and errors[0].exc_info and errors[0].exc_info[1] is boom, \
             [r.getMessage() for r in errors]
-        assert where in errors[0].getMessage()
+        assert cb in errors[0].getMessage()
         assert not [r for r in loud(log) if r.levelno < logging.ERROR]
         other.sendall(b"y")                      # the bystander is still served
         assert recv_exact(other, 1) == b"y"
