@@ -73,11 +73,6 @@ cdef extern from "<linux/io_uring.h>" nogil:
         uint16_t bid
         uint16_t resv
 
-    struct io_uring_buf_reg:
-        uint64_t ring_addr
-        uint32_t ring_entries
-        uint16_t bgid
-        uint16_t pad
 
     struct io_uring_getevents_arg:
         uint64_t sigmask
@@ -124,3 +119,26 @@ cdef extern from "<linux/io_uring.h>" nogil:
     long long IORING_OFF_SQ_RING
     long long IORING_OFF_CQ_RING
     long long IORING_OFF_SQES
+
+
+# struct io_uring_buf_reg under a name of our own: its u16 after bgid is `pad`
+# in older kernel headers and `flags` in newer ones (6.12+, zig's bundled
+# headers), so the project declares the layout itself; same size and offsets.
+cdef extern from *:
+    """
+    #include <linux/types.h>
+    struct iocpx_buf_reg {
+        __u64 ring_addr;
+        __u32 ring_entries;
+        __u16 bgid;
+        __u16 flags;
+        __u64 resv[3];
+    };
+    _Static_assert(sizeof(struct iocpx_buf_reg) == sizeof(struct io_uring_buf_reg),
+                   "iocpx_buf_reg must match the kernel's io_uring_buf_reg");
+    """
+    struct iocpx_buf_reg:
+        uint64_t ring_addr
+        uint32_t ring_entries
+        uint16_t bgid
+        uint16_t flags

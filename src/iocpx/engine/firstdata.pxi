@@ -262,7 +262,7 @@ def guard_check(Listener lst):
     cdef int k = lst.eng.be.accept_silent(lst.fd)
     if k > 0:
         if lst.plain_until <= time.monotonic():
-            log.info("iocpx: %d accept slot(s) on %s hold clients that send nothing; "
+            log.debug("iocpx: %d accept slot(s) on %s hold clients that send nothing; "
                      "accepting without first data for now", k, lst.address)
         lst.plain_until = time.monotonic() + max(lst.first_data_timeout, <double>PLAIN_MIN_S)
     lst.silent_slots = k

@@ -44,7 +44,7 @@ cdef int pool_new(UringBackend be, uint32_t size, bint inc) except -2:
     cdef int gid = be.ngroups
     cdef BufGroup* g = &be.groups[gid]
     cdef uint32_t entries = 1
-    cdef io_uring_buf_reg reg
+    cdef iocpx_buf_reg reg
     cdef long r
     while entries < 32768 and <uint64_t>entries * 2 * size <= POOL_MAX:
         entries *= 2
@@ -69,7 +69,7 @@ cdef int pool_new(UringBackend be, uint32_t size, bint inc) except -2:
     reg.ring_addr = <uint64_t><size_t>g.ring
     reg.ring_entries = entries
     reg.bgid = <uint16_t>gid
-    reg.pad = IOU_PBUF_RING_INC if inc else 0      # the field is `flags` in newer headers
+    reg.flags = IOU_PBUF_RING_INC if inc else 0
     r = syscall(__NR_io_uring_register, be.ring_fd, IORING_REGISTER_PBUF_RING, &reg, 1)
     if r < 0:
         err = errno
@@ -123,7 +123,7 @@ cdef int pool_grow(BufGroup* g) except -1:
 
 cdef void pool_free(UringBackend be, BufGroup* g, int gid) noexcept:
     """Unregister (gid >= 0) and unmap a pool. Only once no receive is pending."""
-    cdef io_uring_buf_reg reg
+    cdef iocpx_buf_reg reg
     cdef int c
     if gid >= 0 and be.ring_fd >= 0:
         memset(&reg, 0, sizeof(reg))
