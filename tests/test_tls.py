@@ -806,3 +806,78 @@ def test_curl_against_the_http_example_over_tls(backend, pki, tmp_path, loop):
             p.wait()
         p.stdout.close()
         p.stderr.close()
+
+
+# ---- what every connection has keeps working over TLS ---------------------------
+
+def test_sends_from_many_threads_keep_each_threads_order(engine, pki):
+    """send() from four foreign threads at once on one TLS connection (the
+    SSLObject is shared: its lock serializes them): every message arrives
+    whole, each thread's in its order."""
+    conns = []
+    lst = engine.listen((HOST, 0), on_accept=lambda c, d: conns.append(c), ssl=server_ctx(pki),
+                        max_send_buffer=64 << 20)
+    s = tls_client(pki, lst.address, timeout=60)
+    wait_for(lambda: conns)
+    c = conns[0]
+    per, nthreads = 2000, 4
+
+    def producer(k):
+        for i in range(per):
+            c.send(b"<%d:%06d:%s>" % (k, i, b"x" * (i % 300)))
+
+    threads = [threading.Thread(target=producer, args=(k,)) for k in range(nthreads)]
+    for t in threads:
+        t.start()
+    want = sum(len(b"<%d:%06d:%s>" % (k, i, b"x" * (i % 300)))
+               for k in range(nthreads) for i in range(per))
+    data = recv_exact(s, want, timeout=60)
+    for t in threads:
+        t.join()
+    seen = {k: 0 for k in range(nthreads)}
+    for part in data[1:-1].split(b"><"):
+        k, i, pad = part.split(b":")
+        assert int(i) == seen[int(k)] and pad == b"x" * (int(i) % 300)
+        seen[int(k)] += 1
+    assert seen == {k: per for k in range(nthreads)}
+    s.close()
+
+
+def test_idle_timeout_over_tls(engine, pki, quiet_log):
+    rec = Recorder()
+    lst = engine.listen((HOST, 0), on_recv=echo, on_close=rec.on_close, ssl=server_ctx(pki),
+                        idle_timeout=0.5)
+    with tls_client(pki, lst.address) as s:
+        s.sendall(b"hi")
+        assert recv_exact(s, 2) == b"hi"
+        rec.wait(lambda r: r.closed, timeout=10)        # then silence
+    assert isinstance(list(rec.closed.values())[0], TimeoutError)
+
+
+def test_a_blocking_callback_stalls_only_its_tls_connection(backend, pki):
+    """Default pool: one TLS connection's on_recv sleeps; another TLS
+    connection keeps echoing meanwhile."""
+    eng = iocpx.Engine(backend=backend)
+    slept = threading.Event()
+
+    def on_recv(conn, data):
+        if data == b"sleep":
+            slept.set()
+            time.sleep(1.0)
+        conn.send(data)
+
+    try:
+        lst = eng.listen((HOST, 0), on_recv=on_recv, ssl=server_ctx(pki))
+        a, b = tls_client(pki, lst.address), tls_client(pki, lst.address)
+        a.sendall(b"sleep")
+        assert slept.wait(5)
+        t0 = time.monotonic()
+        for i in range(20):
+            b.sendall(b"ping%d" % i)
+            assert recv_exact(b, len(b"ping%d" % i)) == b"ping%d" % i
+        assert time.monotonic() - t0 < 0.8, "the other connection waited for the sleeping one"
+        assert recv_exact(a, 5) == b"sleep"
+        a.close()
+        b.close()
+    finally:
+        eng.close(timeout=30)
