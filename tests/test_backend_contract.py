@@ -144,6 +144,20 @@ def test_wait_with_nothing_pending_returns_empty_not_early(h):
     assert 0.19 <= took < 2, took
 
 
+def test_a_post_from_another_thread_wakes_a_waiting_wait(h):
+    """The engine wakes its leader this way (timers due sooner, close)."""
+    def post_later():
+        time.sleep(0.2)                         # let wait() get into the kernel first
+        h.t.post("wake")
+    th = threading.Thread(target=post_later)
+    t0 = time.monotonic()
+    th.start()
+    evs = h.t.wait(10)
+    th.join()
+    assert [e[0] for e in evs] == ["wake"]
+    assert time.monotonic() - t0 < 5, "wait() slept through a post"
+
+
 # ---- accept ----------------------------------------------------------------------
 
 def test_accept_gives_a_socket_and_the_peer_address(h):
