@@ -881,3 +881,26 @@ def test_a_blocking_callback_stalls_only_its_tls_connection(backend, pki):
         b.close()
     finally:
         eng.close(timeout=30)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="TLS over a Unix socket is checked where the engine's Unix sockets are "
+                           "tested too (Linux; Wine 8 has no AF_UNIX)")
+def test_tls_over_a_unix_socket(engine, pki):
+    """listen/connect on a socket path with ssl=: the hostname still comes
+    from server_hostname (a path has none: without it check_hostname refuses)."""
+    path = os.path.join("/tmp", f"iocpx-tls-{os.getpid()}-{id(engine):x}.sock")
+    lst = engine.listen(path, on_recv=lambda c, d: c.send(d[::-1]), ssl=server_ctx(pki),
+                        unlink_existing=True)
+    try:
+        with pytest.raises(ValueError, match="server_hostname"):
+            engine.connect(path, ssl=client_ctx(pki))
+        rec = Recorder()
+        c = engine.connect(path, ssl=client_ctx(pki), server_hostname="localhost",
+                           on_connect=lambda c: c.send(b"olleh"),
+                           on_recv=lambda c, d: (rec.add("recv", d), c.close()),
+                           on_close=rec.on_close)
+        rec.wait(lambda r: r.closed)
+        assert rec.events[0] == ("recv", b"hello") and rec.closed[c.id] is None
+    finally:
+        lst.close()
