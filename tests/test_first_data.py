@@ -9,7 +9,6 @@ seconds) and then posts slots without a receive buffer, plus one per silent
 client, and drops a silent AcceptEx client after first_data_timeout too.
 Timeouts here are short: 0.5 s on Linux, 1 s or more on iocp (SO_CONNECT_TIME
 has one-second granularity)."""
-import logging
 import math
 import socket
 import time
@@ -42,12 +41,6 @@ def slack(backend):
     """How late a drop may come after its deadline: iocp checks its slots
     once a second; Wine is slow."""
     return (1.0 + (4.0 if UNDER_WINE else 1.0)) if backend == "iocp" else 1.0
-
-
-@pytest.fixture
-def log(caplog):
-    caplog.set_level(logging.DEBUG, logger="iocpx")
-    return caplog
 
 
 def on_accept_echo(rec):

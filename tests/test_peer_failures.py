@@ -91,12 +91,6 @@ class Sends:
 
 
 @pytest.fixture
-def log(caplog):
-    caplog.set_level(logging.DEBUG, logger="iocpx")
-    return caplog
-
-
-@pytest.fixture
 def tmp_file(tmp_path):
     p = tmp_path / "small.bin"
     p.write_bytes(b"z" * 100)
