@@ -613,11 +613,11 @@ NOTHING_IN_FLIGHT = textwrap.dedent("""
                      struct.pack("HH" if sys.platform == "win32" else "ii", 1, 0))
         s.close()
         conn.send(b"into the void")
-    done.wait(2)
+    done.wait(1)
     out["on_close"] = [[type(e).__name__, getattr(e, "errno", None)] if e else None for e in closed]
     s.close()
     try:
-        eng.close(timeout=2)
+        eng.close(timeout=1)
         out["engine_closed"] = True
     except Exception as e:
         out["engine_closed"] = repr(e)
