@@ -173,7 +173,8 @@ cdef class Backend:
     cdef readonly str name
     cdef uint32_t sizes[MAX_GROUPS]     # receive size of each buffer group (default buffer_group)
     cdef int ngroups
-    cdef readonly bint sync_send        # try_send() works: a send that fits goes out at once
+    cdef readonly Py_ssize_t sync_send  # sends of at least this many bytes are tried at once
+                                        # with try_send() (-1: never); what fits costs no completion
     cdef readonly bint accept_with_data # an accept can wait for the client's first bytes (AcceptEx)
     cdef int socket_open(self, int family) except -1       # a new stream socket for connect()
     cdef int adopt(self, int fd) except -1                 # a listening socket joins the port

@@ -9,7 +9,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy
-from iocpx._sys cimport IOCPX_ADD_I64, IOCPX_LOAD_I64
+from iocpx._sys cimport IOCPX_ADD_I64, IOCPX_LOAD_I64, iocpx_sock_send_now, iocpx_last_error
 
 cdef int64_t _live_io = 0   # per-I/O contexts allocated and not yet freed (all engines)
 
@@ -93,7 +93,7 @@ cdef object oserror(int err, str what=None):
 
 
 cdef class Backend:
-    """Abstract backend; each platform module subclasses it."""
+    """Abstract backend; each platform module subclasses it (and sets sync_send)."""
 
     cdef int socket_open(self, int family) except -1:
         raise NotImplementedError
@@ -108,7 +108,12 @@ cdef class Backend:
     cdef int submit_send(self, IoCtx* io) except -1:
         raise NotImplementedError
     cdef Py_ssize_t try_send(self, int fd, const char* buf, Py_ssize_t n) noexcept:
-        return -E_AGAIN      # always use submit_send
+        """Send what fits now, without waiting: the bytes sent, or -errno
+        (-EAGAIN: nothing fits). Used for sends of at least sync_send bytes."""
+        cdef long r = iocpx_sock_send_now(fd, buf, n)
+        if r < 0:
+            return -iocpx_last_error()
+        return r
     cdef int submit_connect(self, IoCtx* io) except -1:
         raise NotImplementedError
     cdef int submit_sendfile(self, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1:

@@ -100,7 +100,7 @@ cdef class EpollBackend(Backend):
 
     def __cinit__(self):
         self.name = "epoll"
-        self.sync_send = True
+        self.sync_send = 0          # every send is tried at once (uvloop's try-write)
         self.ep = -1
         self.wake_fd = -1
         iocpx_mutex_init(&self.mu)
@@ -255,12 +255,6 @@ cdef class EpollBackend(Backend):
             st.send = io
         self._interest(io.fd, st)
         return 0
-
-    cdef Py_ssize_t try_send(self, int fd, const char* buf, Py_ssize_t n) noexcept:
-        cdef ssize_t r = send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT)
-        if r < 0:
-            return -errno
-        return r
 
     cdef int submit_send(self, IoCtx* io) except -1:
         cdef ssize_t n

@@ -10,6 +10,7 @@ cdef enum:
     POOL_BYTES = 1024 * 1024        # a receive pool's first size, and each growth step
     POOL_MAX = 64 * 1024 * 1024     # a receive pool grows up to this much
     INC_BUF = 256 * 1024            # buffer size of the shared incremental pool
+    SYNC_SEND_MIN = 16 * 1024       # sends this large are tried with send() at once
     IOU_PBUF_RING_INC = 2           # io_uring_buf_reg flag (Linux 6.12; not in older headers)
     CQE_F_BUF_MORE = 1 << 4         # IORING_CQE_F_BUF_MORE: the buffer has room for more
     REF_DONE = 1 << 30              # BufGroup.refs: the kernel is done with this buffer

@@ -130,6 +130,7 @@ cdef class IocpBackend(Backend):
 
     def __cinit__(self):
         self.name = "iocp"
+        self.sync_send = -1         # every send is a WSASend (a completion)
         self.accept_with_data = True
         self.port = NULL
         iocpx_mutex_init(&self.mu)

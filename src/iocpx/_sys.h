@@ -161,6 +161,16 @@ static inline long iocpx_sock_recv(int s, char *buf, size_t n) {
     return (long)recv(s, buf, n, MSG_DONTWAIT);
 #endif
 }
+/* A non-blocking send of up to n bytes: the bytes sent, or -1 with
+ * iocpx_last_error() (EAGAIN/WSAEWOULDBLOCK: the socket buffer is full). */
+static inline long iocpx_sock_send_now(int s, const char *buf, size_t n) {
+#ifdef _WIN32
+    return send((SOCKET)s, buf, (int)(n > 0x7fffffff ? 0x7fffffff : n), 0);
+#else
+    return (long)send(s, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+#endif
+}
+
 /* Send FIN after what is queued; the socket stays open for reading. */
 static inline int iocpx_sock_shutdown_wr(int s) {
 #ifdef _WIN32

@@ -48,6 +48,7 @@ cdef extern from "_sys.h":
     int iocpx_sock_nodelay(int s, int on) nogil
     int iocpx_sock_shutdown_wr(int s) nogil
     long iocpx_sock_recv(int s, char* buf, size_t n) nogil
+    long iocpx_sock_send_now(int s, const char* buf, size_t n) nogil
     int iocpx_sock_name(int s, iocpx_addr_t* a) nogil
     int iocpx_sock_peer(int s, iocpx_addr_t* a) nogil
 

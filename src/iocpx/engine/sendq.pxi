@@ -104,7 +104,7 @@ cdef int conn_submit_bytes(Connection c, object item, Py_ssize_t n) except -1:
     reports it); it is not raised."""
     cdef IoCtx* io
     cdef Py_ssize_t sent = 0
-    if c.eng.be.sync_send:              # try now: done at once costs no completion
+    if 0 <= c.eng.be.sync_send <= n:    # try now: done at once costs no completion
         sent = c.eng.be.try_send(c.fd, iocpx_bytes_ptr(item), n)
         if sent == n:
             conn_count_sent(c, n)
