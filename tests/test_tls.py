@@ -232,14 +232,14 @@ def test_server_with_ssl(backend, pki):
 def test_api_misuse(engine, pki):
     with pytest.raises(TypeError):
         engine.listen((HOST, 0), ssl="yes")
-    with pytest.raises(ValueError):
-        engine.listen((HOST, 0), ssl=client_ctx(pki))          # a client context cannot serve
+    with pytest.raises(ValueError):                             # a client context cannot serve
+        engine.listen((HOST, 0), ssl=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
     with pytest.raises(ValueError):
         engine.listen((HOST, 0), ssl=server_ctx(pki), ssl_handshake_timeout=0)
     with pytest.raises(ValueError):
         engine.connect((HOST, 1), server_hostname="x")          # without ssl
-    with pytest.raises(ValueError):
-        engine.connect((HOST, 1), ssl=server_ctx(pki))          # a server context
+    with pytest.raises(ValueError):                             # a server context
+        engine.connect((HOST, 1), ssl=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
     with pytest.raises(ValueError):                             # check_hostname needs a name
         engine.connect((HOST, 1), ssl=client_ctx(pki), server_hostname="")
     conns = []
