@@ -71,6 +71,7 @@ cdef class Timer:
     cdef object fn
     cdef tuple args
     cdef int queued                 # sits in the engine's heap
+    cdef uint64_t seq               # its order among equal deadlines (kept when re-queued)
     cdef int is_cancelled
     cdef int internal               # the engine's own (sweeper, back-off): errors count as internal
 
@@ -186,6 +187,7 @@ cdef class Connection:
     cdef int _call(self, fn, arg) noexcept
     cdef void _abort(self, object exc) noexcept
     cdef int _cancel(self, IoCtx* target) except -1
+    cdef int _post_nop(self) except -1
     cdef void _maybe_finish(self) noexcept
     cdef void _report(self) noexcept
 

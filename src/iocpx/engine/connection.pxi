@@ -265,9 +265,24 @@ cdef class Connection:
                     self.recv_io = NULL
                 if self.send_io != NULL:
                     self._cancel(self.send_io)
+                if self.inflight == 0:
+                    # nothing in the kernel (reading paused, a send that failed at
+                    # once): a posted completion brings us to _maybe_finish, in
+                    # dispatch like every other end
+                    self._post_nop()
         except BaseException:
             engine_fault(self.eng)
             log.exception("iocpx: could not cancel the operations of connection %d", self.id)
+
+    cdef int _post_nop(self) except -1:
+        """A completion of our own, with no I/O (it ends in conn_on_aux)."""
+        cdef IoCtx* io = self._new_io(OP_NOP)
+        try:
+            self.eng.be.submit_post(io)
+        except BaseException:
+            self._io_done(io)
+            raise
+        return 0
 
     cdef int _cancel(self, IoCtx* target) except -1:
         """Cancel one op of ours (NULL: every op on the socket)."""
@@ -355,12 +370,7 @@ cdef class Connection:
         self.state = C_CLOSING
         cdef IoCtx* io
         if not conn_stop_reading(self):
-            io = self._new_io(OP_NOP)   # a completion that brings us to _maybe_finish
-            try:
-                self.eng.be.submit_post(io)
-            except BaseException:
-                self._io_done(io)
-                raise
+            self._post_nop()            # a completion that brings us to _maybe_finish
         self.eng._kick()
 
     def abort(self):

@@ -35,8 +35,8 @@ cdef class Timer:
         return f"<iocpx.Timer when={self.when:.6f} {state}>"
 
 
-cdef int64_t _clock_offset_ns = 0     # engine clock - time.monotonic(), in ns
-cdef bint _clock_offset_known = 0
+cdef int64_t _clock_offset_ns = 0     # engine clock - time.monotonic(), in ns, plus the
+cdef bint _clock_offset_known = 0       # resolution of time.monotonic() where it is coarse
 
 
 cdef int64_t clock_offset() except? -1:
@@ -48,6 +48,7 @@ cdef int64_t clock_offset() except? -1:
     global _clock_offset_ns, _clock_offset_known
     cdef uint64_t a, b
     cdef int64_t best_span = -1, off = 0
+    cdef double res
     if not _clock_offset_known:
         for _ in range(5):
             a = iocpx_now_ns()
@@ -56,6 +57,13 @@ cdef int64_t clock_offset() except? -1:
             if best_span < 0 or <int64_t>(b - a) < best_span:
                 best_span = <int64_t>(b - a)
                 off = <int64_t>((a + b) // 2) - <int64_t>(m * 1e9)
+        # A coarse time.monotonic() (GetTickCount64 on Windows before CPython
+        # 3.13: 15.6 ms) reaches `when` up to one tick after the engine clock
+        # does: due one tick later on the engine clock, a timer is never found
+        # early, so it never goes back in the heap behind later ones.
+        res = time.get_clock_info("monotonic").resolution
+        if res > 1e-6:
+            off += <int64_t>(res * 1e9) + 1000000
         _clock_offset_ns = off
         _clock_offset_known = 1
     return _clock_offset_ns
@@ -100,17 +108,19 @@ cdef int timers_push(Engine eng, Timer t) except -1:
             raise MemoryError()
         eng.heap = h
         eng.heap_cap = cap
-    eng.timer_seq += 1
+    if t.seq == 0:                      # a re-queued timer keeps its place among equals
+        eng.timer_seq += 1
+        t.seq = eng.timer_seq
     i = eng.heap_len
     eng.heap_len += 1
     while i > 0:                        # sift up
         parent = (i - 1) // 2
-        if not _slot_before(t.due_ns, eng.timer_seq, &eng.heap[parent]):
+        if not _slot_before(t.due_ns, t.seq, &eng.heap[parent]):
             break
         eng.heap[i] = eng.heap[parent]
         i = parent
     eng.heap[i].due_ns = t.due_ns
-    eng.heap[i].seq = eng.timer_seq
+    eng.heap[i].seq = t.seq
     eng.heap[i].timer = <PyObject*>t
     Py_INCREF(t)
     t.queued = 1
