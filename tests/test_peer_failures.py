@@ -630,20 +630,11 @@ NOTHING_IN_FLIGHT = textwrap.dedent("""
 """)
 
 
-NOTHING_IN_FLIGHT_BUG = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "engine bug: Connection._abort() cancels the connection's ops one by one (5fc1197); "
-    "with none in flight (reading paused, send failed at once) no completion ever reaches "
-    "_maybe_finish: on_close never comes and Engine.close() times out ('0 operations "
-    "still pending')"))
-
-
 @pytest.mark.parametrize("how", ["abort", "reset-then-send"])
-def test_ending_a_connection_with_nothing_in_flight_still_reports_on_close(backend, how, request):
+def test_ending_a_connection_with_nothing_in_flight_still_reports_on_close(backend, how):
     """A paused, idle connection has no operation in the kernel. abort(), or
     a send() that finds the peer gone (epoll sends at once), must still end
     it with on_close, and Engine.close() must not wait for it forever."""
-    if how == "abort" or backend == "epoll":
-        request.applymarker(NOTHING_IN_FLIGHT_BUG)
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "PYTHONMALLOC")}
     r = subprocess.run([sys.executable, "-c", NOTHING_IN_FLIGHT, backend, how],
                        capture_output=True, text=True, timeout=120, env=env)

@@ -72,16 +72,8 @@ ORDER_AFTER_A_TICK = textwrap.dedent("""
     print("RESULT", len(order), sum(1 for a, b in zip(order, expected) if a != b), flush=True)
 """)
 
-COARSE_MONOTONIC_BUG = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "engine bug (Windows, CPython < 3.13): time.monotonic() is GetTickCount64 (15.6 ms "
-    "resolution) and the engine clock QueryPerformanceCounter; a timer popped on the engine "
-    "clock but early on time.monotonic() is re-queued by timer_fire with a new deadline and "
-    "sequence number, and timers due later overtake it"))
 
-
-def test_deadline_order_with_the_clock_offset_taken_right_after_a_tick(backend, request):
-    if time.get_clock_info("monotonic").resolution > 1e-6:
-        request.applymarker(COARSE_MONOTONIC_BUG)
+def test_deadline_order_with_the_clock_offset_taken_right_after_a_tick(backend):
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "PYTHONMALLOC")}
     r = subprocess.run([sys.executable, "-c", ORDER_AFTER_A_TICK, backend],
                        capture_output=True, text=True, timeout=120, env=env)
@@ -92,17 +84,6 @@ def test_deadline_order_with_the_clock_offset_taken_right_after_a_tick(backend, 
     assert misplaced == 0, f"{misplaced} of 3000 timers fired out of deadline order"
 
 
-# Where time.monotonic() is coarser than the engine clock (CPython < 3.13 on
-# Windows), the bug caught by the child-process test above shows here too, but
-# only for some clock phases: a non-strict mark, so that it neither hides the
-# bug (the strict test tracks it) nor makes the suite flaky until it is fixed.
-COARSE_MONOTONIC_FLAKY = pytest.mark.xfail(
-    time.get_clock_info("monotonic").resolution > 1e-6, strict=False, raises=AssertionError,
-    reason="engine bug on a coarse time.monotonic(): see "
-           "test_deadline_order_with_the_clock_offset_taken_right_after_a_tick")
-
-
-@COARSE_MONOTONIC_FLAKY
 def test_10000_random_deadlines_fire_in_deadline_order(engine):
     """Half the deadlines random, half repeating earlier ones exactly: the
     fired order is sorted by (when, order of scheduling)."""
@@ -125,7 +106,6 @@ def test_10000_random_deadlines_fire_in_deadline_order(engine):
     assert order == expected, f"{bad} of {n} timers fired out of deadline order"
 
 
-@COARSE_MONOTONIC_FLAKY
 def test_equal_deadlines_fire_first_in_first_out(engine):
     """Scheduled over ~50 ms (several ticks of every clock involved, also
     Windows' 15.6 ms GetTickCount64 behind time.monotonic() before 3.13),
