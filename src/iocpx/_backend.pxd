@@ -18,6 +18,10 @@ cpdef enum OpType:
     OP_CANCEL = 6       # completes once the cancel request itself is done
     OP_POST = 7         # CompletionPort.post packet
     OP_EXIT = 8         # one per worker at shutdown (the model's exit packet)
+    OP_RECVFROM = 9     # datagram receive with its source address (multishot where the
+                        # backend has it); each datagram's event is read through dgram_view()
+    OP_SENDTO = 10      # one datagram of io.len bytes at io.buf to io.addr (io.addrlen 0:
+                        # the connected peer); res is the bytes sent or -errno
 
 # Event.flags bits, backend-neutral. io_uring passes its cqe flags through
 # unchanged, so _io_uring.pyx checks at compile time that these equal
@@ -114,6 +118,22 @@ cdef struct IoCtx:
                         # or by the engine for an AF_UNIX connect (its iocpx_unaddr_t);
                         # freed by io_free through Backend-agnostic free()
 
+# What a datagram receive event carried, as Backend.dgram_view() shows it.
+# Where the bytes and the sender's address live is the backend's business
+# (inside an io_uring provided buffer, a heap block, the receive's own
+# buffer): the view is valid until Backend.dgram_done(ev).
+cdef enum:
+    DG_TRUNC = 1            # Datagram.flags: it was longer than the buffer; data is cut
+
+cdef struct Datagram:
+    char* data              # the payload (backend memory, not owned)
+    Py_ssize_t len          # its bytes (0 is a valid, empty datagram)
+    sockaddr* name          # the sender (backend memory), or NULL when not reported
+    int namelen
+    uint32_t flags          # DG_* bits
+    int64_t drops           # the kernel's count of datagrams it dropped on this socket so
+                            # far (SO_RXQ_OVFL), as of this one; -1: not reported
+
 cdef inline sockaddr* io_target(IoCtx* io) noexcept nogil:
     """The address an OP_CONNECT goes to (io.addrlen bytes): io.addr, or an
     AF_UNIX path, too big for io.addr, kept out of line in io.extra."""
@@ -176,6 +196,8 @@ cdef class Backend:
     cdef readonly Py_ssize_t sync_send  # sends of at least this many bytes are tried at once
                                         # with try_send() (-1: never); what fits costs no completion
     cdef readonly bint accept_with_data # an accept can wait for the client's first bytes (AcceptEx)
+    cdef readonly bint sync_sendto      # try_sendto() works: a datagram goes out at once
+    cdef readonly int dgram_recvs       # datagram receives an endpoint keeps armed
     cdef int socket_open(self, int family) except -1       # a new stream socket for connect()
     cdef int adopt(self, int fd) except -1                 # a listening socket joins the port
     cdef int adopt_stream(self, int fd) except -1          # a connected stream socket joins it
@@ -197,4 +219,13 @@ cdef class Backend:
     cdef object accept_data(self, Event* ev)    # first data an accept carried (AcceptEx), or None
     cdef int accept_silent(self, int listen_fd) except -1   # pending first-data accepts holding a silent client
     cdef object error(self, int err, str what)  # the OSError for a backend error code
+    # datagrams (UDP): see Datagram above and engine/datagram.pxi
+    cdef int dgram_adopt(self, int fd, bint connected) except -1   # a UDP socket joins the port
+    cdef int dgram_group(self, uint32_t size) except -1    # receive buffers for datagrams of up to size
+    cdef int submit_recvfrom(self, IoCtx* io) except -1
+    cdef int submit_sendto(self, IoCtx* io) except -1
+    cdef Py_ssize_t try_sendto(self, int fd, const char* buf, Py_ssize_t n,
+                               sockaddr* to, int tolen) noexcept   # bytes sent now, or -errno
+    cdef int dgram_view(self, Event* ev, Datagram* out) except -1  # 1: a datagram, 0: none
+    cdef void dgram_done(self, Event* ev) noexcept      # the view's buffer goes back
     cdef void release(self) noexcept

@@ -181,5 +181,23 @@ cdef class Backend:
     cdef object error(self, int err, str what):
         return oserror(err, what)
 
+    # ---- datagrams: every backend overrides the submits and the view --------
+
+    cdef int dgram_adopt(self, int fd, bint connected) except -1:
+        return self.adopt(fd)
+    cdef int dgram_group(self, uint32_t size) except -1:
+        return self.buffer_group(size)
+    cdef int submit_recvfrom(self, IoCtx* io) except -1:
+        raise NotImplementedError
+    cdef int submit_sendto(self, IoCtx* io) except -1:
+        raise NotImplementedError
+    cdef Py_ssize_t try_sendto(self, int fd, const char* buf, Py_ssize_t n,
+                               sockaddr* to, int tolen) noexcept:
+        return -E_AGAIN      # always use submit_sendto
+    cdef int dgram_view(self, Event* ev, Datagram* out) except -1:
+        raise NotImplementedError
+    cdef void dgram_done(self, Event* ev) noexcept:
+        pass
+
     cdef void release(self) noexcept:
         pass

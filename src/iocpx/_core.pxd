@@ -54,6 +54,8 @@ cdef class Engine:
     cdef int64_t n_msgs_in, n_errors, n_accept_errors, n_bytes_dropped
     cdef int64_t n_first_data_timeouts, n_idle_timeouts, n_timers_fired
     cdef int64_t n_adopted          # connections taken over by Engine.adopt()
+    cdef dict _endpoints            # open datagram endpoints by id (strong refs)
+    cdef int64_t n_dg_in, n_dg_out, n_dg_dropped    # datagrams (engine/datagram.pxi)
 
     cdef int64_t n_tls_handshakes, n_tls_timeouts, n_tls_errors     # engine/tls.pxi
 
@@ -201,3 +203,53 @@ cdef class CompletionPort:
     cdef int closed
     cdef int users                  # threads inside get()
     cdef int _get(self, Event* out, long ms) noexcept nogil
+
+
+# A datagram endpoint's cache of sender addresses: the tuples handed to
+# on_datagram, found again from the kernel's sockaddr (by its hash) and from
+# the tuple itself when the application replies with it (by its identity),
+# so an echo neither formats nor parses an address per datagram.
+cdef enum:
+    ADDR_SLOTS = 64
+
+cdef struct AddrSlot:
+    iocpx_addr_t sa
+    int salen               # 0: empty
+    PyObject* tup           # strong ref: the address as on_datagram shows it
+
+cdef struct AddrCache:
+    AddrSlot slot[ADDR_SLOTS]
+    uint8_t by_obj[ADDR_SLOTS]      # slot + 1 of the tuple whose identity hashes here (0: none)
+
+
+cdef class Endpoint:
+    cdef Engine eng
+    cdef SchedNode sched            # serializes this endpoint's callbacks
+    cdef int fd
+    cdef int family
+    cdef int inflight               # I/O contexts alive that name this endpoint
+    cdef int recv_armed             # receives in the kernel
+    cdef int send_inflight          # sendto ops in the kernel
+    cdef uint8_t state              # DState
+    cdef uint8_t connected          # remote_address given: the socket is connected
+    cdef uint8_t user_closed        # the application called close() or abort()
+    cdef uint8_t cancel_sent        # the receives (and what else is pending) are being cancelled
+    cdef uint16_t group
+    cdef uint32_t buffer_size
+    cdef Py_ssize_t max_dgram       # largest datagram sendto takes (65,507 IPv4, 65,527 IPv6)
+    cdef Py_ssize_t max_send        # bytes queued or in flight at most: past it sendto drops
+    cdef readonly Py_ssize_t send_buffered  # bytes queued or in flight
+    cdef object sendq               # deque of (bytes, raw address) waiting behind send_wait, or None
+    cdef IoCtx* send_wait           # sync-send backends: the datagram waiting for writability
+    cdef object on_datagram, on_close, on_error
+    cdef object close_exc
+    cdef readonly object address
+    cdef readonly object remote_address
+    cdef iocpx_addr_t remote_sa     # the connected peer (connected only)
+    cdef int remote_salen
+    cdef int64_t kdrops             # the kernel's drop counter last seen (SO_RXQ_OVFL)
+    cdef readonly int64_t datagrams_in, datagrams_out, datagrams_dropped
+    cdef AddrCache* cache           # owned: calloc'd on the first datagram, freed at close
+    cdef object sendto_cache        # dict: other addresses sendto was given -> raw sockaddr, or None
+    cdef IoCtx* recv_io             # the receive armed last (the only one where dgram_recvs is 1)
+    cdef readonly int64_t id

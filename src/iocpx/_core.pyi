@@ -1,10 +1,14 @@
 """Type stubs for iocpx._core (the engine)."""
 import os
+import socket
 import ssl
 from types import TracebackType
 from typing import Any, Callable, Optional, Tuple, Union
 
 Address = Tuple[str, int]
+PeerAddress = Union[Tuple[str, int], str]          # (host, port), or a Unix socket path
+DatagramAddress = Union[Tuple[str, int], Tuple[str, int, int, int]]   # IPv4 / IPv6 as socket gives
+ListenAddress = Union[Tuple[Optional[str], int], str, bytes, "os.PathLike[str]"]
 BytesLike = Union[bytes, bytearray, memoryview]
 FileArg = Union[str, bytes, "os.PathLike[str]", int, Any]
 
@@ -18,9 +22,9 @@ class Connection:
     id: int
     send_buffered: int
     @property
-    def peer(self) -> Address: ...
+    def peer(self) -> PeerAddress: ...
     @property
-    def local(self) -> Address: ...
+    def local(self) -> PeerAddress: ...
     @property
     def closed(self) -> bool: ...
     @property
@@ -40,7 +44,7 @@ class Connection:
     def ssl_object(self) -> Optional[ssl.SSLObject]: ...
 
 class Listener:
-    address: Address
+    address: PeerAddress
     @property
     def closed(self) -> bool: ...
     def close(self) -> None: ...
@@ -49,6 +53,33 @@ OnAccept = Callable[[Connection, bytes], Any]
 OnRecv = Callable[[Connection, bytes], Any]
 OnClose = Callable[[Connection, Optional[BaseException]], Any]
 OnConnect = Callable[[Connection], Any]
+SockArg = Union["socket.socket", int]
+
+class Endpoint:
+    id: int
+    address: Address
+    remote_address: Optional[Address]
+    send_buffered: int
+    datagrams_in: int
+    datagrams_out: int
+    datagrams_dropped: int
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def engine(self) -> "Engine": ...
+    def sendto(self, data: BytesLike, addr: Optional[DatagramAddress] = None) -> bool: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+    def stats(self) -> dict[str, int]: ...
+
+OnDatagram = Callable[[Endpoint, bytes, DatagramAddress], Any]
+OnEndpointError = Callable[[Endpoint, BaseException], Any]
+OnEndpointClose = Callable[[Endpoint, Optional[BaseException]], Any]
+
+class Timer:
+    when: float
+    def cancel(self) -> bool: ...
+    def cancelled(self) -> bool: ...
 
 class Engine:
     workers: int
@@ -57,20 +88,37 @@ class Engine:
     def backend(self) -> str: ...
     @property
     def closed(self) -> bool: ...
-    def listen(self, address: Tuple[Optional[str], int], *, on_accept: Optional[OnAccept] = None,
+    def listen(self, address: Optional[ListenAddress] = None, *,
+               on_accept: Optional[OnAccept] = None,
                on_recv: Optional[OnRecv] = None, on_close: Optional[OnClose] = None,
                accepts: Optional[int] = None, first_data: bool = False, buffer_size: int = 4096,
                backlog: Optional[int] = None, nodelay: bool = True,
                on_drain: Optional[OnConnect] = None, max_send_buffer: int = 4 << 20,
                idle_timeout: Optional[float] = None, reuse_port: bool = False,
                ssl: Optional[ssl.SSLContext] = None,
-               ssl_handshake_timeout: float = 60.0) -> Listener: ...
-    def connect(self, address: Tuple[str, int], *, on_connect: Optional[OnConnect] = None,
+               ssl_handshake_timeout: float = 60.0,
+               sock: Optional[SockArg] = None, unlink_existing: bool = False) -> Listener: ...
+    def adopt(self, sock: SockArg, *, on_recv: Optional[OnRecv] = None,
+              on_close: Optional[OnClose] = None, on_drain: Optional[OnConnect] = None,
+              nodelay: bool = True, buffer_size: int = 4096, max_send_buffer: int = 4 << 20,
+              idle_timeout: Optional[float] = None) -> Connection: ...
+    def datagram(self, local_address: Optional[Tuple[Optional[str], int]] = None,
+                 remote_address: Optional[Tuple[str, int]] = None, *,
+                 on_datagram: OnDatagram, on_close: Optional[OnEndpointClose] = None,
+                 on_error: Optional[OnEndpointError] = None, buffer_size: int = 65536,
+                 reuse_port: bool = False, broadcast: bool = False,
+                 max_send_buffer: int = 4 << 20, rcvbuf: Optional[int] = None,
+                 sndbuf: Optional[int] = None) -> Endpoint: ...
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> Timer: ...
+    def call_at(self, when: float, fn: Callable[..., Any], *args: Any) -> Timer: ...
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> Timer: ...
+    def connect(self, address: Union[Tuple[str, int], str, bytes, "os.PathLike[str]"], *,
+                on_connect: Optional[OnConnect] = None,
                 on_recv: Optional[OnRecv] = None, on_close: Optional[OnClose] = None,
                 nodelay: bool = True, buffer_size: int = 4096,
                 on_drain: Optional[OnConnect] = None, max_send_buffer: int = 4 << 20,
                 idle_timeout: Optional[float] = None,
-                local_address: Optional[Tuple[str, int]] = None,
+                local_address: Optional[Union[Tuple[str, int], str]] = None,
                 ssl: Union[ssl.SSLContext, bool, None] = None,
                 server_hostname: Optional[str] = None,
                 ssl_handshake_timeout: float = 60.0) -> Connection: ...

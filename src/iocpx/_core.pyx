@@ -22,6 +22,7 @@ file:
   engine/port.pxi        CompletionPort: post/get on the raw port
   engine/unix.pxi        Unix-domain sockets: paths, abstract names, the socket file
   engine/adopt.pxi       sockets made elsewhere: listen(sock=...), Engine.adopt()
+  engine/datagram.pxi    UDP: Engine.datagram() -> Endpoint, sendto, drops counted
   engine/harness.pxi     BackendTester: one backend driven op by op (contract tests)
 """
 import errno as _errno
@@ -35,10 +36,10 @@ import atexit
 from collections import deque
 
 cimport cython
-from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
+from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF, Py_XDECREF
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memcpy, memset
+from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.string cimport memcpy, memset, memcmp
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 
 from iocpx._sys cimport *
@@ -67,4 +68,5 @@ include "engine/tls.pxi"
 include "engine/port.pxi"
 include "engine/unix.pxi"
 include "engine/adopt.pxi"
+include "engine/datagram.pxi"
 include "engine/harness.pxi"

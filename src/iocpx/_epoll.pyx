@@ -18,7 +18,7 @@ wait for dispatch (EPOLLIN is dropped until recv_bytes() consumes one), so a
 slow callback throttles its own peer instead of growing memory.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdlib cimport malloc, realloc, free
+from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, ENOENT, EEXIST
 cdef extern from "<errno.h>" nogil:
     int ECANCELED, EWOULDBLOCK, ECONNRESET, ECONNABORTED, EPIPE
@@ -27,9 +27,11 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from posix.unistd cimport close as c_close, read as c_read, write as c_write
 
 from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy, iocpx_mutex_lock,
-                         iocpx_mutex_unlock, sockaddr, socklen_t)
+                         iocpx_mutex_unlock, sockaddr, socklen_t, iocpx_addr_t, IOCPX_DG_CTRL,
+                         iocpx_cmsg_drops)
 from iocpx._backend cimport (Backend, IoCtx, Event, EventQueue, ev_set, evq_push, evq_take,
-                             evq_free, recv_heap, oserror, io_target, EV_MORE, OP_SEND, READ_MIN)
+                             evq_free, recv_heap, oserror, io_target, EV_MORE, OP_SEND, READ_MIN,
+                             OP_RECVFROM, OP_SENDTO, Datagram, DG_TRUNC)
 
 cdef extern from "<sys/epoll.h>" nogil:
     union epoll_data:
@@ -97,10 +99,13 @@ cdef class EpollBackend(Backend):
     cdef EventQueue ready           # completions made outside wait() (submit, cancel, post)
     cdef int in_wait                # the leader sleeps in epoll_wait
     cdef int wake_pending           # an eventfd write is outstanding
+    cdef void* dg                   # owned: the datagram scratch area (DgScratch), or NULL
 
     def __cinit__(self):
         self.name = "epoll"
         self.sync_send = 0          # every send is tried at once (uvloop's try-write)
+        self.sync_sendto = True     # and every datagram (epoll/datagram.pxi)
+        self.dgram_recvs = 1
         self.ep = -1
         self.wake_fd = -1
         iocpx_mutex_init(&self.mu)
@@ -130,6 +135,7 @@ cdef class EpollBackend(Backend):
         free(self.fds)
         self.fds = NULL
         self.nfds = 0
+        dg_scratch_free(self)
         evq_free(&self.ready)
 
     # ---- helpers (mu held) ------------------------------------------------
@@ -157,7 +163,7 @@ cdef class EpollBackend(Backend):
         cdef uint32_t want = 0
         cdef epoll_event ev
         cdef int r
-        if st.acc_head != NULL or (st.recv != NULL and st.recv.aux.unread < MAX_UNREAD):
+        if st.acc_head != NULL or (st.recv != NULL and dg_wants(st.recv)):
             want |= EPOLLIN
         if st.send != NULL or st.conn != NULL:
             want |= EPOLLOUT
@@ -434,6 +440,8 @@ cdef class EpollBackend(Backend):
             if e & (EPOLLIN | EPOLLERR | EPOLLHUP):
                 if st.acc_head != NULL:
                     n += self._do_accepts(fd, st, out + n, maxev - n)
+                elif st.recv != NULL and st.recv.op == OP_RECVFROM:
+                    n += dgram_read(self, fd, st, out + n, maxev - n)     # epoll/datagram.pxi
                 elif st.recv != NULL and st.recv.aux.unread < MAX_UNREAD:
                     n += self._do_recv(fd, st, out + n)
             if n < maxev and e & (EPOLLOUT | EPOLLERR | EPOLLHUP):
@@ -485,6 +493,13 @@ cdef class EpollBackend(Backend):
     cdef int _do_send(self, FdState* st, Event* out) noexcept nogil:
         cdef IoCtx* io = st.send
         cdef ssize_t r
+        cdef int res
+        if io.op == OP_SENDTO:      # a datagram that would have blocked
+            if not dgram_send_now(io, &res):
+                return 0
+            st.send = NULL
+            ev_set(out, io, res, 0, NULL)
+            return 1
         if io.op != OP_SEND:        # the other op armed for EPOLLOUT: a sendfile
             if self._try_sendfile(io):
                 st.send = NULL
@@ -513,6 +528,41 @@ cdef class EpollBackend(Backend):
         ev_set(out, io, -err, 0, NULL)
         return 1
 
+    # ---- datagrams (epoll/datagram.pxi) ------------------------------------
+
+    cdef int submit_recvfrom(self, IoCtx* io) except -1:
+        return self.submit_recv(io)         # the recv slot; wait() sees the op
+
+    cdef Py_ssize_t try_sendto(self, int fd, const char* buf, Py_ssize_t n,
+                               sockaddr* to, int tolen) noexcept:
+        cdef ssize_t r = sendto(fd, buf, <size_t>n, MSG_DONTWAIT | MSG_NOSIGNAL,
+                                to if tolen > 0 else NULL, <socklen_t>tolen)
+        if r < 0:
+            return -errno
+        return r
+
+    cdef int submit_sendto(self, IoCtx* io) except -1:
+        cdef int res
+        iocpx_mutex_lock(&self.mu)
+        try:
+            if dgram_send_now(io, &res):
+                self._ready_or_raise(io, res)
+            else:
+                self._arm_out(io, 0)
+        finally:
+            iocpx_mutex_unlock(&self.mu)
+        return 0
+
+    cdef int dgram_view(self, Event* ev, Datagram* out) except -1:
+        return dgram_view_epoll(ev, out)
+
+    cdef void dgram_done(self, Event* ev) noexcept:
+        """A datagram was taken: its block is freed, the receive may read again."""
+        if ev.data != NULL:
+            free(ev.data)
+            ev.data = NULL
+            self.recv_consumed(ev)
+
     # ---- receive buffers: heap blocks, freed by Backend.recv_bytes/recv_copy ----
 
     cdef void recv_consumed(self, Event* ev) noexcept:
@@ -526,6 +576,9 @@ cdef class EpollBackend(Backend):
             if st.recv == io:
                 self._interest(io.fd, st)
         iocpx_mutex_unlock(&self.mu)
+
+
+include "epoll/datagram.pxi"
 
 
 def probe():

@@ -41,11 +41,12 @@ from libc.stdlib cimport malloc, calloc, free
 from posix.unistd cimport close as c_close
 
 from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy, iocpx_mutex_lock,
-                         iocpx_mutex_unlock, iocpx_sleep_ms, iocpx_pipe_open,
+                         iocpx_mutex_unlock, iocpx_sleep_ms, iocpx_pipe_open, sockaddr,
+                         IOCPX_DG_CTRL, iocpx_cmsg_drops,
                          IOCPX_LOAD_ACQ_U32, IOCPX_STORE_REL_U32, IOCPX_STORE_REL_U16,
                          IOCPX_ADD_I32)
 from iocpx._backend cimport (Backend, IoCtx, Event, ev_set, oserror, io_target, EV_BUFFER,
-                             EV_BUFFER_SHIFT, MAX_GROUPS, OP_SENDFILE)
+                             EV_BUFFER_SHIFT, MAX_GROUPS, OP_SENDFILE, Datagram, DG_TRUNC)
 from iocpx._uring cimport *
 
 cdef extern from *:
@@ -85,6 +86,7 @@ cdef class UringBackend(Backend):
         # (a 6 MiB swing per batch at 100 x 64 KiB made malloc trim and
         # re-fault the heap every time: 33 us per round trip, 26.5 without).
         self.sync_send = SYNC_SEND_MIN
+        self.dgram_recvs = 1            # one multishot RECVMSG per endpoint
         self.ring_fd = -1
         self.ngroups = 0
         self.inc_group = -1
@@ -412,15 +414,29 @@ cdef class UringBackend(Backend):
                 self.inc_group = i
                 return i
             self.inc_ok = 0             # this kernel has no incremental consumption
-        for i in range(self.ngroups):
-            if self.groups[i].size == size:
-                return i
-        return pool_new(self, size, 0)
+        return pool_plain(self, size)
 
     def pools(self):
         """[(buffer size, buffers provided, incremental)] of each receive pool."""
         return [(self.groups[i].size, self.groups[i].nbufs, bool(self.groups[i].inc))
                 for i in range(self.ngroups)]
+
+    # ---- datagrams (uring/datagram.pxi) -----------------------------------
+
+    cdef int dgram_group(self, uint32_t size) except -1:
+        return dgram_group_uring(self, size)
+
+    cdef int submit_recvfrom(self, IoCtx* io) except -1:
+        return dgram_submit_recv(self, io)
+
+    cdef int submit_sendto(self, IoCtx* io) except -1:
+        return dgram_submit_send(self, io)
+
+    cdef int dgram_view(self, Event* ev, Datagram* out) except -1:
+        return dgram_view_uring(self, ev, out)
+
+    cdef void dgram_done(self, Event* ev) noexcept:
+        dgram_done_uring(self, ev)
 
     cdef object recv_bytes(self, Event* ev):
         """The bytes a receive completion carried (None if none); its piece
@@ -449,6 +465,7 @@ cdef class UringBackend(Backend):
 
 include "uring/buffers.pxi"
 include "uring/splice.pxi"
+include "uring/datagram.pxi"
 
 
 def probe():

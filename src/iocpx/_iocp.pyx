@@ -51,10 +51,11 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 
 from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy,
                          iocpx_mutex_lock, iocpx_mutex_unlock, iocpx_now_ns,
-                         iocpx_addr_t)
+                         iocpx_addr_t, sockaddr as sys_sockaddr)
 from iocpx._backend cimport (Backend, IoCtx, Event, EventQueue, ev_set, evq_push, evq_take,
                              evq_free, recv_heap, oserror, io_target, OP_NOP, OP_ACCEPT, OP_RECV, OP_SEND,
-                             OP_CONNECT, OP_CANCEL, OP_POST, OP_EXIT, OP_SENDFILE)
+                             OP_CONNECT, OP_CANCEL, OP_POST, OP_EXIT, OP_SENDFILE,
+                             OP_RECVFROM, Datagram, DG_TRUNC)
 from iocpx._winsock cimport *
 
 cdef extern from *:
@@ -82,6 +83,7 @@ cdef enum:
     MAX_ENTRIES = 256
     SCAN_MS = 1000          # how often the leader checks first-data accepts
     WINERR_TAG = 0x20000000 # Event.res = -(WINERR_TAG | code): a Windows code without errno
+    DG_POSTED = 8           # WSARecvFrom kept posted per datagram endpoint (iocp/datagram.pxi)
 
 import weakref as _weakref
 _live = _weakref.WeakSet()      # every IocpBackend alive (diagnostics, tests)
@@ -132,6 +134,7 @@ cdef class IocpBackend(Backend):
         self.name = "iocp"
         self.sync_send = -1         # every send is a WSASend (a completion)
         self.accept_with_data = True
+        self.dgram_recvs = DG_POSTED    # iocp/datagram.pxi
         self.port = NULL
         iocpx_mutex_init(&self.mu)
         resolve_extensions()
@@ -387,6 +390,8 @@ cdef class IocpBackend(Backend):
                 err = WSAGetLastError()
                 # nothing to read after all: ENOBUFS makes the engine post the receive again
                 ev.res = -E_NOBUFS if err == <DWORD>WSAEWOULDBLOCK else win_errno(err)
+        elif op == OP_RECVFROM:
+            dgram_finish_recv(io, ok, nbytes, err, ev)     # iocp/datagram.pxi
         elif op == OP_CONNECT:
             if not ok:
                 ev.res = win_errno(err)
@@ -469,6 +474,20 @@ cdef class IocpBackend(Backend):
             if timeout_ms >= 0 and iocpx_now_ns() >= deadline:
                 return 0
 
+    # ---- datagrams (iocp/datagram.pxi) --------------------------------------
+
+    cdef int dgram_adopt(self, int fd, bint connected) except -1:
+        return dgram_adopt_iocp(self, fd, connected)
+
+    cdef int submit_recvfrom(self, IoCtx* io) except -1:
+        return dgram_submit_recv_iocp(self, io)
+
+    cdef int submit_sendto(self, IoCtx* io) except -1:
+        return dgram_submit_send_iocp(self, io)
+
+    cdef int dgram_view(self, Event* ev, Datagram* out) except -1:
+        return dgram_view_iocp(ev, out)
+
     cdef int accept_silent(self, int listen_fd) except -1:
         return accept_count_silent(self, listen_fd)
 
@@ -514,6 +533,7 @@ cdef class IocpBackend(Backend):
 
 
 include "iocp/accept.pxi"
+include "iocp/datagram.pxi"
 
 
 def probe():

@@ -270,6 +270,40 @@ static inline int iocpx_sock_info(int s, int *type, int *listening, int *family)
     return 0;
 }
 
+/* ---- datagrams: the kernel's drop counter (SO_RXQ_OVFL, Linux) ----
+ * With SO_RXQ_OVFL set, each datagram received carries, in a control
+ * message, how many datagrams the kernel has dropped on the socket so far
+ * (its receive buffer was full). IOCPX_DG_CTRL is the control room to ask
+ * for; iocpx_cmsg_drops() reads the counter (-1: none in this message, which
+ * means none dropped yet). Windows has no such counter. */
+#if defined(__linux__) && defined(SO_RXQ_OVFL)
+#  define IOCPX_DG_CTRL ((int)CMSG_SPACE(sizeof(uint32_t)))
+static inline int iocpx_dgram_rxq_ovfl(int s) {
+    int one = 1;
+    return setsockopt(s, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof(one));
+}
+static inline int64_t iocpx_cmsg_drops(void *ctrl, size_t len) {
+    struct msghdr m;
+    struct cmsghdr *c;
+    uint32_t v;
+    if (ctrl == NULL || len < sizeof(struct cmsghdr)) return -1;
+    memset(&m, 0, sizeof(m));
+    m.msg_control = ctrl;
+    m.msg_controllen = len;
+    for (c = CMSG_FIRSTHDR(&m); c != NULL; c = CMSG_NXTHDR(&m, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_RXQ_OVFL) {
+            memcpy(&v, CMSG_DATA(c), sizeof(v));
+            return (int64_t)v;
+        }
+    }
+    return -1;
+}
+#else
+#  define IOCPX_DG_CTRL 0
+static inline int iocpx_dgram_rxq_ovfl(int s) { (void)s; return -1; }
+static inline int64_t iocpx_cmsg_drops(void *ctrl, size_t len) { (void)ctrl; (void)len; return -1; }
+#endif
+
 /* Acquire/release accessors for memory shared with the kernel or other threads.
  * GCC and Clang (mingw-w64 included) have the __atomic builtins; MSVC gets the
  * documented intrinsics: on x86-64 an aligned load/store is atomic and ordered

@@ -36,8 +36,17 @@ cdef extern from "_sys.h" nogil:
 cdef extern from "_sys.h":
     struct sockaddr:
         unsigned short sa_family
+    struct sockaddr_in:
+        unsigned short sin_family
+    struct sockaddr_in6:
+        unsigned short sin6_family
+        uint32_t sin6_flowinfo
+        uint32_t sin6_scope_id
     ctypedef struct iocpx_addr_t:
         sockaddr sa
+        sockaddr_in v4
+        sockaddr_in6 v6
+    int AF_INET, AF_INET6
     ctypedef unsigned int socklen_t
     int iocpx_addr_fill(iocpx_addr_t* a, int family, const char* ip, unsigned port,
                         uint32_t flowinfo, uint32_t scope_id) nogil
@@ -65,3 +74,7 @@ cdef extern from "_sys.h":
     int iocpx_sock_listen(int s, int backlog) nogil
     int iocpx_sock_name_raw(int s, int peer, void* buf, int* len) nogil
     int iocpx_sock_info(int s, int* type, int* listening, int* family) nogil
+    # datagrams: the kernel's drop counter (SO_RXQ_OVFL; Linux only)
+    int IOCPX_DG_CTRL
+    int iocpx_dgram_rxq_ovfl(int s) nogil
+    int64_t iocpx_cmsg_drops(void* ctrl, size_t len) nogil

@@ -74,6 +74,12 @@ cdef extern from "<linux/io_uring.h>" nogil:
         uint16_t resv
 
 
+    struct io_uring_recvmsg_out:        # heads each buffer a multishot RECVMSG fills
+        uint32_t namelen
+        uint32_t controllen
+        uint32_t payloadlen
+        uint32_t flags
+
     struct io_uring_getevents_arg:
         uint64_t sigmask
         uint32_t sigmask_sz
@@ -83,6 +89,7 @@ cdef extern from "<linux/io_uring.h>" nogil:
     enum:
         IORING_OP_NOP
         IORING_OP_SENDMSG
+        IORING_OP_RECVMSG
         IORING_OP_TIMEOUT
         IORING_OP_ACCEPT
         IORING_OP_ASYNC_CANCEL

@@ -65,7 +65,7 @@ cdef extern from "<winsock2.h>" nogil:
     int WSAEWOULDBLOCK, WSAENOTSOCK, WSAEADDRINUSE, WSAEADDRNOTAVAIL
     int WSAENETDOWN, WSAENETUNREACH, WSAENETRESET, WSAECONNABORTED
     int WSAECONNRESET, WSAENOBUFS, WSAENOTCONN, WSAESHUTDOWN, WSAETIMEDOUT
-    int WSAECONNREFUSED, WSAEHOSTUNREACH, WSAEDISCON
+    int WSAECONNREFUSED, WSAEHOSTUNREACH, WSAEDISCON, WSAEMSGSIZE
 
     WORD MAKEWORD(int lo, int hi)
     int WSAStartup(WORD version, WSADATA* data)
@@ -84,6 +84,10 @@ cdef extern from "<winsock2.h>" nogil:
                  DWORD outlen, DWORD* returned, OVERLAPPED* ov, void* routine)
     int WSARecv(SOCKET s, WSABUF* bufs, DWORD nbufs, DWORD* nrecv, DWORD* flags,
                 OVERLAPPED* ov, void* routine)
+    int WSARecvFrom(SOCKET s, WSABUF* bufs, DWORD nbufs, DWORD* nrecv, DWORD* flags,
+                    sockaddr* src, int* srclen, OVERLAPPED* ov, void* routine)
+    int WSASendTo(SOCKET s, WSABUF* bufs, DWORD nbufs, DWORD* nsent, DWORD flags,
+                  const sockaddr* dst, int dstlen, OVERLAPPED* ov, void* routine)
     int WSASend(SOCKET s, WSABUF* bufs, DWORD nbufs, DWORD* nsent, DWORD flags,
                 OVERLAPPED* ov, void* routine)
     BOOL WSAGetOverlappedResult(SOCKET s, OVERLAPPED* ov, DWORD* transferred,
@@ -93,6 +97,7 @@ cdef extern from "<mswsock.h>" nogil:
     int SO_UPDATE_ACCEPT_CONTEXT
     int SO_UPDATE_CONNECT_CONTEXT
     int SO_CONNECT_TIME
+    DWORD SIO_UDP_CONNRESET         # a UDP socket's WSARecvFrom fails on ICMP port unreachable
     ctypedef struct TRANSMIT_FILE_BUFFERS:
         pass
     ctypedef BOOL (*LPFN_ACCEPTEX)(SOCKET listen, SOCKET accept, void* buf, DWORD rcvlen,

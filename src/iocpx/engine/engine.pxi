@@ -7,6 +7,7 @@ cdef enum EngState:
     E_CLOSED = 2
 
 DEFAULT_MAX_SEND = 4 << 20
+DEFAULT_DG_MAX_SEND = 4 << 20      # datagram bytes in flight per endpoint (datagram.pxi)
 
 _engines = weakref.WeakSet()
 
@@ -47,6 +48,7 @@ cdef class Engine:
         self.workers = workers
         self._conns = {}
         self._listeners = set()
+        self._endpoints = {}
         self.next_id = 1
         self.state = E_RUNNING
         self._threads = []
@@ -168,6 +170,22 @@ cdef class Engine:
                                  buffer_size, on_drain, max_send_buffer, idle_timeout,
                                  local_address, ssl, server_hostname, ssl_handshake_timeout)
 
+    def datagram(self, local_address=None, remote_address=None, *, on_datagram, on_close=None,
+                 on_error=None, buffer_size=65536, reuse_port=False, broadcast=False,
+                 max_send_buffer=DEFAULT_DG_MAX_SEND, rcvbuf=None, sndbuf=None):
+        """A UDP endpoint bound to local_address and/or connected to
+        remote_address ((host, port); IPv4 or IPv6). on_datagram(ep, data,
+        addr) runs for each datagram, addr as the socket module gives it;
+        on_error(ep, exc) for an ICMP error (a connected endpoint) or a failed
+        send, the endpoint going on; on_close(ep, exc) at the end. buffer_size:
+        the largest datagram received whole (longer ones are dropped, counted,
+        and reported to on_error). rcvbuf/sndbuf set SO_RCVBUF/SO_SNDBUF (None:
+        the system's default; the kernel holds datagrams not read yet in the
+        first, and drops, counted, what does not fit). Returns an Endpoint
+        (datagram.pxi)."""
+        return dgram_open(self, local_address, remote_address, on_datagram, on_close, on_error,
+                          buffer_size, reuse_port, broadcast, max_send_buffer, rcvbuf, sndbuf)
+
     def call_later(self, delay, fn, *args):
         """Run fn(*args) on a worker after delay seconds (time.monotonic clock).
         Returns a Timer. Thread-safe."""
@@ -216,6 +234,10 @@ cdef class Engine:
             "pending_ops": self.inflight,
             "live_io": io_live(),
             "listeners": len(self._listeners) if self._listeners is not None else 0,
+            "endpoints": len(self._endpoints) if self._endpoints is not None else 0,
+            "datagrams_in": self.n_dg_in,
+            "datagrams_out": self.n_dg_out,
+            "datagrams_dropped": self.n_dg_dropped,
             "accept_errors": self.n_accept_errors,
             "first_data_timeouts": self.n_first_data_timeouts,
             "idle_timeouts": self.n_idle_timeouts,
@@ -249,9 +271,11 @@ cdef class Engine:
             listener_close_async(<Listener>lst)
         for conn in list(self._conns.values()):
             (<Connection>conn)._abort(None)
+        for ep in list(self._endpoints.values()):
+            dgram_abort(<Endpoint>ep, None)
         self._kick()
         delay = 0.0005
-        while self.inflight > 0 or self._conns or self._listeners:
+        while self.inflight > 0 or self._conns or self._listeners or self._endpoints:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"Engine.close(): {self.inflight} operations still pending")
             time.sleep(delay)

@@ -5,7 +5,7 @@
 
 _OP_NAMES = {OP_NOP: "nop", OP_ACCEPT: "accept", OP_RECV: "recv", OP_SEND: "send",
              OP_CONNECT: "connect", OP_SENDFILE: "sendfile", OP_CANCEL: "cancel",
-             OP_POST: "post", OP_EXIT: "exit"}
+             OP_POST: "post", OP_EXIT: "exit", OP_RECVFROM: "recvfrom", OP_SENDTO: "sendto"}
 
 
 @cython.final
@@ -14,7 +14,9 @@ cdef class BackendTester:
     each named by a tag, and wait() for their completions as
     (tag, op, res, more, data) tuples; res is >= 0 or -errno (Python's errno
     values), more is True while a multishot op stays armed, data is the bytes
-    a receive carried (or an accept's first data, or None)."""
+    a receive carried (or an accept's first data, or None; a datagram
+    receive's data is (bytes, sender (host, port), truncated, kernel drop
+    counter or -1))."""
     cdef Backend be
     cdef dict targets               # tag -> address of a context not yet completed
     cdef int pending
@@ -136,6 +138,37 @@ cdef class BackendTester:
             raise
         self._submitted(io, tag)
 
+    def dgram_adopt(self, fd, connected=False):
+        """A UDP socket joins the port."""
+        self.be.dgram_adopt(fd, bool(connected))
+
+    def recvfrom(self, tag, int fd, buffer_size=65536):
+        """Arm a datagram receive (multishot where the backend has it)."""
+        cdef IoCtx* io = self._new(OP_RECVFROM, tag, fd)
+        io.group = <uint16_t>self.be.dgram_group(_check_buffer_size(buffer_size))
+        try:
+            self.be.submit_recvfrom(io)
+        except BaseException:
+            io_free(io)
+            raise
+        self._submitted(io, tag)
+
+    def sendto(self, tag, int fd, bytes data, address=None):
+        """One datagram to address ((host, port); None: the connected peer)."""
+        cdef IoCtx* io = self._new(OP_SENDTO, tag, fd)
+        io_set_obj(io, data)
+        io.buf = iocpx_bytes_ptr(data)
+        io.len = len(data)
+        try:
+            if address is not None:
+                family, sa = _resolve(address, False)
+                io.addrlen = _fill_addr(&io.addr, family, sa)
+            self.be.submit_sendto(io)
+        except BaseException:
+            io_free(io)
+            raise
+        self._submitted(io, tag)
+
     def wait(self, timeout=1.0, int maxev=64):
         """Completions that arrive within timeout seconds (at least one unless
         the timeout passes), in the order the backend reports them."""
@@ -143,6 +176,7 @@ cdef class BackendTester:
         cdef long ms = -1 if timeout is None else <long>(timeout * 1000)
         cdef int n, i
         cdef IoCtx* io
+        cdef Datagram dg
         if maxev > 64:
             maxev = 64
         with nogil:
@@ -157,6 +191,14 @@ cdef class BackendTester:
             data = None
             if io.op == OP_RECV:
                 data = self.be.recv_bytes(&evs[i])
+            elif io.op == OP_RECVFROM:
+                try:
+                    if self.be.dgram_view(&evs[i], &dg):
+                        data = (PyBytes_FromStringAndSize(dg.data, dg.len),
+                                _addr_tuple(<iocpx_addr_t*>dg.name) if dg.name != NULL else None,
+                                bool(dg.flags & DG_TRUNC), dg.drops)
+                finally:
+                    self.be.dgram_done(&evs[i])
             elif io.op == OP_ACCEPT and evs[i].res >= 0:
                 data = self.be.accept_data(&evs[i])
                 data = (data, _addr_tuple(&io.addr))

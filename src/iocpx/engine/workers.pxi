@@ -301,11 +301,17 @@ cdef void handle_event(Engine eng, Event* ev, int k) noexcept:
             conn_on_connect(<Connection>ev.io.owner, ev)
         elif op == OP_ACCEPT:
             listener_on_accept(<Listener>ev.io.owner, ev)
+        elif op == OP_RECVFROM:
+            dgram_on_recv(<Endpoint>ev.io.owner, ev)        # datagram.pxi
+        elif op == OP_SENDTO:
+            dgram_on_send(<Endpoint>ev.io.owner, ev)
         elif op == OP_CANCEL or op == OP_NOP:
             if ev.io.owner == NULL:
                 io_free(ev.io)          # a wake-up (timers, close)
             elif type(<object>ev.io.owner) is Connection:
                 conn_on_aux(<Connection>ev.io.owner, ev)
+            elif type(<object>ev.io.owner) is Endpoint:
+                dgram_on_aux(<Endpoint>ev.io.owner, ev)
             else:
                 listener_on_aux(<Listener>ev.io.owner, ev)
         else:

@@ -86,6 +86,18 @@ cdef int pool_new(UringBackend be, uint32_t size, bint inc) except -2:
         raise
     return gid
 
+cdef int pool_plain(UringBackend be, uint32_t size) except -1:
+    """A non-incremental pool of buffers of exactly size bytes, made on first
+    use and shared by every receive that asks for that size. For receives
+    that need a whole buffer each: a datagram's buffer holds its
+    io_uring_recvmsg_out header, address and payload (uring/datagram.pxi),
+    which the shared incremental pool cannot give."""
+    cdef int i
+    for i in range(be.ngroups):
+        if not be.groups[i].inc and be.groups[i].size == size:
+            return i
+    return pool_new(be, size, 0)
+
 cdef int pool_starved(BufGroup* g) except -1:
     """A receive ended for want of buffers (ENOBUFS). Grow the pool unless
     buffers came back since (one burst of ENOBUFS grows it once)."""
