@@ -87,21 +87,6 @@ struct conn {
 #define CONN_RECV_MESSAGE(c, buf, got, want) recv_message((c)->fd, buf, got, want)
 #endif
 
-/* Fill the message with a pattern unique to (connection, message number): one splitmix64 per
- * message, then a cheap stride, so a 1 MiB message costs the client little. */
-static void message_pattern_fill(unsigned char *buf, size_t len, uint32_t id, uint64_t msg_no)
-{
-    uint64_t x = splitmix64(((uint64_t)id << 40) ^ msg_no);
-    size_t i = 0;
-    for (; i + 8 <= len; i += 8) {
-        uint64_t w = x + (uint64_t)i * 0x9E3779B97F4A7C15ull;
-        memcpy(buf + i, &w, 8);
-    }
-    uint64_t w = x + (uint64_t)i * 0x9E3779B97F4A7C15ull;
-    for (; i < len; i++, w >>= 8)
-        buf[i] = (unsigned char)w;
-}
-
 /* ---- run state ---- */
 static struct conn *conns;
 static int nconns;

@@ -1,11 +1,12 @@
 /*
- * loadgen_common.h - what the C load generators of the iocpx benchmarks (loadgen.c, churn.c)
- * share: the latency histogram, the clock, the RNG, the error notes, the measured window
- * (the START/END lines the driver samples the server's CPU at) and the JSON result line.
+ * loadgen_common.h - what the C load generators of the iocpx benchmarks (loadgen.c, churn.c,
+ * udp_loadgen.c) share: the latency histogram, the clock, the RNG, the message pattern, the
+ * error notes, the measured window (the START/END lines the driver samples the server's CPU at)
+ * and the JSON result line.
  *
- * What it shows: nothing by itself; it is included by loadgen.c and churn.c, which each compile
- * as one file (`cc -O2 -o bench/.build/loadgen bench/loadgen.c`: this header is found beside
- * them). Everything here is static: one copy per program, no library to link.
+ * What it shows: nothing by itself; it is included by loadgen.c, churn.c and udp_loadgen.c,
+ * which each compile as one file (`cc -O2 -o bench/.build/loadgen bench/loadgen.c`: this header
+ * is found beside them). Everything here is static: one copy per program, no library to link.
  *
  * What it needs: a C99 compiler with __builtin_clzll (gcc, clang), POSIX clock_gettime.
  */
@@ -89,6 +90,21 @@ static inline uint64_t splitmix64(uint64_t x)
     x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
     x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
     return x ^ (x >> 31);
+}
+
+/* Fill the message with a pattern unique to (connection, message number): one splitmix64 per
+ * message, then a cheap stride, so a 1 MiB message costs the client little. */
+static inline void message_pattern_fill(unsigned char *buf, size_t len, uint32_t id, uint64_t msg_no)
+{
+    uint64_t x = splitmix64(((uint64_t)id << 40) ^ msg_no);
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w = x + (uint64_t)i * 0x9E3779B97F4A7C15ull;
+        memcpy(buf + i, &w, 8);
+    }
+    uint64_t w = x + (uint64_t)i * 0x9E3779B97F4A7C15ull;
+    for (; i < len; i++, w >>= 8)
+        buf[i] = (unsigned char)w;
 }
 
 /* Whether `since` lies more than `ns` before `t`. Timestamps taken later than `t` (a message

@@ -1,5 +1,6 @@
 """Echo servers for the iocpx benchmarks: the same echo served by asyncio, uvloop, iocpx and a
-thread per client (plain blocking sockets: the model's counter-example).
+thread per client (plain blocking sockets: the model's counter-example); and the UDP echo
+served by asyncio, uvloop and iocpx (kinds asyncio-udp, uvloop-udp, iocpx-udp: bench/udp_echo.py).
 
 What it shows: nothing by itself. bench/echo.py starts one of these per benchmark row, pinned to
 CPU 0, and measures its CPU time per round trip. Each server echoes every received chunk back on
@@ -19,6 +20,8 @@ How to run it (by hand; bench/echo.py does this for you):
     PYTHONPATH=src python bench/servers.py iocpx 9000 --workers 1 --backend io_uring
     PYTHONPATH=src python bench/servers.py iocpx 9000 --workers 0 --first-data
     python bench/servers.py uvloop 0 --tls-cert bench/.build/tls/server.pem   # the echo over TLS
+    PYTHONPATH=src python bench/servers.py iocpx-udp 9000 --workers 1     # UDP, 127.0.0.1:9000
+    python bench/servers.py uvloop-udp 9000     # create_datagram_endpoint + DatagramProtocol
 
 Once listening it prints "READY <port>" on stdout (flushed). It serves until SIGTERM or SIGINT,
 then closes cleanly, prints one "STATS {...}" line on stderr and exits 0. The iocpx server also
@@ -104,6 +107,69 @@ def serve_asyncio(kind, port, backlog, ssl=None):
 
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(main())
+
+
+# ---- UDP echo: asyncio/uvloop's create_datagram_endpoint, iocpx's Engine.datagram ----
+
+def serve_asyncio_udp(kind, port):
+    import asyncio
+
+    if kind == "uvloop-udp":
+        try:
+            import uvloop
+        except ImportError as exc:
+            _unavailable(f"{exc} (pip install uvloop)")
+        loop_factory = uvloop.new_event_loop
+    else:
+        loop_factory = asyncio.new_event_loop
+
+    class EchoDatagram(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def datagram_received(self, data, addr):
+            self.transport.sendto(data, addr)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        transport, _ = await loop.create_datagram_endpoint(EchoDatagram,
+                                                           local_addr=("127.0.0.1", port))
+        _ready(transport.get_extra_info("sockname")[1])
+        await stop.wait()
+        transport.close()
+        await asyncio.sleep(0)
+        return {"kind": kind}
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main())
+
+
+def serve_iocpx_udp(port, workers, backend):
+    sigs = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, sigs)     # as serve_iocpx: workers inherit the mask
+    try:
+        import iocpx
+    except Exception as exc:
+        _unavailable(f"{type(exc).__name__}: {exc}")
+
+    def echo(ep, data, addr):
+        ep.sendto(data, addr)
+
+    eng = iocpx.Engine(workers=workers, backend=backend)
+    try:
+        ep = eng.datagram(("127.0.0.1", port), on_datagram=echo)
+        _ready(ep.address[1])
+        signal.sigwait(sigs)
+        stats = eng.stats()
+        ep.close()
+    finally:
+        eng.close(timeout=10)
+    stats = dict(stats)
+    stats["kind"] = "iocpx-udp"
+    return stats
 
 
 # ---- a thread per client: blocking sockets, the counter-example ----
@@ -222,7 +288,8 @@ def serve_iocpx(port, workers, backend, backlog, first_data=False, first_data_ti
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Echo server for bench/echo.py")
-    ap.add_argument("kind", choices=["asyncio", "uvloop", "iocpx", "threads"])
+    ap.add_argument("kind", choices=["asyncio", "uvloop", "iocpx", "threads",
+                                     "asyncio-udp", "uvloop-udp", "iocpx-udp"])
     ap.add_argument("port", type=int, help="TCP port on 127.0.0.1; 0 lets the kernel choose")
     ap.add_argument("--workers", type=int, default=1,
                     help="iocpx worker threads (default 1; 0: iocpx's own default)")
@@ -241,7 +308,11 @@ def main(argv=None):
         ap.error("--tls-cert: the thread-per-client server has no TLS variant")
     ctx = tls_context(args.tls_cert)
 
-    if args.kind == "iocpx":
+    if args.kind == "iocpx-udp":
+        stats = serve_iocpx_udp(args.port, args.workers or None, args.backend)
+    elif args.kind.endswith("-udp"):
+        stats = serve_asyncio_udp(args.kind, args.port)
+    elif args.kind == "iocpx":
         stats = serve_iocpx(args.port, args.workers or None, args.backend, args.backlog,
                             args.first_data, args.first_data_timeout, ctx)
     elif args.kind == "threads":
