@@ -298,3 +298,33 @@ def test_unix_address_misuse(engine, address, exc):
         with pytest.raises(OSError) as ei:
             engine.listen(address)
         assert ei.value.errno == errno.ENAMETOOLONG
+
+
+@needs_py_unix
+def test_tls_over_a_unix_socket(engine, sock_path, tmp_path_factory):
+    """TLS runs over any stream: listen(path, ssl=) and connect(path, ssl=)."""
+    try:
+        import tls_pki
+        import trustme  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"TLS certificates are made with trustme ({e})")
+    import ssl
+    pki = tls_pki.write_pki(str(tmp_path_factory.mktemp("pki")))
+    sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    sctx.load_cert_chain(os.path.join(pki, "server.pem"))
+    cctx = ssl.create_default_context(cafile=os.path.join(pki, "ca.pem"))
+    engine.listen(sock_path, ssl=sctx, on_recv=echo)
+    rec = Recorder()
+    msg = os.urandom(200_000)
+    got = bytearray()
+
+    def on_recv(c, d):
+        got.extend(d)
+        if len(got) == len(msg):
+            c.close()
+
+    conn = engine.connect(sock_path, ssl=cctx, server_hostname="localhost",
+                          on_connect=lambda c: c.send(msg), on_recv=on_recv,
+                          on_close=rec.on_close)
+    rec.wait(lambda r: r.closed, timeout=30)
+    assert rec.closed == {conn.id: None} and bytes(got) == msg

@@ -251,5 +251,4 @@ cdef class Endpoint:
     cdef readonly int64_t datagrams_in, datagrams_out, datagrams_dropped
     cdef AddrCache* cache           # owned: calloc'd on the first datagram, freed at close
     cdef object sendto_cache        # dict: other addresses sendto was given -> raw sockaddr, or None
-    cdef IoCtx* recv_io             # the receive armed last (the only one where dgram_recvs is 1)
     cdef readonly int64_t id

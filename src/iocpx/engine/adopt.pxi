@@ -9,9 +9,10 @@
 #
 # A descriptor the application closes behind the engine's back anyway makes
 # the next operation fail with EBADF, reported through on_close (see
-# peer_error); where the kernel still holds the socket for a pending
-# operation (io_uring), the close cancels that operation by itself
-# (conn_cancel_lost) instead of waiting for it forever.
+# peer_error); the engine then cancels its operations by themselves (never
+# by the descriptor, which may name another socket by then: io_uring still
+# holds the old one for an armed receive) and does not close that number
+# again (fd_lost).
 
 
 cdef int sock_fd(object sock, str what) except? -1:
@@ -136,27 +137,8 @@ cdef Connection conn_adopt(Engine eng, object sock, object on_recv, object on_cl
     return c
 
 
-cdef void conn_cancel_lost(Connection c) noexcept:
-    """The cancel of c's operations found its descriptor gone (EBADF: the
-    application closed it behind the engine's back, while the kernel still
-    holds the socket for a pending operation). Cancel those operations one
-    by one, and never close that descriptor number: it is not ours any more."""
-    cdef IoCtx* targets[2]
-    cdef IoCtx* io
-    cdef int i
-    targets[0] = c.recv_io
-    targets[1] = c.send_io
-    c.fd = -1
-    for i in range(2):
-        if targets[i] == NULL:
-            continue
-        try:
-            io = c._new_io(OP_CANCEL)
-        except BaseException:
-            return
-        try:
-            c.eng.be.submit_cancel_op(io, targets[i])
-        except BaseException:
-            c._io_done(io)
-            engine_fault(c.eng)
-            log.exception("iocpx: could not cancel an operation of connection %d", c.id)
+cdef inline bint fd_lost(object exc):
+    """exc (a connection's end) says its descriptor is gone (EBADF): the
+    application closed it behind the engine's back, and the number may be
+    someone else's by now, so the engine does not close it again."""
+    return exc is not None and isinstance(exc, OSError) and exc.errno == _errno.EBADF

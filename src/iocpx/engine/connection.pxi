@@ -169,11 +169,7 @@ cdef void conn_on_aux(Connection c, Event* ev) except *:
     """A connection's posted packet (close request, on_drain due, held bytes
     to deliver) or cancel completed."""
     cdef uint8_t op = ev.io.op
-    cdef int res = ev.res
     c._io_done(ev.io)
-    if op == OP_CANCEL and res == -_errno.EBADF and c.state >= C_ABORTING and c.inflight > 0 \
-            and c.fd >= 0:
-        conn_cancel_lost(c)         # closed behind our back (adopt.pxi)
     if op == OP_NOP and c.held_posted:
         conn_deliver_held(c)
     if c.state < C_ABORTING:
@@ -311,7 +307,8 @@ cdef class Connection:
                 return
         cdef Engine eng = self.eng
         self.state = C_CLOSED
-        _sock_close(self.fd)
+        if not fd_lost(self.close_exc):     # closed behind our back: not ours to close (adopt.pxi)
+            _sock_close(self.fd)
         self.fd = -1
         conn_drop_queue(self)
         if self.tls is not None:

@@ -165,7 +165,6 @@ cdef int dgram_arm(Endpoint ep, IoCtx* io) except -1:
         ep_io_done(ep, io)
         raise
     ep.recv_armed += 1
-    ep.recv_io = io
     return 0
 
 
@@ -231,8 +230,6 @@ cdef void dgram_on_recv(Endpoint ep, Event* ev) except *:
         ep.kdrops = drops
     if final:
         ep.recv_armed -= 1
-        if ep.recv_io == io:
-            ep.recv_io = NULL
         if ep.state == D_OPEN and (got or res >= 0 or -res in _DG_SOFT or res == -_errno.ECANCELED):
             try:
                 dgram_arm(ep, io)       # the same context, at once: reading goes on meanwhile
@@ -289,34 +286,11 @@ cdef void dgram_on_aux(Endpoint ep, Event* ev) except *:
     """A posted packet (an error found by sendto outside dispatch) or a
     cancel completed."""
     cdef uint8_t op = ev.io.op
-    cdef int res = ev.res
     exc = <object>ev.io.obj if ev.io.obj != NULL else None
     ep_io_done(ep, ev.io)
     if op == OP_NOP and exc is not None:
         dgram_report(ep, exc)
-    elif op == OP_CANCEL and res == -_errno.EBADF and ep.inflight > 0 and ep.fd >= 0:
-        dgram_cancel_lost(ep)           # the descriptor was closed behind our back
     dgram_maybe_finish(ep)
-
-
-cdef void dgram_cancel_lost(Endpoint ep) noexcept:
-    """As conn_cancel_lost (adopt.pxi): cancel the armed receive by itself
-    and never close that descriptor number again."""
-    cdef IoCtx* io
-    cdef IoCtx* target = ep.recv_io
-    ep.fd = -1
-    if target == NULL:
-        return
-    try:
-        io = ep_new_io(ep, OP_CANCEL)
-    except BaseException:
-        return
-    try:
-        ep.eng.be.submit_cancel_op(io, target)
-    except BaseException:
-        ep_io_done(ep, io)
-        engine_fault(ep.eng)
-        log.exception("iocpx: could not cancel the receive of endpoint %d", ep.id)
 
 
 # ---- sending -------------------------------------------------------------------
