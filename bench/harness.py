@@ -697,6 +697,10 @@ REPORT_KINDS = (    # (file name pattern, what wrote it)
      "silent clients against a first-data server (bench/silent_clients.py)"),
     (r"^tls-\d{4}-\d{2}-\d{2}\.md$",
      "TLS: echo, handshakes and wrk over HTTPS beside uvloop and nginx (bench/tls.py)"),
+    (r"^udp-\d{4}-\d{2}-\d{2}\.md$",
+     "UDP echo beside uvloop's create_datagram_endpoint (bench/udp_echo.py)"),
+    (r"^timers-\d{4}-\d{2}-\d{2}\.md$",
+     "timers: CPU per call_later + fire beside uvloop (bench/timers.py)"),
 )
 
 

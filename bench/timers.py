@@ -16,6 +16,7 @@ uvloop` for the uvloop row; an importable iocpx (normally the in-place build in 
 How to run it, from the repo root:
 
     python bench/timers.py                               # 100,000 timers over 1 s, 3 runs each
+                                                         # -> bench/results/timers-DATE.md
     python bench/timers.py --timers 10000 --spread 0.2 --repeat 1
     python bench/timers.py --impls iocpx-w1,uvloop --out /tmp/timers.md
 
@@ -33,7 +34,9 @@ import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)
-import harness as H     # noqa: E402  (child_env, machine_info, fmt)
+import harness as H     # noqa: E402  (child_env, machine_meta, report_head, write_report)
+
+RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 
 IMPLS = {
     "iocpx-w1": "iocpx, workers=1 (io_uring)",
@@ -129,9 +132,7 @@ def run(impl, args):
 
 
 def render(rows, info, args):
-    out = [f"# iocpx timers benchmark — {info['date']}", ""]
-    out.append(f"- machine: Linux {info['kernel']}, nproc {info['nproc']}, CPU {info['cpu']}")
-    out.append(f"- Python {info['python']}, uvloop {info['uvloop']}")
+    out = H.report_head("iocpx timers benchmark", info)
     out.append(f"- method: {args.timers:,} timers, delays uniform in [0, {args.spread:g}) s "
                f"(seeded), callback counts and notes its lateness; process CPU (all threads) "
                f"from the first call_later to the last callback; each run a fresh process "
@@ -153,8 +154,12 @@ def render(rows, info, args):
                    f"| {r['schedule_cpu_s'] * 1e6 / args.timers:.2f} "
                    f"| {r['late_p50_ms']:.2f} | {r['late_p99_ms']:.2f} | {r['late_max_ms']:.2f} "
                    f"| {r['early']} | {', '.join(f'{x:.2f}' for x in r['runs_us'])} |")
-    out += ["", "early = callbacks that ran before their deadline (time.monotonic clock): must "
-                "be 0. Lateness is from the deadline to the callback's start."]
+    out += ["", "early = callbacks that ran before their deadline on time.monotonic() (uvloop "
+                "keeps its loop time in whole milliseconds: its early ones are less than 1 ms "
+                "early). Lateness is from the deadline to the callback's start; it includes the "
+                "time the call_later calls themselves take: they hold uvloop's and "
+                "asyncio's loop (timers due meanwhile wait), while iocpx's worker fires timers "
+                "between them (the two share the GIL)."]
     return "\n".join(out) + "\n"
 
 
@@ -165,7 +170,8 @@ def main(argv=None):
     ap.add_argument("--impls", default=",".join(IMPLS), help="comma-separated: " + ", ".join(IMPLS))
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seed", type=int, default=20261130)
-    ap.add_argument("--out", help="also write the Markdown report here")
+    ap.add_argument("--out", help="write the Markdown report (and its .json) here instead of "
+                                  "bench/results/timers-DATE.md")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -194,11 +200,10 @@ def main(argv=None):
         best["impl"] = impl
         best["runs_us"] = [r["cpu_s"] * 1e6 / args.timers for r in runs]
         rows.append(best)
-    report = render(rows, H.machine_info(), args)
-    sys.stdout.write(report)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(report)
+    meta = H.machine_meta()
+    report = render(rows, meta, args)
+    H.write_report(report, {"meta": meta, "argv": sys.argv[1:], "rows": rows}, RESULTS_DIR,
+                   "timers", args.out)
     return 0 if all("error" not in r for r in rows) else 1
 
 

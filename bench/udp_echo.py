@@ -18,32 +18,32 @@ through PYTHONPATH; this script never builds it). A missing server gets a row sa
 How to run it, from the repo root:
 
     python bench/udp_echo.py                          # 1 and 100 sockets x 64 and 1,200 B, 5 s
+                                                      # -> bench/results/udp-DATE.md (+ .json)
     python bench/udp_echo.py --sockets 100 --size 64 --repeat 3 --out /tmp/udp.md
     python bench/udp_echo.py --servers iocpx-udp,uvloop-udp --iocpx-workers 1,4 \
-        --iocpx-backends io_uring,epoll --json /tmp/udp.json
+        --iocpx-backends io_uring,epoll --out /tmp/udp.md
 
 Every row waits (up to --quiet-wait s) for an idle machine first; --repeat N reports the run with
 the median CPU us per round trip. Server stderr is kept in bench/.build/server-KIND.log.
 """
 
 import argparse
-import json
 import os
 import shutil
 import sys
 
 import harness as H     # bench/harness.py: spawning, /proc sampling, run_one
 
+RESULTS_DIR = os.path.join(H.BENCH_DIR, "results")
 UDP_LOADGEN_SRC = os.path.join(H.BENCH_DIR, "udp_loadgen.c")
 UDP_LOADGEN_BIN = os.path.join(H.BUILD_DIR, "udp_loadgen")
 KINDS = ("iocpx-udp", "uvloop-udp", "asyncio-udp")
 
 
 def render(results, info, args):
-    out = [f"# iocpx UDP echo benchmark — {info['date']}", ""]
-    out.append(f"- machine: Linux {info['kernel']}, nproc {info['nproc']}, CPU {info['cpu']}")
-    out.append(f"- Python {info['python']}, uvloop {info['uvloop']}"
-               + (f", iocpx {info['iocpx']}" if info.get("iocpx") else ""))
+    out = H.report_head("iocpx UDP echo benchmark", info)
+    out.append(f"- machine load: 1-minute load average {info['loadavg_start']} at the start, "
+               f"{info.get('loadavg_end')} at the end; other CPU % per row below")
     out.append(f"- method: server pinned to CPU {H.SERVER_CPU}, udp_loadgen.c to CPU "
                f"{H.CLIENT_CPU}; N connected UDP sockets, one datagram in flight each, every echo "
                f"verified; warmup {args.warmup} s, measured {args.duration} s per row"
@@ -111,8 +111,8 @@ def main(argv=None):
                     help="runs per row; the report shows the one with the median CPU us/rt")
     ap.add_argument("--quiet-wait", type=float, default=30.0,
                     help="before each row wait up to this long for an idle machine (0: no)")
-    ap.add_argument("--out", help="also write the Markdown report to this file")
-    ap.add_argument("--json", help="also write every row's raw figures to this file")
+    ap.add_argument("--out", help="write the Markdown report (and its .json) here instead of "
+                                  "bench/results/udp-DATE.md")
     args = ap.parse_args(argv)
     args.pin = True
     kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
@@ -123,7 +123,8 @@ def main(argv=None):
         ap.error("needs 2 CPUs and taskset (util-linux)")
     H.driver_setup(pin=True)
     H.build_c(UDP_LOADGEN_SRC, UDP_LOADGEN_BIN)
-    info = H.machine_info()
+    info = H.machine_meta()
+    info["loadavg_start"] = H.loadavg()
     unavailable = {}
     if "uvloop-udp" in kinds:
         ok, why = H.probe_import("import uvloop")
@@ -152,7 +153,8 @@ def main(argv=None):
                                  str(args.warmup), str(args.duration)], 5.0)
 
     results = []
-    try:
+
+    def body():
         for n in args.sockets:
             for size in args.size:
                 for kind, label, sargs in plan:
@@ -180,19 +182,11 @@ def main(argv=None):
                         if "error" in r:
                             break
                     results.append(H.pick_median(runs))
-    except KeyboardInterrupt:
-        print("interrupted: reporting what was measured", file=sys.stderr)
-    finally:
-        H.kill_children()
 
+    H.run_guarded(info, body)
     report = render(results, info, args)
-    sys.stdout.write(report)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(report)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": info, "argv": sys.argv[1:], "rows": results}, f, indent=1)
+    H.write_report(report, {"meta": info, "argv": sys.argv[1:], "rows": results},
+                   RESULTS_DIR, "udp", args.out)
     ok = all("error" not in r or r["kind"] in unavailable for r in results)
     return 0 if ok and all(not r.get("errors") and not r.get("verify_failures")
                            for r in results) else 1
