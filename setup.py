@@ -56,6 +56,7 @@ modules = [ext("_backend"), ext("_core")]
 if sys.platform.startswith("linux"):
     modules += [ext("_io_uring"), ext("_epoll")]
 elif sys.platform == "win32":
+    modules[0].libraries.append("ws2_32")       # _backend: try_send's send() now
     modules[1].libraries.append("ws2_32")       # _core: socket address helpers
     modules.append(ext("_iocp", libraries=["ws2_32", "mswsock"]))
 

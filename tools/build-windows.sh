@@ -101,7 +101,7 @@ for mod in _backend _core _iocp; do
         -I "$SRC/src" "iocpx/$mod.pyx" -o "iocpx/$mod.c")
     libs=()
     [ "$mod" = _iocp ] && libs=(-lws2_32 -lmswsock)
-    [ "$mod" = _core ] && libs=(-lws2_32)
+    [ "$mod" = _core ] || [ "$mod" = _backend ] && libs=(-lws2_32)
     "$CC" "${CFLAGS[@]}" "$SRC/src/iocpx/$mod.c" -o "$OUT/$mod$SUFFIX" "$LINKDLL" "${libs[@]}" -lkernel32 \
         2> >(grep -v "^$" >&2) || die "compiling iocpx.$mod failed"
 done
