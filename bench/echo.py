@@ -197,27 +197,13 @@ def main(argv=None):
                         results.append({"label": label, "kind": kind, "connections": conns,
                                         "size": size, "error": unavailable[kind]})
                         continue
-                    runs = []
-                    for i in range(args.repeat):
-                        print(f"running {label}: {conns} connections x {size} B"
-                              f"{f' (run {i + 1}/{args.repeat})' if args.repeat > 1 else ''} ...",
-                              file=sys.stderr, flush=True)
-                        log = os.path.join(H.BUILD_DIR, f"server-{kind}.log")
-                        busy = H.wait_for_quiet(args.quiet_wait) if args.quiet_wait > 0 else 0.0
-                        r = H.run_one(kind, label, sargs, conns, size, args, log)
-                        if busy >= 15.0:
-                            r.setdefault("note", f"machine was {busy:.0f}% busy before the run "
-                                                 f"(waited {args.quiet_wait:g} s for quiet)")
-                        if "error" in r:
-                            print(f"  {r['error']}", file=sys.stderr)
-                        else:
-                            print(f"  {r['rt_per_s']:,.0f} rt/s, "
+                    log = os.path.join(H.BUILD_DIR, f"server-{kind}.log")
+                    results.append(H.run_repeated(
+                        args.repeat, f"{label}: {conns} connections x {size} B", args.quiet_wait,
+                        lambda: H.run_one(kind, label, sargs, conns, size, args, log),
+                        lambda r: f"{r['rt_per_s']:,.0f} rt/s, "
                                   f"{H.fmt(r['cpu_us_per_rt'], '.2f')} server CPU us/rt, "
-                                  f"errors {r['errors']}", file=sys.stderr)
-                        runs.append(r)
-                        if "error" in r:
-                            break
-                    results.append(H.pick_median(runs))
+                                  f"errors {r['errors']}"))
     except KeyboardInterrupt:
         print("interrupted: reporting what was measured", file=sys.stderr)
     finally:

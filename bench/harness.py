@@ -473,6 +473,26 @@ def pick_median(runs):
     return best
 
 
+def run_repeated(repeat, what, quiet_wait, run, summary):
+    """Run one row `repeat` times (each after waiting up to `quiet_wait` s for a quiet machine)
+    and return pick_median() of the runs; `run()` makes one result, `summary(r)` the progress
+    line of a good one. A run that fails ends the repeats: repeating never hides a failure."""
+    runs = []
+    for i in range(repeat):
+        print(f"running {what}{f' (run {i + 1}/{repeat})' if repeat > 1 else ''} ...",
+              file=sys.stderr, flush=True)
+        busy = wait_for_quiet(quiet_wait) if quiet_wait > 0 else 0.0
+        r = run()
+        if busy >= 15.0:
+            r.setdefault("note", f"machine was {busy:.0f}% busy before the run "
+                                 f"(waited {quiet_wait:g} s for quiet)")
+        print(f"  {r['error']}" if "error" in r else f"  {summary(r)}", file=sys.stderr)
+        runs.append(r)
+        if "error" in r:
+            break
+    return pick_median(runs)
+
+
 def int_list(s):
     return [int(x) for x in s.split(",") if x.strip()]
 

@@ -62,17 +62,23 @@ def tls_context(pem):
     return ctx
 
 
+def _loop_factory(kind):
+    """uvloop's loop for the uvloop kinds ("uvloop", "uvloop-udp"), asyncio's otherwise."""
+    import asyncio
+
+    if not kind.startswith("uvloop"):
+        return asyncio.new_event_loop
+    try:
+        import uvloop
+    except ImportError as exc:
+        _unavailable(f"{exc} (pip install uvloop)")
+    return uvloop.new_event_loop
+
+
 def serve_asyncio(kind, port, backlog, ssl=None):
     import asyncio
 
-    if kind == "uvloop":
-        try:
-            import uvloop
-        except ImportError as exc:
-            _unavailable(f"{exc} (pip install uvloop)")
-        loop_factory = uvloop.new_event_loop
-    else:
-        loop_factory = asyncio.new_event_loop
+    loop_factory = _loop_factory(kind)
 
     transports = set()      # open connections, so shutdown can close them (3.11 does not)
 
@@ -114,14 +120,7 @@ def serve_asyncio(kind, port, backlog, ssl=None):
 def serve_asyncio_udp(kind, port):
     import asyncio
 
-    if kind == "uvloop-udp":
-        try:
-            import uvloop
-        except ImportError as exc:
-            _unavailable(f"{exc} (pip install uvloop)")
-        loop_factory = uvloop.new_event_loop
-    else:
-        loop_factory = asyncio.new_event_loop
+    loop_factory = _loop_factory(kind)
 
     class EchoDatagram(asyncio.DatagramProtocol):
         def connection_made(self, transport):

@@ -35,11 +35,8 @@ bench/results/LATEST.md. Every child is killed on exit, error or Ctrl-C.
 """
 
 import argparse
-import datetime
-import json
 import os
 import sys
-import time
 
 import harness as H         # bench/harness.py: spawning, /proc sampling, run_one
 import real_clients as R    # bench/real_clients.py: wrk, nginx, the examples
@@ -72,14 +69,13 @@ def echo_peers(pem, with_asyncio):
 
 
 def run_echo(peer, conns, size, a):
-    client = None
-    if peer["tls"]:
-        def client(port):
-            ct = 10.0 + conns / 100.0       # handshakes during the ramp
-            return [H.LOADGEN_TLS_BIN, "127.0.0.1", str(port), str(conns), str(size),
-                    str(a.warmup), str(a.duration), str(ct)], ct
+    def tls_client(port):
+        ct = 10.0 + conns / 100.0       # handshakes during the ramp
+        return [H.LOADGEN_TLS_BIN, "127.0.0.1", str(port), str(conns), str(size),
+                str(a.warmup), str(a.duration), str(ct)], ct
     return H.run_one(peer["kind"], peer["label"], peer["sargs"], conns, size, a,
-                     os.path.join(H.BUILD_DIR, f"server-tls-{peer['id']}.log"), client=client)
+                     os.path.join(H.BUILD_DIR, f"server-tls-{peer['id']}.log"),
+                     client=tls_client if peer["tls"] else None)
 
 
 def run_handshakes(peer, conc, a):
@@ -302,7 +298,6 @@ def main(argv=None):
                 https[sid] = r
     H.run_guarded(meta, body)
     report = render(meta, echo, hs, https, peers)
-    name = "tls-" + datetime.date.today().isoformat()
     H.write_report(report, {"meta": meta,
                             "echo": [dict(r, row=list(k)) for k, r in echo.items()],
                             "handshakes": hs, "https": https},

@@ -162,26 +162,15 @@ def main(argv=None):
                         results.append({"label": label, "kind": kind, "connections": n,
                                         "size": size, "error": unavailable[kind]})
                         continue
-                    runs = []
-                    for i in range(args.repeat):
-                        print(f"running {label}: {n} sockets x {size} B ...", file=sys.stderr,
-                              flush=True)
-                        if args.quiet_wait > 0:
-                            H.wait_for_quiet(args.quiet_wait)
-                        log = os.path.join(H.BUILD_DIR, f"server-{kind}.log")
-                        mk = client(size)
-                        r = H.run_one(kind, label, sargs, n, size, args, log,
-                                      client=lambda port, mk=mk, n=n: mk(port, n))
-                        if "error" in r:
-                            print(f"  {r['error']}", file=sys.stderr)
-                        else:
-                            print(f"  {r['rt_per_s']:,.0f} rt/s, "
+                    log = os.path.join(H.BUILD_DIR, f"server-{kind}.log")
+                    mk = client(size)
+                    results.append(H.run_repeated(
+                        args.repeat, f"{label}: {n} sockets x {size} B", args.quiet_wait,
+                        lambda: H.run_one(kind, label, sargs, n, size, args, log,
+                                          client=lambda port: mk(port, n)),
+                        lambda r: f"{r['rt_per_s']:,.0f} rt/s, "
                                   f"{H.fmt(r['cpu_us_per_rt'], '.2f')} server CPU us/rt, "
-                                  f"lost {r.get('lost')}", file=sys.stderr)
-                        runs.append(r)
-                        if "error" in r:
-                            break
-                    results.append(H.pick_median(runs))
+                                  f"lost {r.get('lost')}"))
 
     H.run_guarded(info, body)
     report = render(results, info, args)

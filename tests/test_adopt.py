@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import iocpx
-from conftest import Recorder, client, echo, recv_exact, recv_until_eof, wait_for
+from conftest import Recorder, client, echo, recv_exact, recv_until_eof
 
 WINDOWS = sys.platform == "win32"
 

@@ -9,7 +9,6 @@ with -ECONNREFUSED (Linux) or -ECONNRESET (Windows: WSAECONNRESET), both of
 which the engine reports as one ConnectionRefusedError."""
 import errno
 import socket
-import sys
 import time
 
 import pytest

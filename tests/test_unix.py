@@ -16,7 +16,6 @@ import uuid
 
 import pytest
 
-import iocpx
 from conftest import Recorder, echo, recv_exact, recv_until_eof, wait_for
 
 HAVE_PY_UNIX = hasattr(socket, "AF_UNIX")
