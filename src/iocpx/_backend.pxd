@@ -124,6 +124,8 @@ cdef struct IoCtx:
 # buffer): the view is valid until Backend.dgram_done(ev).
 cdef enum:
     DG_TRUNC = 1            # Datagram.flags: it was longer than the buffer; data is cut
+    DG_NOBUF = 2            # (no datagram) the receive ended for want of buffers, and the
+                            # pool is at its limit: every buffer waits in some queue
 
 cdef struct Datagram:
     char* data              # the payload (backend memory, not owned)

@@ -59,6 +59,7 @@ cdef class Engine:
 
     cdef int64_t n_tls_handshakes, n_tls_timeouts, n_tls_errors     # engine/tls.pxi
 
+    cdef int _close_all(self) except -1
     cdef int _check_open(self) except -1
     cdef int64_t _take_id(self)
     cdef void _kick(self) except *

@@ -215,6 +215,9 @@ cdef class EpollBackend(Backend):
         cdef int fl = fcntl(fd, F_GETFL)
         if fl < 0 or fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0:
             raise oserror(errno, "fcntl")
+        cdef FdState* st = self._locked_state(fd)
+        st.pending_err = 0          # a new socket on a reused descriptor number
+        iocpx_mutex_unlock(&self.mu)
         return 0
 
     cdef FdState* _locked_state(self, int fd) except NULL:

@@ -46,7 +46,7 @@ from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy, i
                          IOCPX_LOAD_ACQ_U32, IOCPX_STORE_REL_U32, IOCPX_STORE_REL_U16,
                          IOCPX_ADD_I32)
 from iocpx._backend cimport (Backend, IoCtx, Event, ev_set, oserror, io_target, EV_BUFFER,
-                             EV_BUFFER_SHIFT, MAX_GROUPS, OP_SENDFILE, Datagram, DG_TRUNC)
+                             EV_BUFFER_SHIFT, MAX_GROUPS, OP_SENDFILE, Datagram, DG_TRUNC, DG_NOBUF)
 from iocpx._uring cimport *
 
 cdef extern from *:

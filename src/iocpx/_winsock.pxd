@@ -114,6 +114,16 @@ cdef extern from "<mswsock.h>" nogil:
                                        DWORD per_send, OVERLAPPED* ov,
                                        TRANSMIT_FILE_BUFFERS* bufs, DWORD flags)
 
+# ... and with WSAENETRESET on ICMP "time exceeded" (mingw-w64's mswsock.h lacks the name;
+# the value is Windows SDK's _WSAIOW(IOC_VENDOR, 15))
+cdef extern from * nogil:
+    """
+    #ifndef SIO_UDP_NETRESET
+    #define SIO_UDP_NETRESET _WSAIOW(IOC_VENDOR, 15)
+    #endif
+    """
+    DWORD SIO_UDP_NETRESET
+
 cdef extern from "<windows.h>" nogil:
     HANDLE INVALID_HANDLE_VALUE
     DWORD INFINITE

@@ -39,6 +39,8 @@ cdef enum:
     DG_BUF_MAX = 65536      # datagram buffer_size at most
     SENDQ_CACHE_MAX = 1024  # addresses parsed by sendto kept for reuse, at most
 
+cdef double DG_STARVED_DELAY = 0.002    # s before a receive that found no buffer is armed again
+
 # errno values a datagram socket reports for an ICMP message or a condition
 # of one datagram: on_error, and the endpoint goes on. Any other receive
 # error means the socket itself is broken: the endpoint closes with it.
@@ -211,10 +213,11 @@ cdef void dgram_on_recv(Endpoint ep, Event* ev) except *:
     cdef int res = ev.res
     cdef bint final = not (ev.flags & EV_MORE)
     cdef Datagram dg
-    cdef int got
+    cdef int got = 0
     cdef uint32_t flags = 0
     cdef int64_t drops = -1
-    data = addr = None
+    data = addr = err = None
+    dg.flags = 0
     try:
         got = eng.be.dgram_view(ev, &dg)
         if got:
@@ -223,6 +226,11 @@ cdef void dgram_on_recv(Endpoint ep, Event* ev) except *:
             if ep.state == D_OPEN and not (flags & DG_TRUNC):
                 data = PyBytes_FromStringAndSize(dg.data, dg.len)
                 addr = dgram_addr_of(ep, dg.name, dg.namelen)
+    except BaseException as e:          # out of memory: this datagram is lost, not the receive
+        err = e
+        if got:
+            dgram_dropped(ep, 1)
+        got = 0
     finally:
         eng.be.dgram_done(ev)           # the buffer goes back at once
     if drops > ep.kdrops:               # the kernel dropped some since we last looked
@@ -230,7 +238,13 @@ cdef void dgram_on_recv(Endpoint ep, Event* ev) except *:
         ep.kdrops = drops
     if final:
         ep.recv_armed -= 1
-        if ep.state == D_OPEN and (got or res >= 0 or -res in _DG_SOFT or res == -_errno.ECANCELED):
+        if ep.state == D_OPEN and not got and (dg.flags & DG_NOBUF) and ep.recv_armed == 0:
+            # every buffer of the pool, at its limit, waits in some endpoint's queue (a slow
+            # on_datagram): re-armed now, the receive would end at once again, over and over;
+            # the kernel keeps the datagrams meanwhile (and counts what its queue cannot hold)
+            ep_io_done(ep, io)
+            internal_timer(eng, DG_STARVED_DELAY, _dgram_rearm, ep)
+        elif ep.state == D_OPEN and (got or res >= 0 or -res in _DG_SOFT or res == -_errno.ECANCELED):
             try:
                 dgram_arm(ep, io)       # the same context, at once: reading goes on meanwhile
             except BaseException as e:
@@ -252,12 +266,24 @@ cdef void dgram_on_recv(Endpoint ep, Event* ev) except *:
             if addr is None:
                 addr = ep.remote_address
             dgram_call(ep, ep.on_datagram, data, addr)
+    elif err is not None:
+        if ep.state == D_OPEN:
+            dgram_report(ep, err)
     elif res < 0 and res != -_errno.ECANCELED and res != -_errno.ENOBUFS and ep.state == D_OPEN:
         if -res in _DG_SOFT:
             dgram_report(ep, dgram_error(ep, -res, "recvfrom"))
         else:
             dgram_abort(ep, peer_error(eng.be, -res, "recvfrom"))
     dgram_maybe_finish(ep)
+
+
+def _dgram_rearm(Endpoint ep):
+    """(Timer) The receive that ended for want of buffers, armed again."""
+    if ep.state == D_OPEN and ep.recv_armed == 0:
+        try:
+            dgram_arm(ep, NULL)
+        except BaseException as e:
+            dgram_abort(ep, e)
 
 
 cdef void dgram_on_send(Endpoint ep, Event* ev) except *:
@@ -280,6 +306,7 @@ cdef void dgram_on_send(Endpoint ep, Event* ev) except *:
     if ep.sendq:
         dgram_send_queued(ep)
     dgram_progress(ep)
+    dgram_maybe_finish(ep)              # this send may be the last thing a close waited for
 
 
 cdef void dgram_on_aux(Endpoint ep, Event* ev) except *:
@@ -333,7 +360,7 @@ cdef object dgram_sendto(Endpoint ep, object data, object addr):
         dgram_dropped(ep, 1)            # UDP may drop: counted, and said by the result
         return False
     if be.sync_sendto:
-        if ep.send_wait != NULL:        # one waits for the socket: queue behind it, in order
+        if ep.send_wait != NULL or ep.sendq:   # some wait for the socket: queue behind, in order
             if ep.sendq is None:
                 ep.sendq = deque()
             ep.sendq.append((data, PyBytes_FromStringAndSize(<char*>&sa, salen)))

@@ -90,6 +90,17 @@ cdef class Engine:
         """True on one of this engine's worker threads (inside a callback)."""
         return iocpx_tls_get() == <void*>self
 
+    cdef int _close_all(self) except -1:
+        """Close every listener, abort every connection and endpoint (close())."""
+        for lst in list(self._listeners):
+            listener_close_async(<Listener>lst)
+        for conn in list(self._conns.values()):
+            (<Connection>conn)._abort(None)
+        for ep in list(self._endpoints.values()):
+            dgram_abort(<Endpoint>ep, None)
+        self._kick()
+        return 0
+
     cdef int _check_open(self) except -1:
         if self.state != E_RUNNING:
             raise _closed_error("engine")
@@ -267,19 +278,18 @@ cdef class Engine:
         deadline = None if timeout is None else time.monotonic() + timeout
         self.state = E_CLOSING
         timers_clear(self)
-        for lst in list(self._listeners):
-            listener_close_async(<Listener>lst)
-        for conn in list(self._conns.values()):
-            (<Connection>conn)._abort(None)
-        for ep in list(self._endpoints.values()):
-            dgram_abort(<Endpoint>ep, None)
-        self._kick()
+        self._close_all()
         delay = 0.0005
         while self.inflight > 0 or self._conns or self._listeners or self._endpoints:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"Engine.close(): {self.inflight} operations still pending")
             time.sleep(delay)
             delay = min(delay * 2, 0.01)
+            if delay == 0.01:
+                # a listen(), connect() or datagram() that checked the engine before close()
+                # began may have registered its socket after the sweep (they release the GIL
+                # to resolve and bind): sweep again; closing what is closing already is a no-op
+                self._close_all()
         timers_clear(self)
         if self._threads:
             with nogil:

@@ -19,7 +19,8 @@
 # an ICMP port unreachable comes back. On a connected endpoint that is the
 # report iocpx passes to on_error; on an unconnected one it would only be a
 # stray error about some earlier peer, so SIO_UDP_CONNRESET turns it off
-# there (as Linux reports nothing on unconnected sockets). Windows has no
+# there (as Linux reports nothing on unconnected sockets), and SIO_UDP_NETRESET
+# likewise for ICMP "time exceeded" (WSAENETRESET). Windows has no
 # counter of the datagrams it drops (Linux's SO_RXQ_OVFL): Datagram.drops is -1.
 
 cdef struct RecvFromState:  # io.extra of an OP_RECVFROM (freed by io_free)
@@ -40,6 +41,7 @@ cdef int dgram_adopt_iocp(IocpBackend be, int fd, bint connected) except -1:
         raise win_error(GetLastError(), "CreateIoCompletionPort(socket)")    # no skip mode: see above
     if not connected:       # no stray WSAECONNRESET from ICMP about some earlier peer
         WSAIoctl(<SOCKET>fd, SIO_UDP_CONNRESET, &off, sizeof(off), NULL, 0, &got, NULL, NULL)
+        WSAIoctl(<SOCKET>fd, SIO_UDP_NETRESET, &off, sizeof(off), NULL, 0, &got, NULL, NULL)
     return 0
 
 
@@ -76,11 +78,12 @@ cdef int dgram_submit_recv_iocp(IocpBackend be, IoCtx* io) except -1:
 cdef int dgram_submitted(IocpBackend be, IoCtx* io, BOOL ok, int err) except -1:
     """_submitted for a datagram socket (no skip mode): done at once or
     pending, a packet follows; failed at once, none does: the event is built
-    now, with the error. WSAEMSGSIZE is not a failure here: a datagram was
-    received, cut (STATUS_BUFFER_OVERFLOW, a warning), and its packet follows
-    like any other; building an event for it too would complete it twice."""
+    now, with the error. For a receive, WSAEMSGSIZE is not a failure: a
+    datagram was received, cut (STATUS_BUFFER_OVERFLOW, a warning), and its
+    packet follows like any other; building an event for it too would
+    complete it twice. For a send it is a plain failure (no packet)."""
     cdef Event ev
-    if ok or err == WSA_IO_PENDING or err == WSAEMSGSIZE:
+    if ok or err == WSA_IO_PENDING or (err == WSAEMSGSIZE and io.op == OP_RECVFROM):
         return 0
     be._finish(io, 0, 0, <DWORD>err, &ev)
     if be._push_ready(&ev) < 0:

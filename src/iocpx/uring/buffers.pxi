@@ -100,9 +100,10 @@ cdef int pool_plain(UringBackend be, uint32_t size) except -1:
 
 cdef int pool_starved(BufGroup* g) except -1:
     """A receive ended for want of buffers (ENOBUFS). Grow the pool unless
-    buffers came back since (one burst of ENOBUFS grows it once)."""
+    buffers came back since (one burst of ENOBUFS grows it once). 1: grown,
+    0: buffers came back, 2: at its limit (every buffer is out)."""
     if g.out >= <int32_t>g.nbufs - (g.nbufs // 8):
-        return pool_grow(g)
+        return pool_grow(g) or 2
     return 0
 
 cdef int pool_grow(BufGroup* g) except -1:

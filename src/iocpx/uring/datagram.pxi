@@ -105,8 +105,8 @@ cdef int dgram_view_uring(UringBackend be, Event* ev, Datagram* out) except -1:
     cdef io_uring_recvmsg_out* h
     cdef Py_ssize_t room
     if not (ev.flags & EV_BUFFER):
-        if ev.res == -ENOBUFS:
-            pool_starved(g)         # the multishot op ended for want of buffers
+        if ev.res == -ENOBUFS and pool_starved(g) == 2:     # the multishot op ended for
+            out.flags = DG_NOBUF                            # want of buffers, none to add
         return 0
     base = <char*>ev.data
     h = <io_uring_recvmsg_out*>base
