@@ -395,6 +395,32 @@ def test_flood_drops_are_all_counted(engine):
     assert engine.stats()["datagrams_dropped"] == ep.datagrams_dropped
 
 
+@pytest.mark.skipif(not LINUX, reason="only Linux reports the datagrams its kernel drops")
+def test_kernel_drops_show_in_stats_without_a_later_datagram(engine):
+    """A flood ends and nothing follows it: stats() still counts what the
+    kernel dropped (read from the socket, not only from the next datagram)."""
+    gate = threading.Event()
+    got = []
+
+    def on_dg(ep, data, addr):
+        if not gate.is_set():
+            gate.wait(10)
+        got.append(data)
+
+    ep = engine.datagram(("127.0.0.1", 0), on_datagram=on_dg)
+    c = udp_client()
+    n = 20_000
+    for _ in range(n):
+        c.sendto(b"d" * 64, ep.address)
+    time.sleep(0.2)                     # the kernel has queued or dropped every one
+    gate.set()
+    wait_for(lambda: len(got) + ep.stats()["datagrams_dropped"] == n, timeout=SLOW,
+             what=f"received {len(got)} + dropped {ep.datagrams_dropped} == sent {n}")
+    assert ep.datagrams_dropped > 0, "the flood did not overflow anything: not a test"
+    assert engine.stats()["datagrams_dropped"] == ep.datagrams_dropped
+    c.close()
+
+
 def test_send_bound_drops_are_counted_and_returned(engine):
     """Past max_send_buffer bytes in flight sendto() drops (returns False)
     and counts; what it accepted all arrives."""

@@ -304,6 +304,21 @@ static inline int iocpx_dgram_rxq_ovfl(int s) { (void)s; return -1; }
 static inline int64_t iocpx_cmsg_drops(void *ctrl, size_t len) { (void)ctrl; (void)len; return -1; }
 #endif
 
+/* The same counter read at any time (SO_MEMINFO's SK_MEMINFO_DROPS, Linux
+ * 4.14+), so drops show in stats() before the next datagram carries them;
+ * -1 where there is none. */
+#if defined(__linux__) && defined(SO_MEMINFO)
+static inline int64_t iocpx_sock_drops(int s) {
+    uint32_t mem[16];
+    socklen_t len = sizeof(mem);
+    if (getsockopt(s, SOL_SOCKET, SO_MEMINFO, mem, &len) < 0 || len < 9 * sizeof(uint32_t))
+        return -1;
+    return (int64_t)mem[8];             /* SK_MEMINFO_DROPS */
+}
+#else
+static inline int64_t iocpx_sock_drops(int s) { (void)s; return -1; }
+#endif
+
 /* Acquire/release accessors for memory shared with the kernel or other threads.
  * GCC and Clang (mingw-w64 included) have the __atomic builtins; MSVC gets the
  * documented intrinsics: on x86-64 an aligned load/store is atomic and ordered

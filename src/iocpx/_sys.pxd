@@ -78,3 +78,4 @@ cdef extern from "_sys.h":
     int IOCPX_DG_CTRL
     int iocpx_dgram_rxq_ovfl(int s) nogil
     int64_t iocpx_cmsg_drops(void* ctrl, size_t len) nogil
+    int64_t iocpx_sock_drops(int s) nogil

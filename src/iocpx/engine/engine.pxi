@@ -230,6 +230,9 @@ cdef class Engine:
 
     def stats(self):
         """Counters: connections, bytes, pending operations, live contexts."""
+        if self._endpoints:
+            for ep in list(self._endpoints.values()):
+                dgram_sync_drops(<Endpoint>ep)      # the kernel's drops so far
         return {
             "backend": self.be.name if self.be is not None else None,
             "workers": self.workers,
