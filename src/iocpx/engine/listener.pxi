@@ -130,13 +130,19 @@ cdef void listener_on_aux(Listener lst, Event* ev) except *:
 
 
 cdef void listener_maybe_finish(Listener lst) noexcept:
-    if lst.state == L_CLOSING and lst.inflight == 0:
-        lst.state = L_CLOSED
-        _sock_close(lst.fd)
-        lst.fd = -1
-        unix_cleanup(lst.unix_cleanup)
-        lst.unix_cleanup = None
-        lst.eng._listeners.discard(lst)
+    """Close the socket once every accept is reaped. L_CLOSED comes last:
+    close() returns when it sees it, and removing a socket file releases the
+    GIL (os.stat, os.unlink), so the file must be gone by then."""
+    cdef int fd = lst.fd
+    if lst.state != L_CLOSING or lst.inflight != 0 or fd < 0:
+        return
+    lst.fd = -1                         # (and no second pass while the GIL is away)
+    _sock_close(fd)
+    cleanup = lst.unix_cleanup
+    lst.unix_cleanup = None
+    unix_cleanup(cleanup)
+    lst.eng._listeners.discard(lst)
+    lst.state = L_CLOSED
 
 
 cdef int listener_close_async(Listener lst) except -1:
