@@ -1,7 +1,7 @@
 # The io_uring backend's layouts: the receive pools, the sendfile state and
 # the backend class. Declarations only; the logic is in _io_uring.pyx and
 # uring/*.pxi.
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, int64_t, uint64_t
 from iocpx._sys cimport iocpx_mutex_t
 from iocpx._backend cimport Backend, IoCtx, Event, MAX_GROUPS
 from iocpx._uring cimport io_uring_sqe, io_uring_cqe, io_uring_buf
@@ -9,6 +9,8 @@ from iocpx._uring cimport io_uring_sqe, io_uring_cqe, io_uring_buf
 cdef enum:
     POOL_BYTES = 1024 * 1024        # a receive pool's first size, and each growth step
     POOL_MAX = 64 * 1024 * 1024     # a receive pool grows up to this much
+    STARVED_GAP_NS = 5000000        # ENOBUFS grows a pool at most once per 5 ms (unless all out)
+    STARVED_SOFT_MAX = 8 * 1024 * 1024  # ... and up to this size (past it: only when all out)
     INC_BUF = 256 * 1024            # buffer size of the shared incremental pool
     SYNC_SEND_MIN = 16 * 1024       # sends this large are tried with send() at once
     IOU_PBUF_RING_INC = 2           # io_uring_buf_reg flag (Linux 6.12; not in older headers)
@@ -42,6 +44,7 @@ cdef struct BufGroup:
     uint16_t mask
     uint16_t tail           # next free slot (published through ring[0].resv)
     uint8_t inc             # incremental consumption
+    uint64_t starved_ns     # when an ENOBUFS last grew the pool (iocpx_now_ns)
 
 # io.extra of an OP_SENDFILE (malloc'd at submit, freed by io_free); the pipe
 # is ours until the op finishes, then goes back to the pool or is closed.

@@ -42,7 +42,7 @@ from posix.unistd cimport close as c_close
 
 from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy, iocpx_mutex_lock,
                          iocpx_mutex_unlock, iocpx_sleep_ms, iocpx_pipe_open, sockaddr,
-                         IOCPX_DG_CTRL, iocpx_cmsg_drops,
+                         IOCPX_DG_CTRL, iocpx_cmsg_drops, iocpx_now_ns,
                          IOCPX_LOAD_ACQ_U32, IOCPX_STORE_REL_U32, IOCPX_STORE_REL_U16,
                          IOCPX_ADD_I32)
 from iocpx._backend cimport (Backend, IoCtx, Event, ev_set, oserror, io_target, EV_BUFFER,
