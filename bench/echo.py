@@ -162,20 +162,11 @@ def main(argv=None):
     os.makedirs(H.BUILD_DIR, exist_ok=True)
 
     # Decide once what can run; missing frameworks become rows that say why.
-    unavailable = {}
     info = H.machine_info()
-    if "uvloop" in kinds:
-        ok, why = H.probe_import("import uvloop")
-        if not ok:
-            unavailable["uvloop"] = f"not available: {why} (pip install uvloop)"
-    if "iocpx" in kinds:
-        ok, why = H.probe_import(
-            "import iocpx; iocpx.Engine; print(getattr(iocpx, '__version__', '?'), iocpx.__file__,"
-            " getattr(iocpx, 'default_backend', lambda: '?')())")
-        if ok:
-            info["iocpx"] = why
-        else:
-            unavailable["iocpx"] = f"not available: {why}"
+    unavailable = H.unavailable_peers(
+        kinds, info, "uvloop", "iocpx",
+        "import iocpx; iocpx.Engine; print(getattr(iocpx, '__version__', '?'), iocpx.__file__,"
+        " getattr(iocpx, 'default_backend', lambda: '?')())")
 
     plan = []
     for kind in kinds:

@@ -473,6 +473,23 @@ def pick_median(runs):
     return best
 
 
+def unavailable_peers(kinds, info, uvloop_kind, iocpx_kind, iocpx_probe):
+    """{kind: why} for the peers among kinds that cannot run here (uvloop or iocpx not
+    importable); what the iocpx probe prints goes to info["iocpx"]."""
+    unavailable = {}
+    if uvloop_kind in kinds:
+        ok, why = probe_import("import uvloop")
+        if not ok:
+            unavailable[uvloop_kind] = f"not available: {why} (pip install uvloop)"
+    if iocpx_kind in kinds:
+        ok, why = probe_import(iocpx_probe)
+        if ok:
+            info["iocpx"] = why
+        else:
+            unavailable[iocpx_kind] = f"not available: {why}"
+    return unavailable
+
+
 def run_repeated(repeat, what, quiet_wait, run, summary):
     """Run one row `repeat` times (each after waiting up to `quiet_wait` s for a quiet machine)
     and return pick_median() of the runs; `run()` makes one result, `summary(r)` the progress

@@ -125,18 +125,10 @@ def main(argv=None):
     H.build_c(UDP_LOADGEN_SRC, UDP_LOADGEN_BIN)
     info = H.machine_meta()
     info["loadavg_start"] = H.loadavg()
-    unavailable = {}
-    if "uvloop-udp" in kinds:
-        ok, why = H.probe_import("import uvloop")
-        if not ok:
-            unavailable["uvloop-udp"] = f"not available: {why} (pip install uvloop)"
-    if "iocpx-udp" in kinds:
-        ok, why = H.probe_import("import iocpx; iocpx.Engine.datagram; print(iocpx.__version__,"
-                                 " iocpx.__file__, iocpx.available_backends())")
-        if ok:
-            info["iocpx"] = why
-        else:
-            unavailable["iocpx-udp"] = f"not available: {why}"
+    unavailable = H.unavailable_peers(
+        kinds, info, "uvloop-udp", "iocpx-udp",
+        "import iocpx; iocpx.Engine.datagram; print(iocpx.__version__, iocpx.__file__,"
+        " iocpx.available_backends())")
 
     plan = []
     for kind in kinds:
