@@ -202,3 +202,63 @@ def test_listener_close_frees_port(engine):
     s.sendall(b"again")
     assert recv_exact(s, 5) == b"again"
     s.close()
+
+
+def test_aborts_racing_incoming_data_stay_on_their_connection(engine):
+    """Aborts land while the peers keep sending, round after round, so that
+    sockets closed by an abort are replaced at once by new ones (Windows
+    hands out the same socket numbers again). On iocp an abort of a
+    connection with only its receive pending closes the socket at once, and
+    a receive that has just completed is read from its socket: whichever
+    comes first must win, or a read would take another connection's bytes.
+    Every echo must be a prefix of what its own client sent, and each
+    connection closes once."""
+    import random
+    import selectors
+    rec = Recorder()
+
+    def on_accept(conn, data):
+        rec.accept(conn, data)
+        conn.send(data)
+        engine.call_later(random.uniform(0, 0.02), conn.abort)
+
+    lst = engine.listen(("127.0.0.1", 0), first_data=True, on_accept=on_accept,
+                        on_recv=echo, on_close=rec.on_close)
+    rounds, n = 8, 24
+    for r in range(rounds):
+        sel = selectors.DefaultSelector()
+        clients = []
+        for i in range(n):
+            s = client(lst.address)
+            s.setblocking(False)
+            st = {"sock": s, "sent": bytearray(), "got": bytearray(), "k": 0, "done": False}
+            clients.append(st)
+            sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE, st)
+        deadline = time.monotonic() + 30
+        while any(not c["done"] for c in clients):
+            assert time.monotonic() < deadline, "clients still open 30 s after their aborts"
+            for key, mask in sel.select(0.5):
+                c = key.data
+                try:
+                    if mask & selectors.EVENT_WRITE and len(c["sent"]) < (1 << 20):
+                        chunk = f"<{r}.{id(c) % 9973}.{c['k']}>".encode()
+                        c["sent"] += chunk[:c["sock"].send(chunk)]
+                        c["k"] += 1
+                    if mask & selectors.EVENT_READ:
+                        data = c["sock"].recv(65536)
+                        if not data:
+                            raise ConnectionResetError
+                        c["got"] += data
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    c["done"] = True
+                    sel.unregister(c["sock"])
+                    c["sock"].close()
+        sel.close()
+        for c in clients:
+            assert bytes(c["sent"]).startswith(bytes(c["got"])), \
+                "an echo carried bytes its client did not send"
+    rec.wait_closed(rounds * n, timeout=30)
+    assert len(rec.closed) == rounds * n
+    assert engine.stats()["internal_errors"] == 0

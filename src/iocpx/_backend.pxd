@@ -96,6 +96,8 @@ cdef union IoAux:
     IoCtx* next_accept      # epoll OP_ACCEPT: the next accept queued on the same listener
     int64_t silent_ms       # OP_ACCEPT with first data (iocp AcceptEx): how long a
                             # connected client may stay silent in the slot (0: no limit)
+    int32_t claim           # iocp OP_RECV: who had the finished receive first, the read
+                            # after it or abort_by_close() (IocpBackend.abort_by_close)
 
 # The per-I/O context: plain C memory (calloc), its address is what the
 # kernel hands back. Freed in exactly two places: a synchronous submit
@@ -211,6 +213,7 @@ cdef class Backend:
     cdef int submit_sendfile(self, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1
     cdef int submit_cancel_fd(self, IoCtx* io, int fd) except -1
     cdef int submit_cancel_op(self, IoCtx* io, IoCtx* target) except -1
+    cdef int abort_by_close(self, IoCtx* recv) except -1    # 1: closed, recv completes aborted
     cdef int submit_post(self, IoCtx* io) except -1
     cdef int flush(self) except -1
     cdef int wait(self, Event* out, int maxev, long timeout_ms) noexcept nogil

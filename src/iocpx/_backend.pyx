@@ -122,6 +122,14 @@ cdef class Backend:
         raise NotImplementedError
     cdef int submit_cancel_op(self, IoCtx* io, IoCtx* target) except -1:
         raise NotImplementedError
+    cdef int abort_by_close(self, IoCtx* recv) except -1:
+        """Close the socket of a connection whose only operation in flight is
+        the receive `recv`, where closing a socket ends its operations (they
+        complete, aborted) and costs less than cancelling them. 1 if the
+        socket is closed (the engine must not close it again), 0 if not: the
+        engine cancels as usual. Only iocp does it; elsewhere closing a
+        descriptor does not end an io_uring operation, so: 0."""
+        return 0
     cdef int submit_post(self, IoCtx* io) except -1:
         raise NotImplementedError
     cdef int flush(self) except -1:

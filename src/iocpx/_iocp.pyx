@@ -13,8 +13,9 @@ called directly (declarations in _winsock.pxd).
     io.addr) when it completes. A first-data accept whose client connected
     but sends nothing is cancelled after the listener's first_data_timeout
     (io.aux.silent_ms; SO_CONNECT_TIME, checked from the wait loop every
-    second) and completes with -ETIMEDOUT; accept_silent() counts such slots
-    for the engine's guard (engine/firstdata.pxi);
+    second) and completes with -ETIMEDOUT; accept_silent() counts the slots
+    that held a connected client without data at two calls in a row, for the
+    engine's guard (engine/firstdata.pxi);
   * receives: a zero-byte WSARecv, then a non-blocking recv() of up to the
     buffer size when it completes, so an idle connection pins no buffer. Each
     completion is final (no EV_MORE): the engine posts the next receive after
@@ -67,12 +68,18 @@ cdef extern from *:
     static GUID iocpx_WSAID_GETACCEPTEXSOCKADDRS = WSAID_GETACCEPTEXSOCKADDRS;
     static GUID iocpx_WSAID_TRANSMITFILE = WSAID_TRANSMITFILE;
     #define iocpx_sock_handle(s) ((HANDLE)(SOCKET)(s))
+    /* A finished receive is claimed once: by the read after it, or by
+       abort_by_close() (1 if the caller won it). */
+    static inline int iocpx_claim(int32_t* claim, int32_t who) {
+        return InterlockedCompareExchange((volatile LONG*)claim, who, 0) == 0;
+    }
     """
     GUID iocpx_WSAID_ACCEPTEX
     GUID iocpx_WSAID_CONNECTEX
     GUID iocpx_WSAID_GETACCEPTEXSOCKADDRS
     GUID iocpx_WSAID_TRANSMITFILE
     HANDLE iocpx_sock_handle(SOCKET s) nogil
+    int iocpx_claim(int32_t* claim, int32_t who) nogil
 
 cdef enum:
     KEY_IO = 1              # a socket's own operations
@@ -84,6 +91,8 @@ cdef enum:
     SCAN_MS = 1000          # how often the leader checks first-data accepts
     WINERR_TAG = 0x20000000 # Event.res = -(WINERR_TAG | code): a Windows code without errno
     DG_POSTED = 8           # WSARecvFrom kept posted per datagram endpoint (iocp/datagram.pxi)
+    CLAIM_READ = 1          # io.aux.claim of an OP_RECV: the read after it ran (or runs)
+    CLAIM_CLOSED = 2        # abort_by_close() closed the socket first
 
 import weakref as _weakref
 _live = _weakref.WeakSet()      # every IocpBackend alive (diagnostics, tests)
@@ -107,6 +116,7 @@ cdef struct AcceptState:
     uint32_t rcvlen         # first data wanted this time: AcceptEx receive length (0: none)
     uint32_t got            # bytes AcceptEx received with the connection
     uint8_t stale           # cancelled by us: the client stayed silent too long
+    uint8_t seen            # the guard's last count saw a client connected here
     uint32_t limit_s        # seconds a connected client may stay silent (0: no limit)
     uint8_t listed          # linked in the backend's pending first-data list
     IoCtx* io               # back pointer (for CancelIoEx from the scan)
@@ -258,6 +268,7 @@ cdef class IocpBackend(Backend):
         wb.len = 0
         wb.buf = NULL
         memset(&io.ovl, 0, sizeof(OVERLAPPED))
+        io.aux.claim = 0
         cdef int r = WSARecv(<SOCKET>io.fd, &wb, 1, &got, &flags, <OVERLAPPED*>&io.ovl, NULL)
         if r != 0:
             err = WSAGetLastError()
@@ -359,6 +370,23 @@ cdef class IocpBackend(Backend):
         CancelIoEx(iocpx_sock_handle(<SOCKET>target.fd), <OVERLAPPED*>&target.ovl)
         return self._post(io, 0)
 
+    cdef int abort_by_close(self, IoCtx* recv) except -1:
+        """Closing a socket ends its pending operations: each completes with
+        ERROR_OPERATION_ABORTED (closesocket's documented behaviour), at the
+        cost of one call, where CancelIoEx plus the cancel's own packet cost
+        two and, under Wine, CancelIoEx walks every pending operation of the
+        process (thousands of silent clients expiring made that the
+        bottleneck). The socket may only be closed while nobody reads from it:
+        a zero-byte receive that has completed is followed by a recv() on its
+        socket (in _finish, on the leader's thread), so whichever comes first
+        claims the receive, and a receive already claimed for the read is
+        left to the usual cancel (return 0)."""
+        self._check_open()
+        if not iocpx_claim(&recv.aux.claim, CLAIM_CLOSED):
+            return 0
+        closesocket(<SOCKET>recv.fd)
+        return 1
+
     cdef int flush(self) except -1:
         return 0        # every submit is already a system call
 
@@ -378,6 +406,9 @@ cdef class IocpBackend(Backend):
         elif op == OP_RECV:
             if not ok:
                 ev.res = win_errno(err)
+                return
+            if not iocpx_claim(&io.aux.claim, CLAIM_READ):
+                ev.res = -E_CANCELED            # abort_by_close() closed the socket
                 return
             r = recv_heap(io.fd, self.sizes[io.group] if io.group < self.ngroups else 4096, &ev.data)
             if r > 0:

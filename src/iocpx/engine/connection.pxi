@@ -255,6 +255,14 @@ cdef class Connection:
                 # by op, not by socket: io_uring looks an op up by its address in
                 # O(1) but walks every pending op for a socket (thousands of
                 # silent clients timing out together made that a stall)
+                if self.recv_io != NULL and self.inflight == 1 and not fd_lost(self.close_exc) \
+                        and self.eng.be.abort_by_close(self.recv_io):
+                    # the receive was all there was, and this backend ends it by
+                    # closing the socket (iocp): one call; the socket is gone
+                    self.fd = -1
+                    self.recv_cancel = self.recv_io
+                    self.recv_io = NULL
+                    return
                 if self.recv_io != NULL:
                     self._cancel(self.recv_io)
                     self.recv_cancel = self.recv_io

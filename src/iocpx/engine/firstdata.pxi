@@ -9,9 +9,11 @@
 #    the completion carries them (accept_data). A client that connects and
 #    says nothing holds such a slot, so the backend cancels a slot whose
 #    client stays silent for first_data_timeout (SO_CONNECT_TIME), and the
-#    guard below counts silent slots every GUARD_S: if any, new slots are
-#    posted without a receive buffer for a while (plain mode), plus one extra
-#    slot per silent one, so silent clients can never use up the accepts.
+#    guard below checks the slots every GUARD_MS: a slot that held a connected
+#    client without data at two checks in a row holds a silent one. If any,
+#    new slots are posted without a receive buffer for a while (plain mode),
+#    plus one extra slot per silent one, so silent clients can never use up
+#    the accepts.
 #  * Everywhere else (and in plain mode) the accept completes on connect; the
 #    connection waits, unseen, in the listener's silent list for its first
 #    receive, and is closed unseen when first_data_timeout passes first.
@@ -21,9 +23,13 @@
 # sending surfaces as on_accept(conn, b"") followed by on_close(conn, None).
 
 cdef enum:
-    GUARD_MS = 1000         # how often silent AcceptEx slots are counted (SO_CONNECT_TIME is in s)
-    EXPIRE_BATCH = 64       # silent connections closed per timer run
+    GUARD_MS = 100          # how often AcceptEx slots are checked for silent clients
+    EXPIRE_BATCH = 64       # silent connections closed per timer run at most
+    EXPIRE_SHARE = 4        # ... and the runs take at most 1/EXPIRE_SHARE of the time,
+    EXPIRE_BEHIND_SHARE = 2 # or 1/EXPIRE_BEHIND_SHARE once they are EXPIRE_BEHIND_S late
     PLAIN_MIN_S = 10        # plain mode lasts at least this long after a silent slot was seen
+
+cdef double EXPIRE_BEHIND_S = 2.0
 
 
 cdef int listener_arm(Listener lst) except -1:
@@ -216,24 +222,33 @@ cdef void silent_remove(Connection c) noexcept:
     Py_DECREF(c)
 
 
-cdef void _silent_schedule(Listener lst) noexcept:
+cdef void _silent_schedule(Listener lst, double not_before=0.0) noexcept:
     if lst.silent_head == NULL or lst.eng.state != E_RUNNING:
         return
     try:
-        lst.silent_timer = internal_timer_at(lst.eng, (<Connection>lst.silent_head).silent.deadline,
-                                             silent_expire, lst)
+        lst.silent_timer = internal_timer_at(
+            lst.eng, max((<Connection>lst.silent_head).silent.deadline, not_before),
+            silent_expire, lst)
     except BaseException:
         log.exception("iocpx: could not schedule the first-data timeout")
 
 
 def silent_expire(Listener lst):
-    """Close, unseen, the connections whose first data did not come in time:
-    EXPIRE_BATCH at a time, so that thousands expiring together (a burst of
-    silent clients) never hold up the other connections' events."""
+    """Close, unseen, the connections whose first data did not come in time.
+    Closing them is the engine's least urgent work: a run closes EXPIRE_BATCH
+    at most, and the next run waits (EXPIRE_SHARE - 1) times as long as this
+    one took, so that thousands expiring together (a burst of silent clients)
+    take at most a quarter of the time and never hold up the accepts and the
+    other connections' events; where closing is slow, as under Wine, that
+    matters. Once the oldest is EXPIRE_BEHIND_S late, they get half of the
+    time, so that a steady stream of silent clients cannot pile up."""
     cdef Connection c
     cdef int n = 0
     lst.silent_timer = None
     now = time.monotonic()
+    cdef int share = EXPIRE_SHARE
+    if lst.silent_head != NULL and now - (<Connection>lst.silent_head).silent.deadline > EXPIRE_BEHIND_S:
+        share = EXPIRE_BEHIND_SHARE
     while lst.silent_head != NULL and n < EXPIRE_BATCH:
         c = <Connection>lst.silent_head
         if c.silent.deadline > now:
@@ -244,7 +259,8 @@ def silent_expire(Listener lst):
             lst.eng.n_first_data_timeouts += 1
             c._abort(TimeoutError(_errno.ETIMEDOUT,
                                   f"no data within first_data_timeout ({lst.first_data_timeout:g} s)"))
-    _silent_schedule(lst)
+    done = time.monotonic()
+    _silent_schedule(lst, done + (done - now) * (share - 1))
 
 
 # ---- AcceptEx slots held by silent clients (backends with accept_with_data)

@@ -32,6 +32,7 @@ cdef int accept_submit(IocpBackend be, IoCtx* io) except -1:
     st.listen = <SOCKET>io.fd
     st.rcvlen = rcvlen
     st.stale = 0
+    st.seen = 0
     st.got = 0
     # io.aux.silent_ms: the listener's first_data_timeout (0: none), in whole
     # seconds as SO_CONNECT_TIME counts them
@@ -159,8 +160,11 @@ cdef void accept_scan(IocpBackend be) noexcept nogil:
 
 
 cdef int accept_count_silent(IocpBackend be, int listen_fd) except -1:
-    """Pending first-data AcceptEx slots on listen_fd whose client has been
-    connected for a second or more without sending (SO_CONNECT_TIME)."""
+    """Pending first-data AcceptEx slots on listen_fd that held a connected
+    client at the previous call too and still have no data from it: silent
+    for at least the time between two calls (the engine's guard period).
+    SO_CONNECT_TIME counts whole seconds (-1 while nobody is connected), too
+    coarse to wait for; seeing a slot connected twice is not."""
     cdef AcceptState* st
     cdef DWORD secs
     cdef int slen, k = 0
@@ -172,8 +176,10 @@ cdef int accept_count_silent(IocpBackend be, int listen_fd) except -1:
                 secs = <DWORD>0xFFFFFFFF
                 slen = sizeof(secs)
                 if getsockopt(st.sock, SOL_SOCKET, SO_CONNECT_TIME, <char*>&secs, &slen) == 0 \
-                        and secs != <DWORD>0xFFFFFFFF and secs >= 1:
-                    k += 1
+                        and secs != <DWORD>0xFFFFFFFF:
+                    if st.seen:
+                        k += 1
+                    st.seen = 1
             st = st.next
         iocpx_mutex_unlock(&be.mu)
     return k
