@@ -10,6 +10,7 @@ they should be gone by then). Servers:
   - iocpx, default options, first_data=True (the echo arrives with the accept), and
     first_data_timeout=--first-data-timeout (default 10 s) if this iocpx's listen() takes it
     (detected with try/except TypeError; the report says which);
+  - the same on the epoll backend (the fallback where io_uring is unavailable);
   - iocpx, default options, first_data=False (every connection surfaced at once);
   - uvloop (no first-data accept: it accepts and serves at once).
 The servers are bench/servers.py (echo), pinned to CPU 0. "Held" = the server's socket
@@ -58,6 +59,9 @@ RESULTS_DIR = os.path.join(H.BENCH_DIR, "results")
 SERVERS = {   # id -> (label, servers.py arguments after KIND PORT)
     "iocpx-first-data": ("iocpx first_data=True (default options)", "iocpx",
                          ["--workers", "0", "--first-data", "--backlog", "4096"]),
+    "iocpx-first-data-epoll": ("iocpx first_data=True, epoll backend", "iocpx",
+                               ["--workers", "0", "--first-data", "--backlog", "4096",
+                                "--backend", "epoll"]),
     "iocpx-no-first-data": ("iocpx first_data=False (default options)", "iocpx",
                             ["--workers", "0", "--backlog", "4096"]),
     "uvloop": ("uvloop", "uvloop", ["--backlog", "4096"]),
@@ -76,7 +80,9 @@ def holder(host, port, max_silent):
     """Commands on stdin, one reply line each on stdout:
         OPEN N   open silent connections until N are established -> "OK <established> <s>"
         RATE R   from now on open R new ones per second (0: stop)  -> "OK <established>"
-        COUNT                     -> "COUNT <established> <closed by the server> <failed>"
+        COUNT                     -> "COUNT <established> <closed by the server> <failed>
+                                      <lifetime p50> <p99> <max>" (seconds from established
+                                      to closed by the server, of those closed; -1: none)
         EXIT     reset every connection and exit
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -85,6 +91,7 @@ def holder(host, port, max_silent):
     sel = selectors.DefaultSelector()
     sel.register(sys.stdin.fileno(), selectors.EVENT_READ, "stdin")
     connecting, established = set(), set()
+    born, lifetimes = {}, []
     state = {"closed": 0, "failed": 0, "opened": 0, "rate": 0.0, "due": 0.0}
     target = [0]
     inbuf = b""
@@ -118,6 +125,7 @@ def holder(host, port, max_silent):
                 s.close()
                 return
             established.add(s)
+            born[s] = time.monotonic()
             sel.modify(s, selectors.EVENT_READ, "conn")   # readable = the server closed it
             return
         try:
@@ -126,6 +134,7 @@ def holder(host, port, max_silent):
             data = b""
         if not data:
             state["closed"] += 1
+            lifetimes.append(time.monotonic() - born.pop(s))
             established.discard(s)
             sel.unregister(s)
             s.close()
@@ -171,7 +180,10 @@ def holder(host, port, max_silent):
                         target[0] = 0           # no top-up: only the arrivals from now on
                         reply(f"OK {len(established)}")
                     elif cmd[0] == "COUNT":
-                        reply(f"COUNT {len(established)} {state['closed']} {state['failed']}")
+                        life = sorted(lifetimes) or [-1.0]
+                        reply(f"COUNT {len(established)} {state['closed']} {state['failed']} "
+                              f"{life[len(life) // 2]:.2f} {life[int(0.99 * (len(life) - 1))]:.2f} "
+                              f"{life[-1]:.2f}")
                     elif cmd[0] == "EXIT":
                         running = False
             else:
@@ -245,6 +257,13 @@ def iocpx_stats(proc):
             return json.loads(line[6:])
 
 
+def lifetime_text(life):
+    """The holder's p50 / p99 / max seconds from established to closed by the server."""
+    if not life or life[0] < 0:
+        return "-"
+    return " / ".join(f"{x:.2f}" for x in life)
+
+
 def holder_cmd(hold, line, timeout):
     hold.stdin.write((line + "\n").encode())
     hold.stdin.flush()
@@ -268,7 +287,7 @@ def held(srv, kind, baseline):
 def run_server(sid, a):
     label, kind, sargs = SERVERS[sid]
     sargs = list(sargs)
-    if sid == "iocpx-first-data" and a.first_data_timeout is not None:
+    if sid.startswith("iocpx-first-data") and a.first_data_timeout is not None:
         sargs += ["--first-data-timeout", str(a.first_data_timeout)]
     res = {"id": sid, "label": label}
     log_path = os.path.join(H.BUILD_DIR, f"server-silent-{sid}.log")
@@ -340,9 +359,10 @@ def run_server(sid, a):
         res["held_after"] = held(srv, kind, baseline)
         line = holder_cmd(hold, "COUNT", 10) or ""
         parts = line.split()
-        if len(parts) == 4:
+        if len(parts) == 7:
             res["client_after"] = {"established": int(parts[1]),
-                                   "closed_by_server": int(parts[2]), "failed": int(parts[3])}
+                                   "closed_by_server": int(parts[2]), "failed": int(parts[3]),
+                                   "lifetime_s": [float(x) for x in parts[4:7]]}
         log(f"  after {a.hold_after:g} s: held {res['held_after']}, client {line}")
         if srv.poll() is not None:
             res["error"] = f"server exited (status {srv.returncode}): {H.tail(log_path)}"
@@ -367,8 +387,9 @@ def render(meta, results, a):
     out.append(f"- command: `{meta['command']}` ({meta.get('elapsed_min', 0):.1f} min)")
     out += ["", "| server | options | silent open | legit p50 ms | p99 ms | max ms | timeouts "
             "| server CPU s (probe phase) | held when arrivals stop "
-            f"| **held {a.hold_after:g} s after the last** | closed by the server |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|"]
+            f"| **held {a.hold_after:g} s after the last** | closed by the server "
+            "| after s (p50 / p99 / max) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---|"]
     notes = []
 
     def held_text(h):
@@ -383,7 +404,7 @@ def render(meta, results, a):
 
     for r in results:
         if "error" in r and "probes" not in r:
-            out.append(H.error_row([r["label"]], r["error"], 11))
+            out.append(H.error_row([r["label"]], r["error"], 12))
             notes.append(f"{r['label']}: {r['error']}")
             continue
         ca = r.get("client_after", {})
@@ -392,7 +413,8 @@ def render(meta, results, a):
                    f"| {H.fmt(r.get('max_ms'), '.1f')} | {r.get('timeouts', 0)} "
                    f"| {H.fmt(r.get('server_cpu_s'), '.2f')} | {held_text(r.get('held_at_stop'))} "
                    f"| **{held_text(r.get('held_after'))}** "
-                   f"| {H.fmt(ca.get('closed_by_server'), ',')} |")
+                   f"| {H.fmt(ca.get('closed_by_server'), ',')} "
+                   f"| {lifetime_text(ca.get('lifetime_s'))} |")
         if r.get("error"):
             notes.append(f"{r['label']}: {r['error']}")
         slow = sorted(r.get("probe_timeline", []), key=lambda x: -x[1])[:3]
@@ -410,7 +432,8 @@ def render(meta, results, a):
     out += [""] + H.notes_section(meta, notes)
     out += ["Legit wait = from the legit client's connect() to its 5-byte echo (a timeout "
             "counts at the timeout); closed by the server = silent connections the holder saw "
-            "closed or reset by the server by the end."]
+            "closed or reset by the server by the end, and how long after it was established "
+            "(for first_data=True: first_data_timeout plus the engine's lateness)."]
     return "\n".join(out) + "\n"
 
 
