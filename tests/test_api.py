@@ -265,3 +265,28 @@ def test_reuse_port_and_local_address(engine):
     assert peers and peers[0][0] == "127.0.0.7"
     with pytest.raises(ValueError):
         engine.connect(a.address, local_address=("::1", 0))
+
+
+def test_addresses_after_on_close(engine):
+    """Once on_close has run the socket is gone: conn.local (never asked
+    before) raises ConnectionClosedError, a clear error instead of the
+    system's EBADF/WSAENOTSOCK; the peer an accept recorded stays readable."""
+    got = {}
+    done = threading.Event()
+
+    def on_close(conn, exc):
+        try:
+            got["local"] = conn.local
+        except iocpx.ConnectionClosedError as e:
+            got["local"] = e
+        got["peer"] = conn.peer
+        done.set()
+
+    lst = engine.listen(("127.0.0.1", 0), first_data=True, on_accept=lambda c, d: c.close(),
+                        on_close=on_close)
+    s = socket.create_connection(lst.address, timeout=10)
+    s.sendall(b"hi")
+    assert done.wait(10)
+    assert isinstance(got["local"], iocpx.ConnectionClosedError), got
+    assert got["peer"] == s.getsockname()
+    s.close()

@@ -256,9 +256,11 @@ cdef class Connection:
                 # O(1) but walks every pending op for a socket (thousands of
                 # silent clients timing out together made that a stall)
                 if self.recv_io != NULL and self.inflight == 1 and not fd_lost(self.close_exc) \
-                        and self.eng.be.abort_by_close(self.recv_io):
+                        and not self.surfaced and self.eng.be.abort_by_close(self.recv_io):
                     # the receive was all there was, and this backend ends it by
-                    # closing the socket (iocp): one call; the socket is gone
+                    # closing the socket (iocp): one call. The socket is gone at
+                    # once, so only for connections the application never saw
+                    # (silent first-data clients timing out, above all)
                     self.fd = -1
                     self.recv_cancel = self.recv_io
                     self.recv_io = NULL
@@ -438,7 +440,7 @@ cdef class Connection:
             if self.have_peer:
                 self._peer = _addr_tuple(&self.peer_addr)     # None: not inet (Unix)
             if self._peer is None:
-                if self.lingering:
+                if self.lingering or self.fd < 0:
                     raise _closed_error("connection")
                 self._peer = sock_address(self.eng.be, self.fd, 1)
         return self._peer
@@ -447,7 +449,7 @@ cdef class Connection:
     def local(self):
         """The local (host, port); on a Unix socket its path ("" unnamed)."""
         if self._local is None:
-            if self.lingering:
+            if self.lingering or self.fd < 0:
                 raise _closed_error("connection")
             self._local = sock_address(self.eng.be, self.fd, 0)
         return self._local
