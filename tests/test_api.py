@@ -1,7 +1,9 @@
 """Outbound connections, Server, stats, and what misuse of the API gets."""
 import os
 import socket
+import sys
 import threading
+import time
 
 import pytest
 
@@ -289,4 +291,51 @@ def test_addresses_after_on_close(engine):
     assert done.wait(10)
     assert isinstance(got["local"], iocpx.ConnectionClosedError), got
     assert got["peer"] == s.getsockname()
+    s.close()
+
+
+def _nodelay_of(conn):
+    """TCP_NODELAY of the server's socket for conn, found among this
+    process's descriptors by its two addresses (Linux: /proc/self/fd)."""
+    want = (conn.local, conn.peer)
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            s = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue
+        try:
+            if s.type == socket.SOCK_STREAM and (s.getsockname(), s.getpeername()) == want:
+                return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        except OSError:
+            pass
+        finally:
+            s.close()
+    raise AssertionError(f"no socket {want} in this process")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="finds the server's socket through Linux's /proc/self/fd; Windows "
+                           "has no way to list a process's sockets from Python")
+@pytest.mark.parametrize("first_data", [True, False], ids=["first-data", "plain"])
+@pytest.mark.parametrize("nodelay", [True, False], ids=["nodelay", "nagle"])
+def test_accepted_connections_get_nodelay_as_asked(engine, first_data, nodelay):
+    """nodelay=True (the default) is on by the time on_accept runs, also for
+    a first-data connection, which gets it only once its data came."""
+    got = []
+    done = threading.Event()
+
+    def on_accept(conn, data):
+        got.append(_nodelay_of(conn))
+        done.set()
+
+    lst = engine.listen(("127.0.0.1", 0), first_data=first_data, on_accept=on_accept,
+                        nodelay=nodelay)
+    s = socket.create_connection(lst.address, timeout=10)
+    if first_data:
+        time.sleep(0.2)                 # it waits unseen first
+        s.sendall(b"hi")
+    assert done.wait(10)
+    assert got == [nodelay]
     s.close()

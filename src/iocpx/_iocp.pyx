@@ -192,13 +192,16 @@ cdef class IocpBackend(Backend):
             raise win_error(WSAGetLastError(), "ioctlsocket(FIONBIO)")
         return 0
 
-    cdef SOCKET _new_socket(self, int family) except? 0:
+    cdef SOCKET _new_socket(self, int family, bint nonblock=True) except? 0:
+        """A stream socket joined to the port; non-blocking unless told not to
+        (an AcceptEx socket: accept_finish sets the mode once it is connected,
+        after SO_UPDATE_ACCEPT_CONTEXT, so setting it here too costs a call)."""
         cdef SOCKET s = WSASocketW(family, SOCK_STREAM, IPPROTO_TCP if family != AF_UNIX else 0,
                                    NULL, 0, WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT)
         if s == INVALID_SOCKET:
             raise win_error(WSAGetLastError(), "WSASocketW")
         try:
-            self._associate(s, True)
+            self._associate(s, nonblock)
         except BaseException:
             closesocket(s)
             raise

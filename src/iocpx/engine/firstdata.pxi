@@ -136,6 +136,7 @@ cdef int conn_start_accepted(Connection c, Listener lst, object data) except -1:
     held back (running=1) until on_accept has run or it waits for first data.
     data: the first bytes if the backend received them with the accept."""
     cdef Engine eng = c.eng
+    cdef bint waits
     c.on_accept = lst.on_accept
     c.on_recv = lst.on_recv
     c.on_close = lst.on_close
@@ -149,7 +150,8 @@ cdef int conn_start_accepted(Connection c, Listener lst, object data) except -1:
     c.sched.running = 1
     iocpx_mutex_unlock(&eng.mu)
     try:
-        if c.nodelay:
+        waits = lst.ssl_ctx is None and lst.first_data and data is None   # for its first data
+        if c.nodelay and not waits:     # (one that waits for first data: when it surfaces)
             iocpx_sock_nodelay(c.fd, 1)
         try:
             conn_start_recv(c)
@@ -157,7 +159,7 @@ cdef int conn_start_accepted(Connection c, Listener lst, object data) except -1:
             c._abort(e)
         if lst.ssl_ctx is not None:
             tls_accepted(c, lst, data)  # surfaces after the handshake
-        elif not lst.first_data or data is not None:
+        elif not waits:
             conn_surface(c, data if data is not None else b"")
         else:
             c.first_pending = 1
@@ -169,6 +171,8 @@ cdef int conn_start_accepted(Connection c, Listener lst, object data) except -1:
 
 cdef void conn_surface(Connection c, object data) noexcept:
     """Hand the connection to the application: on_accept(conn, data)."""
+    if c.first_pending and c.nodelay and c.tls is None and c.fd >= 0:
+        iocpx_sock_nodelay(c.fd, 1)     # not set while it waited: silent ones never need it
     c.first_pending = 0
     c.surfaced = 1
     if c.silent is not None:

@@ -42,7 +42,7 @@ cdef int accept_submit(IocpBackend be, IoCtx* io) except -1:
     cdef Event ev
     if st.sock == INVALID_SOCKET:
         try:
-            st.sock = be._new_socket(st.family)
+            st.sock = be._new_socket(st.family, False)     # non-blocking once accepted
         except OSError as e:
             # Out of sockets: complete the accept with the error instead of
             # losing the slot, so the engine backs off and re-arms it.
