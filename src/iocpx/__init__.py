@@ -18,6 +18,7 @@ from iocpx._core import (
 )
 from iocpx._backend import live_io
 from iocpx._server import Server
+from iocpx._loop import EventLoop, EventLoopPolicy, new_event_loop, run
 
 __all__ = [
     "CompletionPort",
@@ -25,6 +26,8 @@ __all__ = [
     "ConnectionClosedError",
     "Endpoint",
     "Engine",
+    "EventLoop",
+    "EventLoopPolicy",
     "Listener",
     "SendBufferFull",
     "Server",
@@ -32,5 +35,7 @@ __all__ = [
     "available_backends",
     "default_backend",
     "live_io",
+    "new_event_loop",
+    "run",
 ]
 __version__ = "0.1.0"

@@ -22,6 +22,15 @@ cpdef enum OpType:
                         # backend has it); each datagram's event is read through dgram_view()
     OP_SENDTO = 10      # one datagram of io.len bytes at io.buf to io.addr (io.addrlen 0:
                         # the connected peer); res is the bytes sent or -errno
+    OP_POLL = 11        # readiness of io.fd for the PL_* events in io.len, once (one-shot);
+                        # res is the PL_* events that happened, or -errno
+
+# OP_POLL event bits, backend-neutral (the values of Linux's POLLIN/POLLOUT/POLLERR/POLLHUP).
+cdef enum:
+    PL_IN = 0x001
+    PL_OUT = 0x004
+    PL_ERR = 0x008
+    PL_HUP = 0x010
 
 # Event.flags bits, backend-neutral. io_uring passes its cqe flags through
 # unchanged, so _io_uring.pyx checks at compile time that these equal
@@ -215,12 +224,15 @@ cdef class Backend:
     cdef int submit_cancel_op(self, IoCtx* io, IoCtx* target) except -1
     cdef int abort_by_close(self, IoCtx* recv) except -1    # 1: closed, recv completes aborted
     cdef int submit_post(self, IoCtx* io) except -1
+    cdef int submit_poll(self, IoCtx* io) except -1     # OP_POLL on io.fd, any descriptor the backend can poll
     cdef int flush(self) except -1
     cdef int wait(self, Event* out, int maxev, long timeout_ms) noexcept nogil
     cdef int buffer_group(self, uint32_t size) except -1
     cdef object recv_bytes(self, Event* ev)
     cdef Py_ssize_t recv_copy(self, Event* ev, char* dst) except -1   # copy ev's data to dst, give the buffer back
     cdef void recv_consumed(self, Event* ev) noexcept   # hook: a heap receive buffer was consumed
+    cdef void recv_release(self, Event* ev) noexcept    # give a receive event's buffer back uncopied
+                                                        # (its ev.res bytes at ev.data were read in place)
     cdef object accept_data(self, Event* ev)    # first data an accept carried (AcceptEx), or None
     cdef int accept_silent(self, int listen_fd) except -1   # pending first-data accepts holding a silent client
     cdef object error(self, int err, str what)  # the OSError for a backend error code

@@ -132,6 +132,8 @@ cdef class Backend:
         return 0
     cdef int submit_post(self, IoCtx* io) except -1:
         raise NotImplementedError
+    cdef int submit_poll(self, IoCtx* io) except -1:
+        raise OSError(E_NOSYS, f"the {self.name} backend cannot poll a descriptor for readiness")
     cdef int flush(self) except -1:
         raise NotImplementedError
     cdef int wait(self, Event* out, int maxev, long timeout_ms) noexcept nogil:
@@ -178,6 +180,16 @@ cdef class Backend:
     cdef void recv_consumed(self, Event* ev) noexcept:
         pass
 
+    cdef void recv_release(self, Event* ev) noexcept:
+        """The caller read the event's bytes in place (ev.data, ev.res
+        bytes; an asyncio BufferedProtocol's buffer got them): give the
+        buffer back as recv_bytes would."""
+        if ev.data == NULL:
+            return
+        free(ev.data)
+        ev.data = NULL
+        self.recv_consumed(ev)
+
     cdef object accept_data(self, Event* ev):
         return None
 
@@ -209,3 +221,73 @@ cdef class Backend:
 
     cdef void release(self) noexcept:
         pass
+
+
+# ---- asyncio's transport classes, in a form Cython classes can extend ------
+#
+# The asyncio loop's transports (_core's loop/stream.pxi) are Cython classes
+# and real asyncio transport instances. Cython can extend a type from another
+# module given its layout, but asyncio's transport classes are heap types
+# whose deallocator (subtype_dealloc) cannot sit under a static type's. So
+# this module makes a heap type over each asyncio class the loop needs, with
+# the same layout (the __slots__ of asyncio's classes, all object pointers)
+# and a deallocator, traverse and clear of its own; _core's classes extend them.
+#   TransportBase: asyncio.transports._FlowControlMixin (a Transport), whose
+#     isinstance check loop.sendfile()'s fallback makes; 5 slots
+#   DatagramTransportBase: asyncio.DatagramTransport; 1 slot
+
+cdef extern from *:
+    """
+    #define IOCPX_SHIM(N)                                                           \
+    typedef struct { PyObject_HEAD PyObject *slot[N]; } iocpx_shim##N##_obj;        \
+    static void iocpx_shim##N##_dealloc(PyObject *o) {                              \
+        PyTypeObject *tp = Py_TYPE(o);                                              \
+        int i;                                                                      \
+        PyObject_GC_UnTrack(o);                                                     \
+        for (i = 0; i < N; i++) Py_CLEAR(((iocpx_shim##N##_obj*)o)->slot[i]);      \
+        ((freefunc)PyType_GetSlot(tp, Py_tp_free))(o);                              \
+        if (PyType_GetFlags(tp) & Py_TPFLAGS_HEAPTYPE) Py_DECREF(tp);               \
+    }                                                                               \
+    static int iocpx_shim##N##_traverse(PyObject *o, visitproc visit, void *arg) {  \
+        int i;                                                                      \
+        for (i = 0; i < N; i++) Py_VISIT(((iocpx_shim##N##_obj*)o)->slot[i]);      \
+        if (PyType_GetFlags(Py_TYPE(o)) & Py_TPFLAGS_HEAPTYPE) Py_VISIT((PyObject*)Py_TYPE(o)); \
+        return 0;                                                                   \
+    }                                                                               \
+    static int iocpx_shim##N##_clear(PyObject *o) {                                 \
+        int i;                                                                      \
+        for (i = 0; i < N; i++) Py_CLEAR(((iocpx_shim##N##_obj*)o)->slot[i]);      \
+        return 0;                                                                   \
+    }                                                                               \
+    static PyType_Slot iocpx_shim##N##_slots[] = {                                  \
+        {Py_tp_dealloc, (void*)iocpx_shim##N##_dealloc},                            \
+        {Py_tp_traverse, (void*)iocpx_shim##N##_traverse},                          \
+        {Py_tp_clear, (void*)iocpx_shim##N##_clear},                                \
+        {0, 0},                                                                     \
+    };
+    IOCPX_SHIM(1)
+    IOCPX_SHIM(5)
+    static PyObject *iocpx_shim_type(const char *name, PyObject *bases, int nslots) {
+        PyType_Spec spec = {name, 0, 0,
+                            Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, NULL};
+        if (nslots == 1) { spec.basicsize = (int)sizeof(iocpx_shim1_obj); spec.slots = iocpx_shim1_slots; }
+        else if (nslots == 5) { spec.basicsize = (int)sizeof(iocpx_shim5_obj); spec.slots = iocpx_shim5_slots; }
+        else { PyErr_SetString(PyExc_SystemError, "iocpx: no shim for that many slots"); return NULL; }
+        return PyType_FromSpecWithBases(&spec, bases);
+    }
+    """
+    object iocpx_shim_type(const char* name, object bases, int nslots)
+
+import asyncio as _asyncio
+from asyncio import transports as _aio_transports
+
+
+cdef object _shim(bytes name, object base, int nslots):
+    if base.__basicsize__ != object.__basicsize__ + nslots * sizeof(void*):
+        raise ImportError(f"asyncio's {base.__name__} does not have the layout iocpx knows "
+                          f"({nslots} slots)")
+    return iocpx_shim_type(name, (base,), nslots)
+
+
+TransportBase = _shim(b"iocpx._backend.TransportBase", _aio_transports._FlowControlMixin, 5)
+DatagramTransportBase = _shim(b"iocpx._backend.DatagramTransportBase", _asyncio.DatagramTransport, 1)

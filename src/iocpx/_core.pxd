@@ -58,6 +58,7 @@ cdef class Engine:
     cdef int64_t n_dg_in, n_dg_out, n_dg_dropped    # datagrams (engine/datagram.pxi)
 
     cdef int64_t n_tls_handshakes, n_tls_timeouts, n_tls_errors     # engine/tls.pxi
+    cdef object loop                # the LoopCore whose thread runs this engine (loop/), or None
 
     cdef int _close_all(self) except -1
     cdef int _check_open(self) except -1
@@ -107,6 +108,7 @@ cdef class Listener:
     cdef double plain_until         # until then, accepts are posted without a receive buffer
     cdef object guard_timer         # the periodic check of silent AcceptEx slots, or None
     cdef object unix_cleanup        # (path, st_dev, st_ino) of the socket file to remove at close, or None
+    cdef object glue                # the asyncio loop's ServerGlue (loop/server.pxi), or None
 
 
 cdef class FileJob:
@@ -182,6 +184,10 @@ cdef class Connection:
     cdef object _peer, _local
     cdef iocpx_addr_t peer_addr
     cdef TlsState tls               # engine/tls.pxi; None for a plain connection
+    cdef object sink                # the asyncio loop's StreamTransport (loop/stream.pxi), or None:
+                                    # it gets what on_recv/on_close would (strong ref; dropped at the end)
+    cdef object pysock              # a socket.socket sharing fd (asyncio's transport socket), or
+                                    # None; detached before the engine closes fd (conn_release_pysock)
 
     @staticmethod
     cdef Connection _new(Engine eng, int fd, uint16_t group)
@@ -253,3 +259,107 @@ cdef class Endpoint:
     cdef AddrCache* cache           # owned: calloc'd on the first datagram, freed at close
     cdef object sendto_cache        # dict: other addresses sendto was given -> raw sockaddr, or None
     cdef readonly int64_t id
+
+
+# ---- the asyncio event loop (loop/*.pxi; iocpx/_loop.py is its Python half) ----
+
+# asyncio's transport classes as heap types Cython can extend (made in
+# _backend.pyx); their fields are the __slots__ of asyncio's classes, owned
+# by the base type's deallocator.
+cdef extern class iocpx._backend.TransportBase [object iocpx_TransportBase_obj]:
+    cdef PyObject* _slot_extra      # BaseTransport._extra (a dict)
+    cdef PyObject* _slot_flow[4]    # _FlowControlMixin's slots (unused: ours are C fields)
+
+cdef extern class iocpx._backend.DatagramTransportBase [object iocpx_DatagramTransportBase_obj]:
+    cdef PyObject* _slot_extra      # BaseTransport._extra (a dict)
+
+
+cdef class LoopCore       # (forward: Handle and TimerHandle point back at it)
+
+
+cdef class Handle:
+    cdef readonly object _callback
+    cdef readonly object _args
+    cdef object _context
+    cdef LoopCore _loop
+    cdef readonly bint _cancelled
+    cdef object _tb                 # debug mode: where it was made (_source_traceback)
+    cdef object _repr
+    cdef object __weakref__
+    cdef str _describe(self)
+
+
+cdef class TimerHandle(Timer):
+    cdef object _context
+    cdef LoopCore _loop
+    cdef object _tb
+    cdef object _repr
+    cdef str _describe(self)
+
+
+cdef class LoopCore:
+    cdef Engine eng                 # workers=0: this loop's thread is its only worker
+    cdef PyObject** rq              # owned: ring of strong refs to ready callbacks (FIFO)
+    cdef Py_ssize_t rq_head, rq_len, rq_cap
+    cdef public bint _stopping      # BaseEventLoop's fields, kept in C for _run_once
+    cdef public bint _closed
+    cdef public bint _debug
+    cdef public double slow_callback_duration
+    cdef public object _current_handle
+    cdef int sleeping               # the loop waits in the kernel (GIL released)
+    cdef int wake_pending           # a wake-up completion is posted for this wait
+    cdef int closing                # _core_close() runs: no protocol callbacks any more
+    cdef int64_t timers_cancelled   # cancelled TimerHandles still in the engine's heap
+    cdef object pending_exc         # SystemExit/KeyboardInterrupt from a protocol callback
+    cdef Event held[256]            # completions not yet run when pending_exc was raised
+    cdef int held_n
+    cdef object selector            # EngineSelector
+    cdef dict serving               # listening fd -> ServerGlue (loop/server.pxi)
+    cdef TimerHandle _call_at(self, object when, object callback, tuple args, object context)
+
+
+cdef class EngineSelector:
+    cdef LoopCore loop
+    cdef dict keys                  # fd -> selectors.SelectorKey
+    cdef dict regs                  # fd -> PollReg
+    cdef list rearm                 # PollRegs whose poll fired: armed again before the next wait
+    cdef bint closed
+
+
+cdef class PollReg:
+    cdef EngineSelector sel
+    cdef int fd
+    cdef int events                 # selectors.EVENT_* wanted now
+    cdef int armed                  # ... and those of the poll in the kernel
+    cdef IoCtx* io                  # the armed OP_POLL (kernel-owned), or NULL
+    cdef bint closed                # unregistered
+
+
+cdef class StreamTransport(TransportBase):
+    cdef LoopCore loop
+    cdef Connection conn            # None once connection_lost ran
+    cdef object protocol
+    cdef object server              # the asyncio.Server it belongs to, or None
+    cdef object waiter              # future: its result once connection_made ran, or None
+    cdef object empty_waiter        # sendfile: resolved once nothing is queued, or None
+    cdef Py_ssize_t high, low       # write buffer limits
+    cdef int conn_lost_writes
+    cdef bint buffered              # the protocol is a BufferedProtocol
+    cdef bint made                  # connection_made() ran
+    cdef bint closing               # close()/abort()/a fatal error: is_closing()
+    cdef bint lost                  # connection_lost() ran (or the loop closed)
+    cdef bint eof_written           # write_eof() was called
+    cdef bint shut_wr               # ... and the FIN went out
+    cdef bint proto_paused          # pause_writing() was called, resume_writing() not yet
+    cdef bint reading_paused        # pause_reading()
+    cdef object __weakref__
+
+
+cdef class ServerGlue:
+    cdef LoopCore loop
+    cdef Listener listener
+    cdef object protocol_factory
+    cdef object sslcontext
+    cdef object server
+    cdef object handshake_timeout
+    cdef object shutdown_timeout

@@ -19,7 +19,7 @@ slow callback throttles its own peer instead of growing memory.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, ENOENT, EEXIST
+from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, ENOENT, EEXIST, EBADF
 cdef extern from "<errno.h>" nogil:
     int ECANCELED, EWOULDBLOCK, ECONNRESET, ECONNABORTED, EPIPE
 from libc.string cimport memset, memcpy
@@ -80,6 +80,7 @@ cdef struct FdState:
     IoCtx* conn             # armed connect
     IoCtx* acc_head         # queued accepts, linked through aux.next_accept
     IoCtx* acc_tail
+    IoCtx* poll             # armed readiness poll (OP_POLL, one-shot): the loop's add_reader/add_writer
     uint32_t mask           # interest registered with epoll (0: not registered)
     int32_t pending_err     # the connection was made, then reset before the connect
                             # completed here: the next receive reports this errno
@@ -158,17 +159,21 @@ cdef class EpollBackend(Backend):
             self.nfds = n
         return &self.fds[fd]
 
-    cdef void _interest(self, int fd, FdState* st) noexcept nogil:
-        """Register with epoll exactly what the armed ops need."""
+    cdef int _interest(self, int fd, FdState* st) noexcept nogil:
+        """Register with epoll exactly what the armed ops need. 0, or -errno
+        when epoll refuses the descriptor (only OP_POLL, on a descriptor the
+        engine did not make, looks at that: a regular file, a closed one)."""
         cdef uint32_t want = 0
         cdef epoll_event ev
-        cdef int r
+        cdef int r = 0
         if st.acc_head != NULL or (st.recv != NULL and dg_wants(st.recv)):
             want |= EPOLLIN
         if st.send != NULL or st.conn != NULL:
             want |= EPOLLOUT
+        if st.poll != NULL:
+            want |= <uint32_t>st.poll.len & (EPOLLIN | EPOLLOUT)
         if want == st.mask:
-            return
+            return 0
         ev.events = want
         ev.data.u64 = <uint64_t>fd
         if want == 0:
@@ -176,12 +181,17 @@ cdef class EpollBackend(Backend):
         elif st.mask == 0:
             r = epoll_ctl(self.ep, EPOLL_CTL_ADD, fd, &ev)
             if r < 0 and errno == EEXIST:
-                epoll_ctl(self.ep, EPOLL_CTL_MOD, fd, &ev)
+                r = epoll_ctl(self.ep, EPOLL_CTL_MOD, fd, &ev)
         else:
             r = epoll_ctl(self.ep, EPOLL_CTL_MOD, fd, &ev)
             if r < 0 and errno == ENOENT:
-                epoll_ctl(self.ep, EPOLL_CTL_ADD, fd, &ev)
+                r = epoll_ctl(self.ep, EPOLL_CTL_ADD, fd, &ev)
+        if r < 0:
+            r = -errno
+            st.mask = 0 if (st.mask == 0 or errno == ENOENT or errno == EBADF) else st.mask
+            return r
         st.mask = want
+        return 0
 
     cdef int _ready(self, IoCtx* io, int res, uint32_t flags) noexcept nogil:
         """Queue a completion made outside wait(); wakes a sleeping leader."""
@@ -345,6 +355,10 @@ cdef class EpollBackend(Backend):
                 self._ready(st.conn, -ECANCELED, 0)
                 st.conn = NULL
                 n += 1
+            if st.poll != NULL:
+                self._ready(st.poll, -ECANCELED, 0)
+                st.poll = NULL
+                n += 1
             a = st.acc_head
             while a != NULL:
                 nxt = a.aux.next_accept
@@ -374,6 +388,9 @@ cdef class EpollBackend(Backend):
             elif st.conn == target:
                 st.conn = NULL
                 found = 1
+            elif st.poll == target:
+                st.poll = NULL
+                found = 1
             else:
                 a = st.acc_head
                 while a != NULL:
@@ -392,6 +409,23 @@ cdef class EpollBackend(Backend):
                 self._ready(target, -ECANCELED, 0)
                 self._interest(target.fd, st)
         self._ready(io, 0 if found else -ENOENT, 0)
+        iocpx_mutex_unlock(&self.mu)
+        return 0
+
+    cdef int submit_poll(self, IoCtx* io) except -1:
+        """Arm a one-shot readiness poll (the PL_* bits are EPOLLIN/EPOLLOUT).
+        A descriptor epoll refuses completes the op at once with -errno."""
+        cdef FdState* st = self._locked_state(io.fd)
+        cdef int r
+        if st.poll != NULL:
+            iocpx_mutex_unlock(&self.mu)
+            raise OSError(EEXIST, f"descriptor {io.fd} is already polled")
+        st.poll = io
+        r = self._interest(io.fd, st)
+        if r < 0:
+            st.poll = NULL
+            self._interest(io.fd, st)
+            self._ready(io, r, 0)
         iocpx_mutex_unlock(&self.mu)
         return 0
 
@@ -440,6 +474,13 @@ cdef class EpollBackend(Backend):
                 continue
             st = &self.fds[fd]
             e = evs[i].events
+            if st.poll != NULL and e & (<uint32_t>st.poll.len | EPOLLERR | EPOLLHUP):
+                ev_set(&out[n], st.poll, <int>(e & (<uint32_t>st.poll.len | EPOLLERR | EPOLLHUP)), 0, NULL)
+                st.poll = NULL
+                n += 1
+                if n >= maxev:
+                    self._interest(fd, st)
+                    break
             if e & (EPOLLIN | EPOLLERR | EPOLLHUP):
                 if st.acc_head != NULL:
                     n += self._do_accepts(fd, st, out + n, maxev - n)

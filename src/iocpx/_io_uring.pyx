@@ -55,6 +55,10 @@ cdef extern from *:
     /* The engine's Event flags are io_uring's cqe flags, passed through as they are. */
     _Static_assert(IORING_CQE_F_BUFFER == 1 && IORING_CQE_F_MORE == 2 && IORING_CQE_BUFFER_SHIFT == 16,
                    "EV_BUFFER, EV_MORE, EV_BUFFER_SHIFT in _backend.pxd must equal io_uring's");
+    #include <poll.h>
+    /* OP_POLL's PL_* bits are handed to IORING_OP_POLL_ADD as they are. */
+    _Static_assert(POLLIN == 0x001 && POLLOUT == 0x004 && POLLERR == 0x008 && POLLHUP == 0x010,
+                   "PL_IN, PL_OUT, PL_ERR, PL_HUP in _backend.pxd must equal poll(2)'s");
     """
 
 cdef extern from "<sys/socket.h>" nogil:
@@ -328,6 +332,15 @@ cdef class UringBackend(Backend):
         self._push(sqe, io)
         return 0
 
+    cdef int submit_poll(self, IoCtx* io) except -1:
+        """One-shot IORING_OP_POLL_ADD: the PL_* bits are POLLIN/POLLOUT..."""
+        cdef io_uring_sqe* sqe = self._sqe()
+        sqe.opcode = IORING_OP_POLL_ADD
+        sqe.fd = io.fd
+        sqe.poll32_events = <uint32_t>io.len
+        self._push(sqe, io)
+        return 0
+
     # ---- sendfile: splice through a pipe (uring/splice.pxi) -----------------
 
     cdef int submit_sendfile(self, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1:
@@ -450,6 +463,14 @@ cdef class UringBackend(Backend):
         data = PyBytes_FromStringAndSize(<char*>ev.data, ev.res) if ev.res > 0 else None
         pool_release_piece(g, <uint16_t>(ev.flags >> EV_BUFFER_SHIFT))
         return data
+
+    cdef void recv_release(self, Event* ev) noexcept:
+        cdef BufGroup* g = &self.groups[ev.io.group]
+        if not (ev.flags & EV_BUFFER):
+            if ev.res == -ENOBUFS:
+                pool_starved(g)
+            return
+        pool_release_piece(g, <uint16_t>(ev.flags >> EV_BUFFER_SHIFT))
 
     cdef Py_ssize_t recv_copy(self, Event* ev, char* dst) except -1:
         cdef BufGroup* g = &self.groups[ev.io.group]

@@ -34,6 +34,7 @@ cdef extern from "<linux/io_uring.h>" nogil:
         uint64_t splice_off_in
         uint32_t len
         uint32_t rw_flags        # union of the per-op flag words
+        uint32_t poll32_events
         uint32_t msg_flags
         uint32_t timeout_flags
         uint32_t accept_flags
@@ -88,6 +89,7 @@ cdef extern from "<linux/io_uring.h>" nogil:
 
     enum:
         IORING_OP_NOP
+        IORING_OP_POLL_ADD
         IORING_OP_SENDMSG
         IORING_OP_RECVMSG
         IORING_OP_TIMEOUT

@@ -85,8 +85,13 @@ cdef tuple adopt_listening(Backend be, object sock, int backlog):
 
 cdef Connection conn_adopt(Engine eng, object sock, object on_recv, object on_close,
                            object on_drain, object nodelay, object buffer_size,
-                           object max_send_buffer, object idle_timeout):
-    """Engine.adopt(): a connected stream socket becomes a Connection."""
+                           object max_send_buffer, object idle_timeout, bint start_recv=True,
+                           bint share=False):
+    """Engine.adopt(): a connected stream socket becomes a Connection
+    (reading at once unless start_recv is false: the asyncio loop starts
+    reading once connection_made() has run). share=True (the asyncio loop)
+    leaves the socket.socket usable: it shares the descriptor with the
+    Connection (Connection.pysock) and is detached when the engine closes it."""
     eng._check_open()
     _check_callback(on_recv, "on_recv")
     _check_callback(on_close, "on_close")
@@ -104,18 +109,23 @@ cdef Connection conn_adopt(Engine eng, object sock, object on_recv, object on_cl
         raise ValueError(f"adopt(): the socket is not connected ({e.strerror})") from None
     idle = eng._idle_ticks(idle_timeout)
     group = <uint16_t>eng.be.buffer_group(size)
-    sock_take(sock, fd)
+    if not share:
+        sock_take(sock, fd)
     try:
         eng.be.adopt_stream(fd)
     except BaseException:
-        _sock_close(fd)
+        if not share:
+            _sock_close(fd)
         raise
     cdef Connection c
     try:
         c = Connection._new(eng, fd, group)
     except BaseException:
-        _sock_close(fd)
+        if not share:
+            _sock_close(fd)
         raise
+    if share:
+        c.pysock = sock
     c._peer = peer
     c.surfaced = 1
     c.on_recv = on_recv
@@ -129,10 +139,11 @@ cdef Connection conn_adopt(Engine eng, object sock, object on_recv, object on_cl
         iocpx_sock_nodelay(fd, 1)
     eng._conns[c.id] = c
     eng.n_adopted += 1
-    try:
-        conn_start_recv(c)
-    except BaseException as e:
-        c._abort(e)
+    if start_recv:
+        try:
+            conn_start_recv(c)
+        except BaseException as e:
+            c._abort(e)
     eng._kick()
     return c
 

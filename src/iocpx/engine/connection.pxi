@@ -178,6 +178,18 @@ cdef void conn_on_aux(Connection c, Event* ev) except *:
     c._maybe_finish()
 
 
+cdef inline void conn_release_pysock(Connection c) noexcept:
+    """A socket.socket that shares the descriptor (an asyncio transport's
+    socket, see Connection.pysock) lets go of it before the engine closes it,
+    so that it can never close the number again once it is reused."""
+    if c.pysock is not None:
+        try:
+            c.pysock.detach()
+        except BaseException:
+            pass
+        c.pysock = None
+
+
 cdef inline int conn_check_usable(Connection c) except -1:
     """Raise only for the application's own race: it closed the connection,
     or on_close was delivered. A failure the peer caused and on_close has not
@@ -199,6 +211,8 @@ cdef class Connection:
 
     def __dealloc__(self):
         evq_free(&self.sched.backlog)
+        if self.fd >= 0:
+            conn_release_pysock(self)
         _sock_close(self.fd)
 
     @staticmethod
@@ -311,13 +325,15 @@ cdef class Connection:
             return
         if self.state == C_CLOSING and self.tls is not None and tls_shutdown(self):
             return                      # close_notify on its way
-        if self.state == C_CLOSING and not self.peer_eof and not self.lingering:
+        if self.state == C_CLOSING and not self.peer_eof and not self.lingering \
+                and self.sink is None:      # (an asyncio transport closes as asyncio's do)
             if conn_linger(self):
                 self._report()          # our side is done; the socket lingers unseen
                 return
         cdef Engine eng = self.eng
         self.state = C_CLOSED
         if not fd_lost(self.close_exc):     # closed behind our back: not ours to close (adopt.pxi)
+            conn_release_pysock(self)
             _sock_close(self.fd)
         self.fd = -1
         conn_drop_queue(self)
@@ -340,6 +356,9 @@ cdef class Connection:
         self.reported = 1
         if exc is not None:
             log.debug("iocpx: connection %d closed: %r", self.id, exc)
+        if self.sink is not None:
+            stream_on_lost(self, exc)   # an asyncio transport: connection_lost(exc) soon
+            return
         if cb is not None and self.surfaced:
             try:
                 cb(self, exc)

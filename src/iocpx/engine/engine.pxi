@@ -350,3 +350,57 @@ cdef class Engine:
                                       f"idle for {c.idle_ticks * SWEEP_MS / 1000:g} s (idle_timeout)"))
         self.sweeper = timer_new(self, time.monotonic() + SWEEP_MS / 1000.0, self._sweep, (), True)
         timers_push(self, <Timer>self.sweeper)
+
+
+# ---- the engine of an asyncio loop (loop/core.pxi) ---------------------------
+# No worker threads: the loop's thread waits and dispatches (LoopCore._run_once),
+# so nothing here may wait for a worker; closing drives the completions itself.
+
+cdef Engine engine_for_loop(object backend):
+    cdef Engine eng = Engine.__new__(Engine)
+    eng.be = make_backend(backend)
+    eng.workers = 0
+    eng._conns = {}
+    eng._listeners = set()
+    eng._endpoints = {}
+    eng._threads = []
+    eng.next_id = 1
+    eng.state = E_RUNNING
+    return eng
+
+
+cdef int engine_close_loop(Engine eng, double timeout) except -1:
+    """Close a loop's engine from the loop's thread (the loop is not running):
+    abort everything, then wait for and run the completions until every
+    operation is reaped (timeout seconds at most: past that the backend is
+    released anyway and what the kernel still holds is leaked, with a warning,
+    rather than hang)."""
+    cdef Event batch[256]
+    cdef int n, i
+    cdef double deadline
+    if eng.state == E_CLOSED:
+        return 0
+    eng.state = E_CLOSING
+    timers_clear(eng)
+    deadline = time.monotonic() + timeout
+    iocpx_tls_set(<void*>eng)
+    try:
+        eng._close_all()
+        while eng.inflight > 0 or eng._conns or eng._listeners or eng._endpoints:
+            if time.monotonic() > deadline:
+                log.warning("iocpx: loop engine closed with %d operations still pending",
+                            eng.inflight)
+                break
+            eng.be.flush()
+            with nogil:
+                n = eng.be.wait(batch, 256, 10)
+            for i in range(n if n > 0 else 0):
+                handle_event(eng, &batch[i], 1)
+            if n <= 0:
+                eng._close_all()        # registered after the first sweep
+    finally:
+        iocpx_tls_set(NULL)
+    timers_clear(eng)
+    eng.be.release()
+    eng.state = E_CLOSED
+    return 0

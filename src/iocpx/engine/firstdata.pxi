@@ -137,6 +137,13 @@ cdef int conn_start_accepted(Connection c, Listener lst, object data) except -1:
     data: the first bytes if the backend received them with the accept."""
     cdef Engine eng = c.eng
     cdef bint waits
+    if lst.glue is not None:            # the asyncio loop's server: a transport, reading
+        eng._conns[c.id] = c            # once connection_made() has run (loop/server.pxi)
+        c.nodelay = lst.nodelay
+        if c.nodelay:
+            iocpx_sock_nodelay(c.fd, 1)
+        server_on_accept(<ServerGlue>lst.glue, c)
+        return 0
     c.on_accept = lst.on_accept
     c.on_recv = lst.on_recv
     c.on_close = lst.on_close

@@ -72,8 +72,14 @@ cdef void conn_on_recv(Connection c, Event* evs, int k) except *:
 
 cdef inline void conn_deliver(Connection c, object data) noexcept:
     """Received bytes to the application: on_accept with the first ones
-    (first_data), on_recv after. On TLS: ciphertext, decrypted first."""
-    if c.tls is not None:
+    (first_data), on_recv after. On TLS: ciphertext, decrypted first. An
+    asyncio transport's protocol gets them from the sink (loop/stream.pxi)."""
+    if c.sink is not None:
+        try:
+            stream_on_data(c, data)
+        except BaseException as e:
+            c._abort(e)
+    elif c.tls is not None:
         tls_on_data(c, data)
     elif c.first_pending:
         conn_surface(c, data)
@@ -120,7 +126,8 @@ cdef void conn_rearm_recv(Connection c) noexcept:
     stopped, a buffer pool that ran dry, one cancelled by a pause that was
     resumed since, or a backend whose receives are one-shot) is armed again
     while the connection wants to read and holds nothing back."""
-    if c.recv_io == NULL and c.state == C_OPEN and not c.paused and not c.held and not c.held_eof:
+    if c.recv_io == NULL and c.state == C_OPEN and not c.paused and not c.held and not c.held_eof \
+            and not c.peer_eof and (c.sink is None or (<StreamTransport>c.sink).made):
         try:
             conn_start_recv(c)
         except BaseException as e:
@@ -131,6 +138,9 @@ cdef void conn_on_eof(Connection c) except *:
     """The peer shut down its side: finish sending what is queued, then close."""
     c.peer_eof = 1
     if c.state != C_OPEN:
+        return
+    if c.sink is not None:              # an asyncio transport: eof_received() decides
+        stream_on_eof(c)
         return
     if c.tls is not None and tls_on_eof(c):
         return                          # during the TLS handshake
@@ -154,7 +164,7 @@ cdef void conn_resume(Connection c, int why) except *:
     if not c.paused and c.state == C_OPEN:
         if c.held:
             conn_post_held(c)       # the held bytes first; the receive is armed after them
-        elif c.recv_io == NULL:
+        elif c.recv_io == NULL and not c.peer_eof:
             conn_start_recv(c)
 
 

@@ -11,14 +11,21 @@ cdef enum:
 cdef class FileJob:
     """A queued sendfile: the kernel moves `remaining` bytes from fd at offset."""
 
+    @property
+    def offset(self):
+        """The file offset of the next byte to send (what went out so far)."""
+        return self.offset
+
     cdef void finish(self) noexcept:
         if self.owned and self.fd >= 0:
             os.close(self.fd)
         self.fd = -1
 
 
-cdef object conn_sendfile(Connection c, object file, object offset, object count):
-    """Connection.sendfile()."""
+cdef object conn_sendfile(Connection c, object file, object offset, object count,
+                          bint want_job=False):
+    """Connection.sendfile(): the bytes queued (want_job: the FileJob, whose
+    offset then tracks what went out, or None when nothing was queued)."""
     conn_check_usable(c)
     for name, v in (("offset", offset), ("count", count)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
@@ -49,11 +56,11 @@ cdef object conn_sendfile(Connection c, object file, object offset, object count
     job.remaining = count
     if count == 0:
         job.finish()
-        return 0
+        return None if want_job else 0
     if c.state >= C_ABORTING:           # the peer broke it: on_close will say so
         job.finish()
         c.eng.n_bytes_dropped += count
-        return count
+        return None if want_job else count
     conn_reserve(c, count)
     if c.sendq is None:
         c.sendq = deque()
@@ -61,7 +68,7 @@ cdef object conn_sendfile(Connection c, object file, object offset, object count
     if c.send_io == NULL and c.state != C_CONNECTING:
         conn_send_next(c)
     c.eng._kick()
-    return count
+    return job if want_job else count
 
 
 cdef bint conn_sendfile_next(Connection c, FileJob job) except -1:
@@ -101,4 +108,6 @@ cdef void conn_on_sendfile(Connection c, Event* ev) except *:
         conn_count_sent(c, res)
     if c.state < C_ABORTING:
         conn_send_safe(c)
+    if c.sink is not None:
+        stream_on_sent(c)               # an asyncio transport: loop.sendfile() waits for this
     c._maybe_finish()

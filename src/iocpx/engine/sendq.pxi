@@ -156,6 +156,8 @@ cdef void conn_on_send(Connection c, Event* ev) except *:
         c._abort(peer_error(c.eng.be, _errno.EPIPE, "send"))
     if c.state < C_ABORTING:
         conn_send_safe(c)
+    if c.sink is not None:
+        stream_on_sent(c)               # an asyncio transport's write flow control
     c._maybe_finish()
 
 

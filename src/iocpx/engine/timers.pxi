@@ -12,8 +12,7 @@ cdef enum:
 cdef uint64_t FAR_NS = 1 << 62  # a deadline this far is "never"
 
 
-@cython.final
-cdef class Timer:
+cdef class Timer:          # (not final: the asyncio loop's TimerHandle extends it)
     """A callback scheduled by Engine.call_later/call_at/call_soon."""
 
     def cancel(self):
@@ -231,3 +230,40 @@ cdef void engine_wake(Engine eng) noexcept:
         eng.be.flush()
     except BaseException:
         io_free(io)
+
+
+cdef void timers_compact(Engine eng) noexcept:
+    """Drop every cancelled timer from the heap and rebuild it (the asyncio
+    loop calls this when most of its timers are cancelled, as asyncio does)."""
+    cdef int i, j = 0, k, c
+    cdef TimerSlot tmp
+    cdef list dropped = []
+    iocpx_mutex_lock(&eng.mu)
+    for i in range(eng.heap_len):
+        t = <object>eng.heap[i].timer
+        if (<Timer>t).is_cancelled:
+            dropped.append(t)           # the heap's reference goes with the list
+            Py_DECREF(t)
+        else:
+            eng.heap[j] = eng.heap[i]
+            j += 1
+    eng.heap_len = j
+    i = j // 2 - 1
+    while i >= 0:                       # heapify: sift each parent down
+        k = i
+        while True:
+            c = 2 * k + 1
+            if c >= j:
+                break
+            if c + 1 < j and _slot_before(eng.heap[c + 1].due_ns, eng.heap[c + 1].seq, &eng.heap[c]):
+                c += 1
+            if not _slot_before(eng.heap[c].due_ns, eng.heap[c].seq, &eng.heap[k]):
+                break
+            tmp = eng.heap[k]
+            eng.heap[k] = eng.heap[c]
+            eng.heap[c] = tmp
+            k = c
+        i -= 1
+    iocpx_mutex_unlock(&eng.mu)
+    for t in dropped:
+        (<Timer>t).queued = 0

@@ -1,0 +1,197 @@
+"""iocpx as an asyncio event loop.
+
+``iocpx.EventLoop`` joins the engine's C half (``iocpx._core.LoopCore``: the
+wait on the completion queue, the ready queue, timers in the engine's heap,
+stream transports on engine connections, servers on engine listeners,
+readiness through OP_POLL) with asyncio's own selector event loop class, which
+supplies what is the same for every loop (create_connection and happy
+eyeballs, create_server, getaddrinfo, executors, sendfile fallback, start_tls,
+the exception handler, debug mode; on Linux also Unix sockets, pipes,
+subprocesses and signals) on top of that readiness. The running Python's own
+asyncio provides those parts, so their behaviour is that version's.
+
+Use it as::
+
+    asyncio.run(main(), loop_factory=iocpx.new_event_loop)     # 3.12+
+    iocpx.run(main())                                          # any version
+    uvicorn app:app --loop iocpx:new_event_loop
+"""
+import asyncio
+import io
+import os
+import sys
+
+from asyncio import events, exceptions, selector_events
+
+from iocpx._core import LoopCore, StreamTransport  # noqa: F401  (StreamTransport: docs, isinstance)
+
+__all__ = ["EventLoop", "EventLoopPolicy", "new_event_loop", "run"]
+
+if sys.platform == "win32":
+    _Base = selector_events.BaseSelectorEventLoop
+else:
+    from asyncio import unix_events
+    _Base = unix_events._UnixSelectorEventLoop
+
+
+class EventLoop(LoopCore, _Base):
+    """An asyncio event loop on the iocpx engine (io_uring, epoll or iocp).
+
+    EventLoop(backend=None): backend as for iocpx.Engine (None: IOCPX_BACKEND,
+    else the best one available)."""
+
+    def __init__(self, backend=None):
+        self._core_init(backend)
+        _Base.__init__(self, self._make_selector())
+
+    # ---- servers: engine listeners with pre-posted accepts -----------------
+
+    def _start_serving(self, protocol_factory, sock, sslcontext=None, server=None,
+                       backlog=100, ssl_handshake_timeout=None, ssl_shutdown_timeout=None):
+        from asyncio import constants
+        if ssl_handshake_timeout is None:
+            ssl_handshake_timeout = constants.SSL_HANDSHAKE_TIMEOUT
+        if ssl_shutdown_timeout is None:
+            ssl_shutdown_timeout = getattr(constants, "SSL_SHUTDOWN_TIMEOUT", 30.0)
+        self._core_start_serving(protocol_factory, sock, sslcontext, server, backlog,
+                                 ssl_handshake_timeout, ssl_shutdown_timeout)
+
+    def _stop_serving(self, sock):
+        self._core_stop_serving(sock)
+
+    # ---- transports on engine connections ---------------------------------
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        return self._core_socket_transport(sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *,
+                            server_side=False, server_hostname=None, extra=None, server=None,
+                            ssl_handshake_timeout=None, ssl_shutdown_timeout=None,
+                            call_connection_made=True):
+        from asyncio import constants, sslproto
+        if ssl_handshake_timeout is None:
+            ssl_handshake_timeout = constants.SSL_HANDSHAKE_TIMEOUT
+        kw = {"ssl_handshake_timeout": ssl_handshake_timeout}
+        if hasattr(constants, "SSL_SHUTDOWN_TIMEOUT"):
+            kw["ssl_shutdown_timeout"] = (constants.SSL_SHUTDOWN_TIMEOUT
+                                          if ssl_shutdown_timeout is None else ssl_shutdown_timeout)
+        ssl_protocol = sslproto.SSLProtocol(self, protocol, sslcontext, waiter, server_side,
+                                            server_hostname, call_connection_made=call_connection_made,
+                                            **kw)
+        self._core_socket_transport(rawsock, ssl_protocol, None, extra, server)
+        return ssl_protocol._app_transport
+
+    # ---- loop.sendfile(): the engine's kernel path -------------------------
+
+    async def _sendfile_native(self, transp, file, offset, count):
+        if not isinstance(transp, StreamTransport):
+            raise exceptions.SendfileNotAvailableError("not an iocpx stream transport")
+        try:
+            fileno = file.fileno()
+        except (AttributeError, io.UnsupportedOperation) as err:
+            raise exceptions.SendfileNotAvailableError("not a regular file") from err
+        try:
+            fsize = os.fstat(fileno).st_size
+        except OSError:
+            raise exceptions.SendfileNotAvailableError("not a regular file") from None
+        todo = max(0, fsize - offset)
+        if count:
+            todo = min(todo, count)
+        if todo == 0:
+            return 0
+        await transp._make_empty_waiter()       # what was written before goes first
+        transp._reset_empty_waiter()
+        job = None
+        try:
+            job = transp._sendfile_queue(fileno, offset, todo)
+            await transp._make_empty_waiter()   # (writes raise until the file is out)
+            return todo
+        finally:
+            transp._reset_empty_waiter()
+            if job is not None and job.offset > offset:
+                file.seek(job.offset)           # what went out, as asyncio's does
+
+    # ---- closing ----------------------------------------------------------
+
+    def close(self):
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        try:
+            _Base.close(self)
+        finally:
+            self._core_close()
+
+    def __repr__(self):
+        return (f"<{type(self).__name__} backend={self.backend} running={self.is_running()} "
+                f"closed={self.is_closed()} debug={self.get_debug()}>")
+
+
+def new_event_loop(backend=None):
+    """A new iocpx.EventLoop (backend: io_uring, epoll, iocp; None picks as
+    iocpx.Engine does, IOCPX_BACKEND first)."""
+    return EventLoop(backend)
+
+
+def run(main, *, debug=None):
+    """asyncio.run(main) on a new iocpx.EventLoop."""
+    if sys.version_info >= (3, 12):
+        return asyncio.run(main, debug=debug, loop_factory=new_event_loop)
+    if events._get_running_loop() is not None:
+        raise RuntimeError("iocpx.run() cannot be called from a running event loop")
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+            return runner.run(main)
+    # 3.9, 3.10: asyncio.run's steps, with our loop
+    if not asyncio.iscoroutine(main):
+        raise ValueError(f"a coroutine was expected, got {main!r}")
+    loop = new_event_loop()
+    try:
+        events.set_event_loop(loop)
+        if debug is not None:
+            loop.set_debug(debug)
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            _cancel_all_tasks(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            events.set_event_loop(None)
+            loop.close()
+
+
+def _cancel_all_tasks(loop):
+    to_cancel = asyncio.all_tasks(loop)
+    if not to_cancel:
+        return
+    for task in to_cancel:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*to_cancel, return_exceptions=True))
+    for task in to_cancel:
+        if task.cancelled():
+            continue
+        if task.exception() is not None:
+            loop.call_exception_handler({
+                "message": "unhandled exception during iocpx.run() shutdown",
+                "exception": task.exception(),
+                "task": task,
+            })
+
+
+if sys.platform == "win32":
+    _PolicyBase = asyncio.DefaultEventLoopPolicy
+else:
+    _PolicyBase = asyncio.DefaultEventLoopPolicy
+
+
+class EventLoopPolicy(_PolicyBase):
+    """An asyncio event loop policy whose loops are iocpx.EventLoop
+    (asyncio.set_event_loop_policy(iocpx.EventLoopPolicy()))."""
+
+    def _loop_factory(self):
+        return new_event_loop()
+
+    def new_event_loop(self):
+        return new_event_loop()
