@@ -238,6 +238,13 @@ cdef class Backend:
 
 cdef extern from *:
     """
+    /* tp_free of the object's type: a static type (a Cython class outside the
+       limited API) has no slot table PyType_GetSlot can read before 3.10 */
+    #if defined(Py_LIMITED_API)
+    #define IOCPX_TP_FREE(tp) ((freefunc)PyType_GetSlot((tp), Py_tp_free))
+    #else
+    #define IOCPX_TP_FREE(tp) ((tp)->tp_free)
+    #endif
     #define IOCPX_SHIM(N)                                                           \
     typedef struct { PyObject_HEAD PyObject *slot[N]; } iocpx_shim##N##_obj;        \
     static void iocpx_shim##N##_dealloc(PyObject *o) {                              \
@@ -245,7 +252,7 @@ cdef extern from *:
         int i;                                                                      \
         PyObject_GC_UnTrack(o);                                                     \
         for (i = 0; i < N; i++) Py_CLEAR(((iocpx_shim##N##_obj*)o)->slot[i]);      \
-        ((freefunc)PyType_GetSlot(tp, Py_tp_free))(o);                              \
+        IOCPX_TP_FREE(tp)(o);                                                       \
         if (PyType_GetFlags(tp) & Py_TPFLAGS_HEAPTYPE) Py_DECREF(tp);               \
     }                                                                               \
     static int iocpx_shim##N##_traverse(PyObject *o, visitproc visit, void *arg) {  \

@@ -167,6 +167,8 @@ cdef class Connection:
     cdef uint8_t lingering          # close(): FIN sent, reading (and discarding) until the peer's
     cdef uint8_t held_eof           # the peer's EOF came after the held bytes
     cdef uint8_t held_posted        # a completion that delivers the held bytes is on its way
+    cdef uint8_t no_linger          # close() closes once sent, without reading to the peer's FIN
+                                    # (an asyncio transport: asyncio's close semantics)
     cdef uint16_t group
     cdef object held                # deque of bytes read ahead of a pause, or None
     cdef IoCtx* recv_io             # the armed (multishot) receive, or NULL; kernel-owned

@@ -326,7 +326,7 @@ cdef class Connection:
         if self.state == C_CLOSING and self.tls is not None and tls_shutdown(self):
             return                      # close_notify on its way
         if self.state == C_CLOSING and not self.peer_eof and not self.lingering \
-                and self.sink is None:      # (an asyncio transport closes as asyncio's do)
+                and not self.no_linger:
             if conn_linger(self):
                 self._report()          # our side is done; the socket lingers unseen
                 return

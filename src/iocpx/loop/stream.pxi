@@ -23,9 +23,7 @@ cdef int stream_call_failed(StreamTransport t, BaseException exc, str what) exce
     connection ends with exc (SystemExit/KeyboardInterrupt leave run_forever)."""
     if isinstance(exc, (SystemExit, KeyboardInterrupt)):
         t.loop.pending_exc = exc
-        t.closing = 1
-        if t.conn is not None:
-            t.conn._abort(exc)
+        t._force_close(exc)
         return 0
     stream_fatal(t, exc, f"Fatal error: protocol.{what}() call failed.")
     return 0
@@ -40,9 +38,7 @@ cdef int stream_fatal(StreamTransport t, object exc, str message) except -1:
     else:
         t.loop.call_exception_handler({"message": message, "exception": exc,
                                        "transport": t, "protocol": t.protocol})
-    t.closing = 1
-    if t.conn is not None:
-        t.conn._abort(exc)
+    t._force_close(exc)
     return 0
 
 
@@ -140,6 +136,27 @@ cdef void stream_on_sent(Connection c) noexcept:
                                        "exception": exc, "transport": t})
 
 
+cdef enum:
+    CLOSE_INFLIGHT_MAX = 65536      # close() reports connection_lost at once when no more
+                                    # than this is in flight (and nothing queued behind it)
+
+
+cdef void stream_detach(StreamTransport t, object exc) except *:
+    """The transport lets go of its connection now (close with nothing left to
+    write, abort, a fatal error): connection_lost(exc) is scheduled, as
+    asyncio's transports do; the engine finishes the connection on its own."""
+    cdef Connection c = t.conn
+    t.closing = 1
+    if c is not None and c.sink is t:
+        c.sink = None
+    if t.empty_waiter is not None and not t.empty_waiter.done():
+        t.empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
+    if not t.loop.closing:
+        rq_push(t.loop, handle_new(t.loop, t._call_connection_lost, (exc,), None))
+    else:
+        t.lost = 1
+
+
 cdef void stream_on_lost(Connection c, object exc) noexcept:
     """The connection ended (engine's one report): connection_lost(exc) soon,
     after any callback already queued for this transport, as asyncio does."""
@@ -206,6 +223,7 @@ cdef StreamTransport stream_new(LoopCore loop, Connection c, object protocol, ob
     t.low = 16 * 1024
     c.sink = t
     c.surfaced = 1
+    c.no_linger = 1
     c.max_send = LOOP_MAX_SEND
     if server is not None:
         if SERVER_ATTACH_TAKES_TRANSPORT:
@@ -364,22 +382,37 @@ cdef class StreamTransport(TransportBase):
         return bool(self.closing)
 
     def close(self):
+        cdef Connection c = self.conn
         if self.closing:
             return
         self.closing = 1
-        if self.conn is not None and not self.lost:
-            self.conn.close()
+        if c is None or self.lost:
+            return
+        if not c.sendq and c.send_buffered <= CLOSE_INFLIGHT_MAX and c.sink is self:
+            # Everything written is in the kernel's hands (or an SQE): asyncio's
+            # close reports connection_lost now (call_soon) in this case, and so
+            # do we; the engine still sends those bytes, then closes.
+            stream_detach(self, None)
+        c.close()
 
     def abort(self):
+        cdef Connection c = self.conn
         self.closing = 1
-        if self.conn is not None and not self.lost:
-            self.conn.abort()
+        if c is None or self.lost:
+            return
+        if c.sink is self:
+            stream_detach(self, None)
+        c.abort()
 
     def _force_close(self, exc):
+        cdef Connection c = self.conn
         self.closing = 1
-        if self.conn is not None and not self.lost:
-            self.conn._abort(exc)
-            self.conn.eng._kick()
+        if c is None or self.lost:
+            return
+        if c.sink is self:
+            stream_detach(self, exc)
+        c._abort(exc)
+        c.eng._kick()
 
     def _fatal_error(self, exc, message="Fatal error on transport"):
         stream_fatal(self, exc, message)
