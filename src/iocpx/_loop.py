@@ -20,8 +20,10 @@ import asyncio
 import io
 import os
 import sys
+import threading
 
 from asyncio import events, exceptions, selector_events
+from asyncio.log import logger
 
 from iocpx._core import LoopCore, StreamTransport  # noqa: F401  (StreamTransport: docs, isinstance)
 
@@ -29,9 +31,21 @@ __all__ = ["EventLoop", "EventLoopPolicy", "new_event_loop", "run"]
 
 if sys.platform == "win32":
     _Base = selector_events.BaseSelectorEventLoop
+    _HAVE_PIDFD = False
 else:
     from asyncio import unix_events
     _Base = unix_events._UnixSelectorEventLoop
+
+    def _pidfd_works():
+        if not hasattr(os, "pidfd_open"):
+            return False
+        try:
+            os.close(os.pidfd_open(os.getpid()))
+        except OSError:
+            return False
+        return True
+
+    _HAVE_PIDFD = _pidfd_works()
 
 
 class EventLoop(LoopCore, _Base):
@@ -43,6 +57,7 @@ class EventLoop(LoopCore, _Base):
     def __init__(self, backend=None):
         self._core_init(backend)
         _Base.__init__(self, self._make_selector())
+        self._child_pidfds = {}             # pidfd -> pid of children being watched
 
     # ---- servers: engine listeners with pre-posted accepts -----------------
 
@@ -111,6 +126,73 @@ class EventLoop(LoopCore, _Base):
             if job is not None and job.offset > offset:
                 file.seek(job.offset)           # what went out, as asyncio's does
 
+    # ---- subprocesses: exit noticed through a pidfd (Linux) ----------------
+
+    if sys.platform != "win32":
+
+        async def _make_subprocess_transport(self, protocol, args, shell, stdin, stdout,
+                                             stderr, bufsize, extra=None, **kwargs):
+            """asyncio's Unix subprocess transport; the child's exit is seen
+            through a pidfd polled on the loop (no SIGCHLD handler to race, no
+            helper thread, works on a loop in any thread). Without pidfds
+            (Linux < 5.3) asyncio's child watcher does it, as usual."""
+            if not _HAVE_PIDFD:
+                return await super()._make_subprocess_transport(
+                    protocol, args, shell, stdin, stdout, stderr, bufsize, extra=extra, **kwargs)
+            waiter = self.create_future()
+            transp = unix_events._UnixSubprocessTransport(
+                self, protocol, args, shell, stdin, stdout, stderr, bufsize,
+                waiter=waiter, extra=extra, **kwargs)
+            self._watch_child(transp.get_pid(), transp)
+            try:
+                await waiter
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                transp.close()
+                await transp._wait()
+                raise
+            return transp
+
+        def _watch_child(self, pid, transp):
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                # out of descriptors, say: a thread waits for this child instead
+                threading.Thread(target=self._child_wait_thread, args=(pid, transp),
+                                 name=f"iocpx-waitpid-{pid}", daemon=True).start()
+                return
+            self._child_pidfds[pidfd] = pid
+            self._add_reader(pidfd, self._child_exited, pidfd, pid, transp)
+
+        def _child_exited(self, pidfd, pid, transp):
+            self._remove_reader(pidfd)
+            self._child_pidfds.pop(pidfd, None)
+            os.close(pidfd)
+            try:
+                _, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                status = None
+            self._child_report(pid, transp, status)
+
+        def _child_wait_thread(self, pid, transp):
+            try:
+                _, status = os.waitpid(pid, 0)
+            except ChildProcessError:
+                status = None
+            if not self.is_closed():
+                self.call_soon_threadsafe(self._child_report, pid, transp, status)
+
+        def _child_report(self, pid, transp, status):
+            if status is None:          # reaped by someone else (os.wait() elsewhere)
+                logger.warning("Unknown child process pid %d, will report returncode 255", pid)
+                returncode = 255
+            else:
+                returncode = os.waitstatus_to_exitcode(status)
+            if self.get_debug():
+                logger.debug("process %s exited with returncode %s", pid, returncode)
+            transp._process_exited(returncode)
+
     # ---- closing ----------------------------------------------------------
 
     def close(self):
@@ -121,6 +203,9 @@ class EventLoop(LoopCore, _Base):
         try:
             _Base.close(self)
         finally:
+            for pidfd in list(self._child_pidfds):
+                os.close(pidfd)
+            self._child_pidfds.clear()
             self._core_close()
 
     def __repr__(self):
