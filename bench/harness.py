@@ -36,7 +36,7 @@ LOADGEN_TLS_BIN = os.path.join(BUILD_DIR, "loadgen-tls")      # loadgen.c -DLOAD
 SERVERS_PY = os.path.join(BENCH_DIR, "servers.py")
 URING_SRC = os.path.join(BENCH_DIR, "uring_echo.c")
 URING_BIN = os.path.join(BUILD_DIR, "uring_echo")
-KINDS = ("asyncio", "uvloop", "iocpx", "threads", "uring-c")
+KINDS = ("asyncio", "uvloop", "iocpx", "threads", "uring-c", "iocpx-loop")
 
 SERVER_CPU = "0"
 CLIENT_CPU = "1"

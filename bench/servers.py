@@ -66,6 +66,10 @@ def _loop_factory(kind):
     """uvloop's loop for the uvloop kinds ("uvloop", "uvloop-udp"), asyncio's otherwise."""
     import asyncio
 
+    if kind.startswith("iocpx-loop"):
+        import iocpx
+        backend = os.environ.get("IOCPX_LOOP_BACKEND") or None
+        return lambda: iocpx.new_event_loop(backend)
     if not kind.startswith("uvloop"):
         return asyncio.new_event_loop
     try:
@@ -287,7 +291,7 @@ def serve_iocpx(port, workers, backend, backlog, first_data=False, first_data_ti
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Echo server for bench/echo.py")
-    ap.add_argument("kind", choices=["asyncio", "uvloop", "iocpx", "threads",
+    ap.add_argument("kind", choices=["asyncio", "uvloop", "iocpx", "threads", "iocpx-loop",
                                      "asyncio-udp", "uvloop-udp", "iocpx-udp"])
     ap.add_argument("port", type=int, help="TCP port on 127.0.0.1; 0 lets the kernel choose")
     ap.add_argument("--workers", type=int, default=1,

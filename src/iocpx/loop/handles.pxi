@@ -28,7 +28,16 @@ from asyncio import format_helpers as _format_helpers
 
 cdef object _copy_context = _contextvars.copy_context
 cdef object _extract_stack = _format_helpers.extract_stack
-cdef object _format_callback_source = _format_helpers._format_callback_source
+cdef object _format_cb = _format_helpers._format_callback_source
+import inspect as _inspect_h
+cdef bint _FORMAT_TAKES_DEBUG = "debug" in _inspect_h.signature(_format_cb).parameters
+
+
+cdef object _format_callback_source(object fn, object args, bint debug=False):
+    """asyncio's rendering of a callback (its `debug` argument is 3.12+)."""
+    if _FORMAT_TAKES_DEBUG:
+        return _format_cb(fn, args, debug=debug)
+    return _format_cb(fn, args)
 
 
 cdef inline int ctx_call(object ctx, object fn, tuple args) except -1:
