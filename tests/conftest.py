@@ -21,9 +21,11 @@ import time
 import weakref
 
 import pytest
+from pathlib import Path
 
 import iocpx
 import iocpx._core as _core
+import tls_pki as _tls_pki
 
 BACKENDS = iocpx.available_backends()
 LINUX = sys.platform.startswith("linux")
@@ -360,3 +362,22 @@ class Recorder:
                 if complete:
                     missing = self.surfaced - set(self.close_calls)
                     assert not missing, f"connections surfaced but never closed: {missing}"
+
+
+# ---- certificates (TLS tests of the engine and of the asyncio loop) ---------------
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """The folder of PEM files tests/_tls_pki.py makes: here with trustme, or
+    the one IOCPX_TEST_PKI names (made beforehand on the Linux side of a Wine run)."""
+    given = os.environ.get("IOCPX_TEST_PKI")
+    if given:
+        missing = [f for f in _tls_pki.FILES if not os.path.exists(os.path.join(given, f))]
+        assert not missing, f"IOCPX_TEST_PKI={given} lacks {missing}"
+        return {"dir": Path(given)}
+    try:
+        import trustme  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"the TLS tests make their certificates with trustme ({e}): "
+                    "pip install trustme (it is in the test extra)")
+    return {"dir": Path(_tls_pki.write_pki(str(tmp_path_factory.mktemp("pki"))))}

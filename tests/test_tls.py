@@ -36,21 +36,7 @@ CURL = shutil.which("curl")
 
 # ---- certificates and contexts ---------------------------------------------
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    """The folder of PEM files tests/tls_pki.py makes: here with trustme, or
-    the one IOCPX_TEST_PKI names (made beforehand on the Linux side of a Wine run)."""
-    given = os.environ.get("IOCPX_TEST_PKI")
-    if given:
-        missing = [f for f in tls_pki.FILES if not os.path.exists(os.path.join(given, f))]
-        assert not missing, f"IOCPX_TEST_PKI={given} lacks {missing}"
-        return {"dir": Path(given)}
-    try:
-        import trustme  # noqa: F401
-    except ImportError as e:
-        pytest.skip(f"the TLS tests make their certificates with trustme ({e}): "
-                    "pip install trustme (it is in the test extra)")
-    return {"dir": Path(tls_pki.write_pki(str(tmp_path_factory.mktemp("pki"))))}
+# the `pki` fixture (certificates) is in conftest.py
 
 
 def server_ctx(pki, require_client_cert=False, alpn=None):

@@ -1,0 +1,513 @@
+"""iocpx.EventLoop beyond CPython's own conformance tests (test_asyncio_conformance.py):
+the entry points, what the engine promises holding through the loop (peer resets, refused
+connects, TLS garbage, use after close, nothing left behind), flow control, BufferedProtocol
+edge cases, timers, threads, and a TLS churn that must keep memory flat.
+
+Every test runs on every backend available here (the `backend` fixture)."""
+import asyncio
+import gc
+import os
+import socket
+import ssl
+import sys
+import threading
+import time
+
+import pytest
+
+import iocpx
+
+LINUX = sys.platform.startswith("linux")
+
+
+@pytest.fixture
+def loop(backend):
+    lp = iocpx.new_event_loop(backend=backend)
+    asyncio.set_event_loop(lp)
+    yield lp
+    asyncio.set_event_loop(None)
+    if not lp.is_closed():
+        lp.run_until_complete(lp.shutdown_asyncgens())
+        lp.close()
+    assert lp.engine_stats["live_io"] == 0 or iocpx.live_io() == 0
+
+
+def run(loop, coro, timeout=30):
+    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
+
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
+# ---- entry points ----------------------------------------------------------------
+
+def test_entry_points(backend, monkeypatch):
+    monkeypatch.setenv("IOCPX_BACKEND", backend)
+
+    async def main():
+        lp = asyncio.get_running_loop()
+        assert isinstance(lp, iocpx.EventLoop)
+        assert isinstance(lp, asyncio.AbstractEventLoop)
+        assert lp.backend == backend
+        await asyncio.sleep(0.001)
+        return 42
+
+    assert iocpx.run(main()) == 42
+    if sys.version_info >= (3, 12):
+        assert asyncio.run(main(), loop_factory=iocpx.new_event_loop) == 42
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=iocpx.new_event_loop) as runner:
+            assert runner.run(main()) == 42
+    with pytest.warns(DeprecationWarning) if sys.version_info >= (3, 14) else _nullcontext():
+        policy = iocpx.EventLoopPolicy()
+    lp = policy.new_event_loop()
+    try:
+        assert isinstance(lp, iocpx.EventLoop)
+        assert lp.run_until_complete(main()) == 42
+    finally:
+        lp.close()
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_run_rejects_non_coroutine(backend):
+    with pytest.raises((ValueError, TypeError)):
+        iocpx.run(42)
+
+
+def test_use_after_close_raises(loop):
+    loop.close()
+    for call in (lambda: loop.call_soon(print), lambda: loop.call_later(1, print),
+                 lambda: loop.call_soon_threadsafe(print), lambda: loop.run_forever()):
+        with pytest.raises(RuntimeError, match="closed"):
+            call()
+    loop.close()        # idempotent
+
+
+def test_bad_arguments(loop):
+    with pytest.raises(TypeError):
+        loop.call_later(None, print)
+    with pytest.raises(TypeError):
+        loop.call_at(None, print)
+    with pytest.raises(TypeError):
+        loop.call_later("soon", print)
+
+
+# ---- what the engine promises, the asyncio way ---------------------------------------
+
+def test_refused_connect_raises(loop):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()                       # nobody listens there now
+    with pytest.raises(ConnectionRefusedError):
+        run(loop, loop.create_connection(asyncio.Protocol, "127.0.0.1", port))
+
+
+def test_peer_reset_reaches_connection_lost(loop):
+    lost = loop.create_future()
+
+    class P(asyncio.Protocol):
+        def connection_lost(self, exc):
+            lost.set_result(exc)
+
+    async def main():
+        srv = await loop.create_server(P, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        c = socket.create_connection(("127.0.0.1", port))
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        await asyncio.sleep(0.05)
+        c.close()                   # SO_LINGER 0: a reset
+        exc = await lost
+        srv.close()
+        await srv.wait_closed()
+        return exc
+
+    exc = run(loop, main())
+    assert exc is None or isinstance(exc, ConnectionResetError), exc
+
+
+def test_write_after_close_is_dropped_quietly(loop, caplog):
+    async def main():
+        srv = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        tr, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        tr.close()
+        for _ in range(3):
+            tr.write(b"late")       # asyncio: ignored (a warning after many)
+        assert tr.is_closing()
+        srv.close()
+        await srv.wait_closed()
+
+    run(loop, main())
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_write_type_errors(loop):
+    async def main():
+        srv = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        tr, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        with pytest.raises(TypeError):
+            tr.write("text")
+        tr.write_eof()
+        with pytest.raises(RuntimeError):
+            tr.write(b"after eof")
+        tr.close()
+        srv.close()
+        await srv.wait_closed()
+
+    run(loop, main())
+
+
+def test_tls_garbage_is_a_handshake_error(loop, pki):
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(pki["dir"] / "server.pem"))
+    errors = []
+    loop.set_exception_handler(lambda lp, c: errors.append(c))
+
+    async def main():
+        srv = await loop.create_server(Echo, "127.0.0.1", 0, ssl=ctx, ssl_handshake_timeout=5)
+        port = srv.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"\x16\x03\x01\x00\x05garbage that is no TLS record at all" * 4)
+        data = await asyncio.wait_for(r.read(), 10)     # the server hangs up
+        w.close()
+        srv.close()
+        await srv.wait_closed()
+        return data
+
+    run(loop, main())
+    # asyncio logs a failed server-side handshake through the exception handler
+    # (SSLError); nothing else may be reported
+    for c in errors:
+        assert isinstance(c.get("exception"), (ssl.SSLError, ConnectionError, OSError)), c
+
+
+def test_nothing_left_behind(backend):
+    """Connections, servers, timers and polls of a loop: after close(), no I/O
+    context is alive and no descriptor is open."""
+    before = set(os.listdir("/proc/self/fd")) if LINUX else None
+    live = iocpx.live_io()
+    lp = iocpx.new_event_loop(backend=backend)
+
+    async def main():
+        srv = await lp.create_server(Echo, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        pairs = [await asyncio.open_connection("127.0.0.1", port) for _ in range(20)]
+        for r, w in pairs:
+            w.write(b"x")
+            assert await r.readexactly(1) == b"x"
+        lp.call_later(3600, print)                      # a far timer, pending at close
+        a, b = socket.socketpair()
+        lp.add_reader(a.fileno(), print)                # a poll, pending at close
+        for r, w in pairs[:10]:
+            w.close()
+        lp.remove_reader(a.fileno())
+        a.close()
+        b.close()
+        srv.close()
+
+    lp.run_until_complete(main())
+    lp.close()
+    gc.collect()
+    assert iocpx.live_io() == live
+    if LINUX:
+        assert set(os.listdir("/proc/self/fd")) <= before
+
+
+# ---- readiness -----------------------------------------------------------------------
+
+def test_add_reader_refuses_what_cannot_be_polled(loop, tmp_path):
+    f = open(tmp_path / "plain", "wb")
+    try:
+        with pytest.raises(PermissionError):
+            loop.add_reader(f.fileno(), print)
+    finally:
+        f.close()
+    a, b = socket.socketpair()
+    fd = a.fileno()
+    a.close()
+    b.close()
+    with pytest.raises((OSError, ValueError)):
+        loop.add_reader(fd, print)
+
+
+def test_add_reader_is_level_triggered_and_replaced(loop):
+    a, b = socket.socketpair()
+    calls = []
+
+    def first():
+        calls.append("first")
+
+    def second():
+        calls.append("second")
+        if calls.count("second") == 3:
+            loop.remove_reader(a.fileno())
+            loop.stop()
+
+    b.send(b"x")                     # stays unread: readable every iteration
+    loop.add_reader(a.fileno(), first)
+    loop.add_reader(a.fileno(), second)
+    loop.run_forever()
+    assert calls == ["second"] * 3
+    assert loop.remove_reader(a.fileno()) is False
+    a.close()
+    b.close()
+
+
+# ---- flow control, BufferedProtocol ----------------------------------------------------
+
+def test_pause_and_resume_writing(loop):
+    """A peer that does not read: pause_writing at the high-water mark, resume
+    once it reads again; every byte arrives."""
+    events = []
+    total = 4 << 20
+
+    class Writer(asyncio.Protocol):
+        def connection_made(self, tr):
+            self.tr = tr
+            tr.set_write_buffer_limits(high=64 * 1024)
+
+        def pause_writing(self):
+            events.append("pause")
+
+        def resume_writing(self):
+            events.append("resume")
+
+    async def main():
+        srv_sock = socket.socket()
+        srv_sock.bind(("127.0.0.1", 0))
+        srv_sock.listen()
+        srv_sock.setblocking(False)
+        port = srv_sock.getsockname()[1]
+        tr, pr = await loop.create_connection(Writer, "127.0.0.1", port)
+        peer, _ = await loop.sock_accept(srv_sock)
+        chunk = b"z" * 65536
+        for _ in range(total // len(chunk)):
+            tr.write(chunk)
+        assert "pause" in events
+        got = 0
+        while got < total:
+            data = await loop.sock_recv(peer, 1 << 20)
+            assert data
+            got += len(data)
+        await asyncio.sleep(0.05)
+        assert events[-1] == "resume"
+        assert tr.get_write_buffer_size() == 0
+        tr.close()
+        peer.close()
+        srv_sock.close()
+        return got
+
+    assert run(loop, main()) == total
+
+
+def test_buffered_protocol_small_buffers_and_pause(loop):
+    """get_buffer() returns 7 bytes at a time and reading is paused in the
+    middle of a chunk: every byte arrives once, in order."""
+    payload = bytes(range(256)) * 1024
+    got = bytearray()
+    done = loop.create_future()
+
+    class P(asyncio.BufferedProtocol):
+        def connection_made(self, tr):
+            self.tr = tr
+            self.buf = bytearray(7)
+
+        def get_buffer(self, sizehint):
+            return self.buf
+
+        def buffer_updated(self, n):
+            got.extend(self.buf[:n])
+            if len(got) % 7000 == 0:
+                self.tr.pause_reading()
+                loop.call_later(0.001, self.tr.resume_reading)
+
+        def eof_received(self):
+            done.set_result(bytes(got))
+
+    async def main():
+        srv = await loop.create_server(P, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(payload)
+        w.write_eof()
+        data = await done
+        w.close()
+        srv.close()
+        await srv.wait_closed()
+        return data
+
+    assert run(loop, main()) == payload
+
+
+def test_half_close_keeps_writing(loop):
+    """eof_received() returning True keeps the transport open for writing."""
+    class Half(asyncio.Protocol):
+        def connection_made(self, tr):
+            self.tr = tr
+            self.buf = b""
+
+        def data_received(self, data):
+            self.buf += data
+
+        def eof_received(self):
+            self.tr.write(self.buf[::-1])
+            self.tr.close()
+            return True
+
+    async def main():
+        srv = await loop.create_server(Half, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"abcdef")
+        w.write_eof()
+        data = await r.read()
+        w.close()
+        srv.close()
+        await srv.wait_closed()
+        return data
+
+    assert run(loop, main()) == b"fedcba"
+
+
+# ---- timers and threads ------------------------------------------------------------------
+
+def test_cancelled_timers_do_not_pile_up(loop):
+    """A program that arms and cancels long timeouts (wait_for on every request)
+    keeps none of them: the engine heap is compacted, as asyncio's is."""
+    async def main():
+        for _ in range(5000):
+            h = loop.call_later(3600, print)
+            h.cancel()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return loop.engine_stats["timers"]
+
+    assert run(loop, main()) < 200
+
+
+def test_timer_order_and_cancel(loop):
+    order = []
+
+    async def main():
+        now = loop.time()
+        for i in range(50):
+            loop.call_at(now + 0.01, order.append, i)       # equal deadlines: FIFO
+        h = loop.call_at(now + 0.005, order.append, "cancelled")
+        h.cancel()
+        assert h.cancelled()
+        loop.call_at(now + 0.001, order.append, "first")
+        await asyncio.sleep(0.05)
+
+    run(loop, main())
+    assert order == ["first"] + list(range(50))
+
+
+def test_call_soon_threadsafe_from_many_threads(loop):
+    n_threads, per_thread = 8, 2000
+    seen = []
+    done = loop.create_future()
+
+    def add(i):
+        seen.append(i)
+        if len(seen) == n_threads * per_thread:
+            done.set_result(None)
+
+    def worker(k):
+        for i in range(per_thread):
+            loop.call_soon_threadsafe(add, k * per_thread + i)
+
+    async def main():
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(n_threads)]
+        for t in threads:
+            t.start()
+        await done
+        for t in threads:
+            t.join()
+
+    run(loop, main())
+    assert sorted(seen) == list(range(n_threads * per_thread))
+
+
+def test_keyboard_interrupt_in_protocol_leaves_run_until_complete(loop):
+    class Boom(asyncio.Protocol):
+        def data_received(self, data):
+            raise KeyboardInterrupt
+
+    held = []
+
+    async def main():
+        srv = await loop.create_server(Boom, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        held.extend((srv, w))
+        w.write(b"x")
+        await asyncio.sleep(5)
+
+    task = loop.create_task(main())
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_until_complete(task)
+    # the loop still works afterwards
+    assert loop.run_until_complete(asyncio.sleep(0, result=7)) == 7
+    task.cancel()
+    srv, w = held
+    w.close()
+    srv.close()
+    loop.run_until_complete(srv.wait_closed())
+    with pytest.raises(asyncio.CancelledError):
+        loop.run_until_complete(task)
+
+
+# ---- TLS churn: memory stays flat --------------------------------------------------------
+
+def _rss_kib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+@pytest.mark.skipif(not LINUX, reason="reads /proc/self/statm")
+def test_tls_churn_keeps_rss_flat(loop, pki):
+    """Thousands of TLS handshakes and closes (client and server on this loop):
+    RSS after the last thousand is within a few MiB of RSS after the first
+    (uvloop#565 is a TLS leak of this kind)."""
+    sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    sctx.load_cert_chain(str(pki["dir"] / "server.pem"))
+    cctx = ssl.create_default_context(cafile=str(pki["dir"] / "ca.pem"))
+
+    async def churn(port, n):
+        for _ in range(n):
+            r, w = await asyncio.open_connection("127.0.0.1", port, ssl=cctx,
+                                                 server_hostname="localhost")
+            w.write(b"ping")
+            assert await r.readexactly(4) == b"ping"
+            w.close()
+            await w.wait_closed()
+
+    async def main():
+        srv = await loop.create_server(Echo, "127.0.0.1", 0, ssl=sctx)
+        port = srv.sockets[0].getsockname()[1]
+        await churn(port, 500)
+        gc.collect()
+        first = _rss_kib()
+        await churn(port, 1500)
+        gc.collect()
+        last = _rss_kib()
+        srv.close()
+        await srv.wait_closed()
+        return first, last
+
+    first, last = run(loop, main(), timeout=300)
+    assert last - first < 6 * 1024, f"RSS grew {last - first} KiB over 1,500 TLS connections"
