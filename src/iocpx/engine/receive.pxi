@@ -31,7 +31,19 @@ cdef void conn_on_recv(Connection c, Event* evs, int k) except *:
     cdef Event* ev = &evs[k - 1]        # the last one says whether the op goes on
     cdef Py_ssize_t res, off = 0, total = 0
     cdef int i
-    if k == 1:
+    cdef bint delivered = 0
+    data = None
+    if c.sink is not None and evs[0].res > 0 and evs[0].data != NULL and c.state == C_OPEN \
+            and not c.paused and not c.held and (<StreamTransport>c.sink).buffered:
+        # an asyncio BufferedProtocol: the bytes go from the receive buffers
+        # straight into the protocol's (loop/stream.pxi); no bytes object
+        for i in range(k):
+            total += evs[i].res
+        res = total
+        eng.n_msgs_in += k - 1
+        stream_on_events(c, evs, k)
+        delivered = 1
+    elif k == 1:
         data = eng.be.recv_bytes(ev)    # the buffer goes back to the kernel here
         res = ev.res
     else:
@@ -52,7 +64,9 @@ cdef void conn_on_recv(Connection c, Event* evs, int k) except *:
         eng.n_bytes_in += res
         eng.n_msgs_in += 1
         c.last_tick = eng.tick
-        if c.state == C_OPEN:
+        if delivered:
+            pass
+        elif c.state == C_OPEN:
             if c.paused or c.held:          # read ahead of a pause: keep it, in order
                 conn_hold(c, data)
             else:

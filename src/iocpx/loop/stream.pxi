@@ -88,6 +88,104 @@ cdef void stream_on_data(Connection c, object data) except *:
             return
 
 
+cdef extern from *:
+    """
+    /* Copy n bytes into a writable buffer-protocol object (a BufferedProtocol's
+       get_buffer() result): at most its length; returns the bytes copied, or -1
+       with an exception set. The buffer API is in the limited API from 3.11 on
+       only: before that, memoryview slice assignment does it. */
+    static Py_ssize_t iocpx_copy_into(PyObject *dst, const char *src, Py_ssize_t n) {
+    #if !defined(Py_LIMITED_API) || Py_LIMITED_API+0 >= 0x030B0000
+        Py_buffer view;
+        if (PyObject_GetBuffer(dst, &view, PyBUF_WRITABLE | PyBUF_SIMPLE) < 0) return -1;
+        if (view.len < n) n = view.len;
+        memcpy(view.buf, src, (size_t)n);
+        PyBuffer_Release(&view);
+        return n;
+    #else
+        PyObject *mv = NULL, *flat = NULL, *from = NULL, *len = NULL;
+        Py_ssize_t room;
+        int r = -1;
+        mv = PyMemoryView_FromObject(dst);
+        if (mv == NULL) return -1;
+        flat = PyObject_CallMethod(mv, "cast", "s", "B");
+        if (flat == NULL) goto done;
+        room = PyObject_Length(flat);
+        if (room < 0) goto done;
+        if (room < n) n = room;
+        from = PyMemoryView_FromMemory((char *)src, n, PyBUF_READ);
+        if (from == NULL) goto done;
+        {
+            PyObject *sl = PySlice_New(NULL, (len = PyLong_FromSsize_t(n)), NULL);
+            if (sl == NULL) goto done;
+            r = PyObject_SetItem(flat, sl, from);
+            Py_DECREF(sl);
+        }
+    done:
+        Py_XDECREF(len); Py_XDECREF(from); Py_XDECREF(flat); Py_XDECREF(mv);
+        return r < 0 ? -1 : n;
+    #endif
+    }
+    """
+    Py_ssize_t iocpx_copy_into(object dst, const char* src, Py_ssize_t n) except -1
+
+
+cdef void stream_on_events(Connection c, Event* evs, int k) except *:
+    """Receive events for a BufferedProtocol (engine receive path): their bytes
+    are copied from the receive buffers into the protocol's buffers (as many
+    get_buffer() calls as it takes) and the receive buffers go straight back.
+    If the protocol pauses reading (or is replaced, or fails) midway, the rest
+    is kept, in order, for later (Connection.held)."""
+    cdef StreamTransport t = <StreamTransport>c.sink
+    cdef Backend be = c.eng.be
+    cdef int i
+    cdef Py_ssize_t n, off, got
+    cdef char* ptr
+    cdef list rest = None
+    for i in range(k):
+        ptr = <char*>evs[i].data
+        n = evs[i].res
+        off = 0
+        while off < n:
+            if rest is not None or t.lost or t.closing or c.paused or t.protocol is None \
+                    or not t.buffered or c.sink is not t:
+                if rest is None:
+                    rest = []
+                rest.append(PyBytes_FromStringAndSize(ptr + off, n - off))
+                break
+            try:
+                buf = t.protocol.get_buffer(n - off)
+                got = iocpx_copy_into(buf, ptr + off, n - off)
+                if got <= 0:
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+            except BaseException as exc:
+                buf = None
+                stream_call_failed(t, exc, "get_buffer")
+                off = n
+                rest = []           # the connection is ending: the rest is dropped
+                break
+            buf = None
+            off += got
+            try:
+                t.protocol.buffer_updated(got)
+            except BaseException as exc:
+                stream_call_failed(t, exc, "buffer_updated")
+                rest = []
+                break
+        be.recv_release(&evs[i])
+    if rest:
+        if t.lost or t.closing or c.state != C_OPEN:
+            return
+        if not t.buffered and c.sink is t and not c.paused:
+            for data in rest:           # a plain Protocol now (set_protocol)
+                stream_on_data(c, data)
+            return
+        for data in reversed(rest):
+            conn_hold_front(c, data)
+        if not c.paused:
+            conn_post_held(c)
+
+
 cdef object stream_socket(StreamTransport t):
     """The transport's socket.socket (asyncio's transports keep theirs): the
     one it was made from, or, for an accepted connection, one made on first
