@@ -94,7 +94,7 @@ cdef class Listener:
     cdef uint16_t group
     cdef uint32_t buffer_size
     cdef double last_warn
-    # -- the first-data path (engine/firstdata.pxi)
+    # -- the first-data path (engine/accept.pxi)
     cdef bint first_data            # on_accept waits for the connection's first bytes
     cdef double first_data_timeout  # seconds a connection may stay silent before (0: no limit)
     cdef PyObject* silent_head      # Connections waiting for first data, oldest first: a

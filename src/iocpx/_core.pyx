@@ -7,19 +7,19 @@ layouts are in _core.pxd; README "Layout" maps each step of the model to its
 file:
 
   engine/errors.pxi      exceptions; a peer's failure -> the one on_close exception
-  engine/select.pxi      which backends exist, the default, making one
+  engine/backends.pxi    which backends exist, the default, making one
   engine/address.pxi     addresses and argument checks
   engine/timers.pxi      the timer heap: call_later/call_at/call_soon, internal timers
   engine/workers.pxi     the worker pool: leader, dispatch, watcher and rescue
   engine/engine.pxi      Engine: the port, its workers, listen/connect/close/stats
   engine/listener.pxi    Listener: the listening socket's life cycle
-  engine/firstdata.pxi   accepts, pre-posted and re-posted, and the first-data path
+  engine/accept.pxi      accepts, pre-posted and re-posted, and the first-data path
   engine/connection.pxi  Connection: per-socket context, connect, close, on_close
   engine/receive.pxi     the receive loop, re-post, pause/resume
   engine/sendq.pxi       the send queue and flow control
   engine/sendfile.pxi    sendfile (TransmitFile / sendfile / splice)
   engine/tls.pxi         TLS: ssl.MemoryBIO + SSLObject between the receive path and the send queue
-  engine/port.pxi        CompletionPort: post/get on the raw port
+  engine/completion_port.pxi  CompletionPort: post/get on the raw port
   engine/unix.pxi        Unix-domain sockets: paths, abstract names, the socket file
   engine/adopt.pxi       sockets made elsewhere: listen(sock=...), Engine.adopt()
   engine/datagram.pxi    UDP: Engine.datagram() -> Endpoint, sendto, drops counted
@@ -53,19 +53,19 @@ cdef inline void _sock_close(int fd) noexcept nogil:
 
 
 include "engine/errors.pxi"
-include "engine/select.pxi"
+include "engine/backends.pxi"
 include "engine/address.pxi"
 include "engine/timers.pxi"
 include "engine/workers.pxi"
 include "engine/engine.pxi"
 include "engine/listener.pxi"
-include "engine/firstdata.pxi"
+include "engine/accept.pxi"
 include "engine/connection.pxi"
 include "engine/receive.pxi"
 include "engine/sendq.pxi"
 include "engine/sendfile.pxi"
 include "engine/tls.pxi"
-include "engine/port.pxi"
+include "engine/completion_port.pxi"
 include "engine/unix.pxi"
 include "engine/adopt.pxi"
 include "engine/datagram.pxi"

@@ -47,7 +47,7 @@ from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy, i
                          IOCPX_ADD_I32)
 from iocpx._backend cimport (Backend, IoCtx, Event, ev_set, oserror, io_target, EV_BUFFER,
                              EV_BUFFER_SHIFT, MAX_GROUPS, OP_SENDFILE, Datagram, DG_TRUNC, DG_NOBUF)
-from iocpx._uring cimport *
+from iocpx._io_uring_abi cimport *
 
 cdef extern from *:
     """
@@ -74,7 +74,7 @@ cdef inline int sys_enter(int fd, unsigned to_submit, unsigned min_complete,
 
 
 @cython.final
-cdef class UringBackend(Backend):
+cdef class IoUringBackend(Backend):
     """The io_uring backend (layout in _io_uring.pxd)."""
 
     def __cinit__(self, unsigned entries=4096):
@@ -328,7 +328,7 @@ cdef class UringBackend(Backend):
         self._push(sqe, io)
         return 0
 
-    # ---- sendfile: splice through a pipe (uring/splice.pxi) -----------------
+    # ---- sendfile: splice through a pipe (io_uring/sendfile.pxi) -----------------
 
     cdef int submit_sendfile(self, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1:
         return splice_start(self, io, file_fd, offset, nbytes)
@@ -399,7 +399,7 @@ cdef class UringBackend(Backend):
         IOCPX_STORE_REL_U32(self.cq_khead, head)
         return n
 
-    # ---- provided receive buffers (uring/buffers.pxi) ----------------------
+    # ---- provided receive buffers (io_uring/buffers.pxi) ----------------------
 
     cdef int buffer_group(self, uint32_t size) except -1:
         """The receive pool for receives of up to size bytes: the shared
@@ -421,10 +421,10 @@ cdef class UringBackend(Backend):
         return [(self.groups[i].size, self.groups[i].nbufs, bool(self.groups[i].inc))
                 for i in range(self.ngroups)]
 
-    # ---- datagrams (uring/datagram.pxi) -----------------------------------
+    # ---- datagrams (io_uring/datagram.pxi) -----------------------------------
 
     cdef int dgram_group(self, uint32_t size) except -1:
-        return dgram_group_uring(self, size)
+        return dgram_group_io_uring(self, size)
 
     cdef int submit_recvfrom(self, IoCtx* io) except -1:
         return dgram_submit_recv(self, io)
@@ -433,10 +433,10 @@ cdef class UringBackend(Backend):
         return dgram_submit_send(self, io)
 
     cdef int dgram_view(self, Event* ev, Datagram* out) except -1:
-        return dgram_view_uring(self, ev, out)
+        return dgram_view_io_uring(self, ev, out)
 
     cdef void dgram_done(self, Event* ev) noexcept:
-        dgram_done_uring(self, ev)
+        dgram_done_io_uring(self, ev)
 
     cdef object recv_bytes(self, Event* ev):
         """The bytes a receive completion carried (None if none); its piece
@@ -463,9 +463,9 @@ cdef class UringBackend(Backend):
         return n
 
 
-include "uring/buffers.pxi"
-include "uring/splice.pxi"
-include "uring/datagram.pxi"
+include "io_uring/buffers.pxi"
+include "io_uring/sendfile.pxi"
+include "io_uring/datagram.pxi"
 
 
 def probe():
@@ -479,7 +479,7 @@ def probe():
     if (major, minor) < (6, 0):
         return f"io_uring backend needs Linux 6.0+ (multishot receive), kernel is {os.uname().release}"
     try:
-        b = UringBackend(8)
+        b = IoUringBackend(8)
         b.buffer_group(4096)
     except OSError as e:
         return f"io_uring unavailable: {e}"
@@ -491,7 +491,7 @@ def features():
     import os
     out = {"kernel": os.uname().release}
     try:
-        b = UringBackend(8)
+        b = IoUringBackend(8)
     except OSError as e:
         out["available"] = f"no ({e})"
         return out

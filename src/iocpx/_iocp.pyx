@@ -15,7 +15,7 @@ called directly (declarations in _winsock.pxd).
     (io.aux.silent_ms; SO_CONNECT_TIME, checked from the wait loop every
     second) and completes with -ETIMEDOUT; accept_silent() counts the slots
     that held a connected client without data at two calls in a row, for the
-    engine's guard (engine/firstdata.pxi);
+    engine's guard (engine/accept.pxi);
   * receives: a zero-byte WSARecv, then a non-blocking recv() of up to the
     buffer size when it completes, so an idle connection pins no buffer. Each
     completion is final (no EV_MORE): the engine posts the next receive after

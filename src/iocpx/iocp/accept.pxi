@@ -2,7 +2,7 @@
 # advance, the first data received with the connection, GetAcceptExSockAddrs,
 # and the first-data slots a silent client holds: dropped after the
 # listener's first_data_timeout (SO_CONNECT_TIME, scanned by the leader every
-# SCAN_MS) and counted for the engine's guard (engine/firstdata.pxi).
+# SCAN_MS) and counted for the engine's guard (engine/accept.pxi).
 
 
 cdef int accept_submit(IocpBackend be, IoCtx* io) except -1:
