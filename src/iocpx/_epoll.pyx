@@ -19,9 +19,8 @@ slow callback throttles its own peer instead of growing memory.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, ENOENT, EEXIST
-cdef extern from "<errno.h>" nogil:
-    int ECANCELED, EWOULDBLOCK, ECONNRESET, ECONNABORTED, EPIPE
+from libc.errno cimport (errno, EAGAIN, EINTR, EINPROGRESS, ENOENT, EEXIST, ECONNRESET,
+                         ECONNABORTED, EPIPE)
 from libc.string cimport memset, memcpy
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from posix.unistd cimport close as c_close, read as c_read, write as c_write
@@ -32,41 +31,13 @@ from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy, i
 from iocpx._backend cimport (Backend, IoCtx, Event, EventQueue, ev_set, evq_push, evq_take,
                              evq_free, recv_heap, oserror, io_target, EV_MORE, OP_SEND, READ_MIN,
                              OP_RECVFROM, OP_SENDTO, Datagram, DG_TRUNC)
-
-cdef extern from "<sys/epoll.h>" nogil:
-    union epoll_data:
-        void* ptr
-        int fd
-        uint32_t u32
-        uint64_t u64
-    struct epoll_event:
-        uint32_t events
-        epoll_data data
-    int epoll_create1(int flags)
-    int epoll_ctl(int epfd, int op, int fd, epoll_event* ev)
-    int epoll_wait(int epfd, epoll_event* evs, int maxevents, int timeout)
-    int EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CTL_DEL
-    uint32_t EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP
-
-cdef extern from "<sys/eventfd.h>" nogil:
-    int eventfd(unsigned int initval, int flags)
-    int EFD_CLOEXEC, EFD_NONBLOCK
-
-cdef extern from "<sys/sendfile.h>" nogil:
-    ssize_t c_sendfile "sendfile"(int out_fd, int in_fd, long* offset, size_t count)
-
-cdef extern from "<sys/socket.h>" nogil:
-    int c_socket "socket"(int domain, int type, int protocol)
-    int accept4(int fd, sockaddr* addr, socklen_t* addrlen, int flags)
-    ssize_t recv(int fd, void* buf, size_t n, int flags)
-    ssize_t send(int fd, const void* buf, size_t n, int flags)
-    int connect(int fd, const sockaddr* addr, socklen_t len)
-    int getsockopt(int fd, int level, int name, void* val, socklen_t* len)
-    int SOCK_STREAM, SOCK_NONBLOCK, SOCK_CLOEXEC, MSG_NOSIGNAL, MSG_DONTWAIT, SOL_SOCKET, SO_ERROR
-
-cdef extern from "<fcntl.h>" nogil:
-    int fcntl(int fd, int cmd, ...)
-    int F_GETFL, F_SETFL, O_NONBLOCK
+from iocpx._linux cimport (ECANCELED, EWOULDBLOCK, fcntl, F_GETFL, F_SETFL, O_NONBLOCK,
+                           c_socket, accept4, connect, recv, send, sendto, recvmmsg, getsockopt,
+                           iovec, msghdr, mmsghdr, SOCK_STREAM, SOCK_NONBLOCK, SOCK_CLOEXEC,
+                           SOL_SOCKET, SO_ERROR, MSG_NOSIGNAL, MSG_DONTWAIT, MSG_TRUNC,
+                           c_sendfile, epoll_event, epoll_create1, epoll_ctl, epoll_wait,
+                           EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CTL_DEL, EPOLLIN,
+                           EPOLLOUT, EPOLLERR, EPOLLHUP, eventfd, EFD_CLOEXEC, EFD_NONBLOCK)
 
 cdef enum:
     MAX_UNREAD = 8          # data events of one receive waiting for dispatch

@@ -34,7 +34,7 @@ pipe-load with the bytes that reached the socket.
 """
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.errno cimport errno, EINTR, ETIME, EBUSY, EAGAIN, EINVAL, ENOMEM, ENOBUFS
+from libc.errno cimport errno, EINTR, ETIME, EBUSY, EAGAIN, EINVAL, ENOMEM, ENOBUFS, EPIPE
 from libc.string cimport memset, memcpy
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc, calloc, free
@@ -47,23 +47,12 @@ from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy, i
                          IOCPX_ADD_I32)
 from iocpx._backend cimport (Backend, IoCtx, Event, ev_set, oserror, io_target, EV_BUFFER,
                              EV_BUFFER_SHIFT, MAX_GROUPS, OP_SENDFILE, Datagram, DG_TRUNC, DG_NOBUF)
+from iocpx._linux cimport (ECANCELED, syscall, __NR_io_uring_setup, __NR_io_uring_enter,
+                           __NR_io_uring_register, mmap, munmap, MAP_FAILED, PROT_READ,
+                           PROT_WRITE, MAP_SHARED, MAP_POPULATE, MAP_PRIVATE, MAP_ANONYMOUS,
+                           c_socket, SOCK_STREAM, SOCK_CLOEXEC, MSG_NOSIGNAL, MSG_WAITALL,
+                           MSG_TRUNC, SPLICE_F_MOVE, iovec, msghdr)
 from iocpx._io_uring_abi cimport *
-
-cdef extern from *:
-    """
-    #include <linux/io_uring.h>
-    /* The engine's Event flags are io_uring's cqe flags, passed through as they are. */
-    _Static_assert(IORING_CQE_F_BUFFER == 1 && IORING_CQE_F_MORE == 2 && IORING_CQE_BUFFER_SHIFT == 16,
-                   "EV_BUFFER, EV_MORE, EV_BUFFER_SHIFT in _backend.pxd must equal io_uring's");
-    """
-
-cdef extern from "<sys/socket.h>" nogil:
-    int c_socket "socket"(int domain, int type, int protocol)
-    int MSG_NOSIGNAL, MSG_WAITALL, SOCK_CLOEXEC, SOCK_STREAM
-cdef extern from "<fcntl.h>" nogil:
-    unsigned SPLICE_F_MOVE
-cdef extern from "<errno.h>" nogil:
-    int ECANCELED, EPIPE
 
 cdef inline int sys_enter(int fd, unsigned to_submit, unsigned min_complete,
                           unsigned flags, void* arg, size_t argsz) noexcept nogil:

@@ -59,28 +59,6 @@ from iocpx._backend cimport (Backend, IoCtx, Event, EventQueue, ev_set, evq_push
                              OP_RECVFROM, Datagram, DG_TRUNC)
 from iocpx._winsock cimport *
 
-cdef extern from *:
-    """
-    #include <mswsock.h>
-    /* The extension functions' ids, for WSAIoctl(SIO_GET_EXTENSION_FUNCTION_POINTER). */
-    static GUID iocpx_WSAID_ACCEPTEX = WSAID_ACCEPTEX;
-    static GUID iocpx_WSAID_CONNECTEX = WSAID_CONNECTEX;
-    static GUID iocpx_WSAID_GETACCEPTEXSOCKADDRS = WSAID_GETACCEPTEXSOCKADDRS;
-    static GUID iocpx_WSAID_TRANSMITFILE = WSAID_TRANSMITFILE;
-    #define iocpx_sock_handle(s) ((HANDLE)(SOCKET)(s))
-    /* A finished receive is claimed once: by the read after it, or by
-       abort_by_close() (1 if the caller won it). */
-    static inline int iocpx_claim(int32_t* claim, int32_t who) {
-        return InterlockedCompareExchange((volatile LONG*)claim, who, 0) == 0;
-    }
-    """
-    GUID iocpx_WSAID_ACCEPTEX
-    GUID iocpx_WSAID_CONNECTEX
-    GUID iocpx_WSAID_GETACCEPTEXSOCKADDRS
-    GUID iocpx_WSAID_TRANSMITFILE
-    HANDLE iocpx_sock_handle(SOCKET s) nogil
-    int iocpx_claim(int32_t* claim, int32_t who) nogil
-
 cdef enum:
     KEY_IO = 1              # a socket's own operations
     KEY_POST = 2            # PostQueuedCompletionStatus packets with an IoCtx

@@ -13,25 +13,6 @@
 # datagram that would block waits for EPOLLOUT in the send slot (the engine
 # queues any others behind it).
 
-cdef extern from "<sys/socket.h>" nogil:
-    struct iovec:
-        void* iov_base
-        size_t iov_len
-    struct msghdr:
-        void* msg_name
-        unsigned int msg_namelen
-        iovec* msg_iov
-        size_t msg_iovlen
-        void* msg_control
-        size_t msg_controllen
-        int msg_flags
-    struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
-    int recvmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags, void* timeout)
-    ssize_t sendto(int fd, const void* buf, size_t n, int flags, const sockaddr* to, socklen_t tolen)
-    int MSG_TRUNC
-
 cdef enum:
     DG_UNREAD = 64          # datagram events of one receive waiting for dispatch, at most
     DG_BATCH = 16           # datagrams per recvmmsg call

@@ -16,20 +16,6 @@
 # Sending: one IORING_OP_SENDMSG per datagram; its msghdr and iovec live in
 # io.extra (malloc'd here, freed by io_free) until the completion.
 
-cdef extern from "<sys/socket.h>" nogil:
-    struct iovec:
-        void* iov_base
-        size_t iov_len
-    struct msghdr:
-        void* msg_name
-        unsigned int msg_namelen
-        iovec* msg_iov
-        size_t msg_iovlen
-        void* msg_control
-        size_t msg_controllen
-        int msg_flags
-    int MSG_TRUNC
-
 cdef enum:
     DG_OUT = 16             # sizeof(io_uring_recvmsg_out)
     DG_NAME = 28            # room for the sender: sizeof(sockaddr_in6)
