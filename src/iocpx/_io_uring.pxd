@@ -1,6 +1,6 @@
 # The io_uring backend's layouts: the receive pools, the sendfile state and
 # the backend class. Declarations only; the logic is in _io_uring.pyx and
-# io_uring/*.pxi.
+# io_uring/*.pxi (mapped in _io_uring.pyx's docstring).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, int64_t, uint64_t
 from iocpx._sys cimport iocpx_mutex_t
 from iocpx._backend cimport Backend, IoCtx, Event, MAX_GROUPS
@@ -98,4 +98,3 @@ cdef class IoUringBackend(Backend):
     cdef io_uring_sqe* _slot_nogil(self) noexcept nogil
     cdef void _push(self, io_uring_sqe* sqe, IoCtx* io) noexcept nogil
     cdef int _submit_pending(self) noexcept nogil
-    cdef int _harvest(self, Event* out, int maxev) noexcept nogil

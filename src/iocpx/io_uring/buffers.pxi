@@ -166,3 +166,19 @@ cdef void pool_free(IoUringBackend be, BufGroup* g, int gid) noexcept:
     g.addr = NULL
     g.off = NULL
     g.refs = NULL
+
+
+cdef int pool_group(IoUringBackend be, uint32_t size) except -1:
+    """The receive pool for receives of up to size bytes: the shared
+    incremental pool where the kernel has it, else one pool per size."""
+    cdef int i
+    if be.inc_group >= 0:
+        return be.inc_group
+    if be.inc_ok != 0:
+        i = pool_new(be, INC_BUF, 1)
+        if i >= 0:
+            be.inc_ok = 1
+            be.inc_group = i
+            return i
+        be.inc_ok = 0             # this kernel has no incremental consumption
+    return pool_plain(be, size)

@@ -6,8 +6,8 @@
 # (empty) or is closed. A connection's cancel marks its ops (the file -> pipe
 # step cannot be cancelled through the socket) so that no further step starts.
 
-cdef int splice_start(IoUringBackend be, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1:
-    """OP_SENDFILE: take a pipe and submit the first step."""
+cdef int sendfile_submit(IoUringBackend be, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1:
+    """OP_SENDFILE: take a pipe and submit the first step (splice_submit)."""
     cdef SpliceState* st = <SpliceState*>calloc(1, sizeof(SpliceState))   # freed by io_free
     cdef int fds[2]
     if st == NULL:

@@ -183,3 +183,12 @@ cdef int accept_count_silent(IocpBackend be, int listen_fd) except -1:
             st = st.next
         iocpx_mutex_unlock(&be.mu)
     return k
+
+
+cdef object accept_first_data(Event* ev):
+    """The first data AcceptEx received (b"" if the client closed without
+    sending); None when the engine did not ask for it."""
+    cdef AcceptState* st = <AcceptState*>ev.io.extra
+    if st == NULL or st.rcvlen == 0:
+        return None
+    return PyBytes_FromStringAndSize(accept_buf(st), st.got)
