@@ -1,5 +1,5 @@
-"""Issue 13: one behaviour on every backend when a peer (or the network)
-breaks a connection, and when the application's own callbacks fail.
+"""One behaviour on every backend when a peer (or the network) breaks a
+connection, and when the application's own callbacks fail.
 
 The contract, checked case by case on every backend:
   * a failure the peer caused is reported exactly once, through

@@ -265,8 +265,8 @@ def test_api_misuse(engine, pki):
 
 @pytest.fixture
 def quiet_log(caplog):
-    """Failures a peer causes are logged at DEBUG at most (README "What you
-    can rely on"): fail the test if iocpx logged anything above that."""
+    """Failures a peer causes are logged at DEBUG at most (docs/guide.md, "What
+    you can rely on"): fail the test if iocpx logged anything above that."""
     caplog.set_level(logging.DEBUG, logger="iocpx")
     yield
     loud = [r for r in caplog.records if r.name.startswith("iocpx") and r.levelno > logging.DEBUG]
