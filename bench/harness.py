@@ -639,7 +639,9 @@ def measure_window(srv, argv, connect_timeout, warmup, duration, pin=True):
         (w0, s0, c0, m0), (w1, s1, c1, m1) = marks["START"], marks["END"]
         wall, rt = w1 - w0, result["round_trips"]
         res.update(result)
-        pct = (lambda x: 100.0 * x / wall if wall > 0 else 0.0)
+
+        def pct(x):
+            return 100.0 * x / wall if wall > 0 else 0.0
         res["server_cpu_s"] = s1 - s0
         res["server_cpu_pct"] = pct(s1 - s0)
         res["loadgen_cpu_pct"] = pct(c1 - c0)

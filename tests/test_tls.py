@@ -132,7 +132,7 @@ class BioClient:
                 return self.obj.read(n)
             except ssl.SSLWantReadError:
                 if not self.fill():
-                    raise EOFError("TCP EOF")
+                    raise EOFError("TCP EOF") from None
 
     def close(self):
         self.sock.close()
@@ -776,7 +776,9 @@ def test_connect_to_openssl_s_server(engine, pki):
         p.stdout.close()
 
 
-@pytest.mark.skipif(CURL is None or sys.platform == "win32", reason="needs the curl command (Debian: apt-get install curl) and a POSIX stop signal for the example")
+@pytest.mark.skipif(CURL is None or sys.platform == "win32",
+                    reason="needs the curl command (Debian: apt-get install curl) and a POSIX "
+                    "stop signal for the example")
 @pytest.mark.parametrize("loop", ["iocpx", "asyncio"])
 def test_curl_against_the_http_example_over_tls(backend, pki, tmp_path, loop):
     """examples/http_server.py --tls-cert/--tls-key, fetched by curl --cacert:

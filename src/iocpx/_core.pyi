@@ -91,13 +91,14 @@ class Engine:
     def listen(self, address: Optional[ListenAddress] = None, *,
                on_accept: Optional[OnAccept] = None,
                on_recv: Optional[OnRecv] = None, on_close: Optional[OnClose] = None,
-               accepts: Optional[int] = None, first_data: bool = False, buffer_size: int = 4096,
+               accepts: Optional[int] = None, first_data: bool = False,
+               first_data_timeout: Optional[float] = 10.0, buffer_size: int = 4096,
                backlog: Optional[int] = None, nodelay: bool = True,
                on_drain: Optional[OnConnect] = None, max_send_buffer: int = 4 << 20,
                idle_timeout: Optional[float] = None, reuse_port: bool = False,
+               sock: Optional[SockArg] = None, unlink_existing: bool = False,
                ssl: Optional[ssl.SSLContext] = None,
-               ssl_handshake_timeout: float = 60.0,
-               sock: Optional[SockArg] = None, unlink_existing: bool = False) -> Listener: ...
+               ssl_handshake_timeout: float = 60.0) -> Listener: ...
     def adopt(self, sock: SockArg, *, on_recv: Optional[OnRecv] = None,
               on_close: Optional[OnClose] = None, on_drain: Optional[OnConnect] = None,
               nodelay: bool = True, buffer_size: int = 4096, max_send_buffer: int = 4 << 20,

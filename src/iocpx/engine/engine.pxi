@@ -138,7 +138,7 @@ cdef class Engine:
         reuse_port=True sets SO_REUSEPORT so several processes can share the
         port. Returns a Listener.
 
-        address may be a Unix socket path ("/run/app.sock"; "\0name" for
+        address may be a Unix socket path ("/run/app.sock"; "\\0name" for
         Linux's abstract namespace): an existing socket file makes it fail
         with EADDRINUSE unless unlink_existing=True, and the listener removes
         its file when it closes. sock= instead of an address takes over a
