@@ -49,5 +49,13 @@ def plain_docstrings(app, what, name, obj, options, lines):
     lines[:] = [ln.replace("*", r"\*").replace("|", r"\|") for ln in lines]
 
 
+def no_self(app, what, name, obj, options, signature, return_annotation):
+    """embedsignature writes methods as `listen(self, address=None, ...)`: drop the self."""
+    if signature and signature.startswith("(self"):
+        signature = "(" + signature[len("(self"):].lstrip(", ")
+    return signature, return_annotation
+
+
 def setup(app):
     app.connect("autodoc-process-docstring", plain_docstrings)
+    app.connect("autodoc-process-signature", no_self)
