@@ -152,7 +152,7 @@ cdef class TlsState:
 
 
 cdef class Connection:
-    # Sized for idle connections (README: about 0.5 KiB each): flags are bytes.
+    # Sized for idle connections (docs/performance.md: about 0.5 KiB each): flags are bytes.
     cdef Engine eng
     cdef SchedNode sched            # serializes this connection's callbacks
     cdef int fd

@@ -95,21 +95,21 @@ class Engine:
                accepts: Optional[int] = None, first_data: bool = False,
                first_data_timeout: Optional[float] = 10.0, buffer_size: int = 4096,
                backlog: Optional[int] = None, nodelay: bool = True,
-               on_drain: Optional[OnConnect] = None, max_send_buffer: int = ...,
+               on_drain: Optional[OnConnect] = None, max_send_buffer: int = 4194304,
                idle_timeout: Optional[float] = None, reuse_port: bool = False,
                sock: Optional[SockArg] = None, unlink_existing: bool = False,
                ssl: Optional[ssl.SSLContext] = None,
                ssl_handshake_timeout: float = 60.0) -> Listener: ...
     def adopt(self, sock: SockArg, *, on_recv: Optional[OnRecv] = None,
               on_close: Optional[OnClose] = None, on_drain: Optional[OnConnect] = None,
-              nodelay: bool = True, buffer_size: int = 4096, max_send_buffer: int = ...,
+              nodelay: bool = True, buffer_size: int = 4096, max_send_buffer: int = 4194304,
               idle_timeout: Optional[float] = None) -> Connection: ...
     def datagram(self, local_address: Optional[Tuple[Optional[str], int]] = None,
                  remote_address: Optional[Tuple[str, int]] = None, *,
                  on_datagram: OnDatagram, on_close: Optional[OnEndpointClose] = None,
                  on_error: Optional[OnEndpointError] = None, buffer_size: int = 65536,
                  reuse_port: bool = False, broadcast: bool = False,
-                 max_send_buffer: int = ..., rcvbuf: Optional[int] = None,
+                 max_send_buffer: int = 4194304, rcvbuf: Optional[int] = None,
                  sndbuf: Optional[int] = None) -> Endpoint: ...
     def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> Timer: ...
     def call_at(self, when: float, fn: Callable[..., Any], *args: Any) -> Timer: ...
@@ -118,7 +118,7 @@ class Engine:
                 on_connect: Optional[OnConnect] = None,
                 on_recv: Optional[OnRecv] = None, on_close: Optional[OnClose] = None,
                 nodelay: bool = True, buffer_size: int = 4096,
-                on_drain: Optional[OnConnect] = None, max_send_buffer: int = ...,
+                on_drain: Optional[OnConnect] = None, max_send_buffer: int = 4194304,
                 idle_timeout: Optional[float] = None,
                 local_address: Optional[Union[Tuple[str, int], str]] = None,
                 ssl: Union[ssl.SSLContext, bool, None] = None,

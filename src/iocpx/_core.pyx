@@ -1,7 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """The engine: the completion-port server model, written once for every backend.
 
-This docstring is the map of the source (README "Layout" points here). One
+This docstring is the map of the source (docs/how-it-works.md follows the
+model's steps through it, and tests/test_sourcecode.py checks the two). One
 translation unit (the worker thread-local in _sys.h is `static`), assembled
 from one file per concern, as uvloop assembles loop.pyx; the class layouts
 are in _core.pxd. In brackets, the steps of the completion-port model a file

@@ -27,7 +27,7 @@ cdef class Engine:
 
     Engine(workers=None, backend=None); workers=None means 2 * os.cpu_count().
     One worker does the I/O loop while callbacks are quick; the others stand
-    by and take over when a callback blocks (see README "How it works").
+    by and take over when a callback blocks (docs/how-it-works.md, "The worker model").
     """
 
     def __cinit__(self):
