@@ -1,217 +1,218 @@
-"""Echo benchmark: server CPU per round trip of iocpx against asyncio and uvloop, side by side.
+"""Echo ping-pong: server CPU per round trip of iocpx beside uvloop, asyncio, a thread per client
+and the C io_uring server (the practical limit), side by side.
 
-What it shows: for each server (asyncio, uvloop, iocpx with 1 or more workers; also, on request,
-a thread per client ("threads") and the minimal C io_uring server uring_echo.c ("uring-c"),
-the practical limit) and each
-(connections, message size), the round trips per second, the p50/p99/max latency, and the figure
-that matters, **server CPU microseconds per round trip** (utime+stime from /proc/PID/stat over the
-measured window, divided by the round trips in it), with its ratio to uvloop from the same run.
-Method (design.md section 6): the server is pinned to CPU 0, the C load generator (loadgen.c,
-closed loop, one message in flight per connection, every echo verified byte for byte) to CPU 1.
-On two cores the throughput is bound by the load generator (see the "loadgen CPU" column: near
-100% means client-bound), which is why CPU per round trip is the figure to compare.
+What it shows: for each server and each (connections, message size) row — by default 1, 100
+and 1,000 connections x 64 B, 4 KiB and 64 KiB, and 1 and 100 x 1 MiB — round trips/s, p50/p99
+latency and the figure that matters, **server CPU microseconds per round trip**, with its ratio
+to uvloop and to the C server. The load generator is bench/loadgen.c: a closed loop, one
+message in flight per connection, every echo verified byte for byte. The servers are
+bench/servers.py (each echoes with the least code its framework allows) and
+bench/uring_echo.c. iocpx runs with workers=1 on each available backend and with its defaults.
 
-What it needs: Linux, 2+ CPUs, `cc` (gcc or clang), `taskset` (util-linux), Python 3.11+;
-`pip install uvloop` for the uvloop rows; for the uring-c rows Linux 6.1+ and the kernel
-header <linux/io_uring.h> (Debian: linux-libc-dev); for the iocpx rows an iocpx that imports,
-normally the in-place build in src/iocpx (put first on the servers' PYTHONPATH; this script
-never builds it). A server that is missing gets a row saying why, and the others still run.
+What it needs: Linux, 2 CPUs, taskset, cc, Python 3.11+, `pip install uvloop matplotlib`, the
+kernel header <linux/io_uring.h> (Debian: linux-libc-dev) for the C server, and the in-place
+iocpx build (`python setup.py build_ext --inplace`). A server that cannot run gets rows saying
+why.
 
 How to run it, from the repo root:
 
-    python bench/echo.py                                   # 100 connections, 64 B, 5 s each
-    python bench/echo.py --connections 1,100,1000 --size 64,4096 --iocpx-workers 1,4 \
-        --out /tmp/echo.md
-    python bench/echo.py --servers asyncio,uvloop --duration 3 --repeat 3 --json /tmp/raw.json
-    python bench/echo.py --servers uvloop,threads,uring-c --connections 100,1000
+    python bench/echo.py                                    # every row: ~12 min
+    python bench/echo.py --connections 100,1000 --sizes 64 --repeat 3 --servers iocpx,uvloop
+    python bench/echo.py --quick                            # smoke run, ~2 min
 
-The whole suite (every peer and scenario, a dated table and charts) is bench/run_all.py.
-
-Other processes running on the two cores spoil a run: each row first waits (up to
---quiet-wait s) for the machine to be idle, the "other CPU %" column says what else ran during
-the window, and --repeat N reports the run with the median CPU us/rt. Server stderr (a
-traceback, iocpx's stats() at shutdown) is kept in bench/.build/server-KIND.log.
-
-Every run is bounded (quiet wait + connect timeout + warmup + duration + a margin per row)
-and every child process is killed on exit, error or Ctrl-C.
+It writes bench/results/echo-YYYY-MM-DD.md with its .json and charts (bench/run_all.py puts
+these rows in the suite's report instead).
 """
 
-import argparse
-import json
-import os
-import shutil
 import sys
 
-import harness as H     # bench/harness.py: spawning, /proc sampling, run_one
+import harness as H
+import peers as P
 
-# ---- report ----
-
-def render(results, info, args):
-    out = []
-    out.append(f"# iocpx echo benchmark — {info['date']}")
-    out.append("")
-    out.append(f"- machine: Linux {info['kernel']}, nproc {info['nproc']}, CPU {info['cpu']}")
-    out.append(f"- Python {info['python']}, uvloop {info['uvloop']}"
-               + (f", iocpx {info['iocpx']} (version, file, default backend)"
-                  if info.get("iocpx") else ""))
-    out.append(f"- method: server pinned to CPU {H.SERVER_CPU}, loadgen.c to CPU {H.CLIENT_CPU}"
-               f"{'' if args.pin else ' (pinning OFF)'}; closed loop, one message in flight per "
-               f"connection, every echo verified; warmup {args.warmup} s, measured "
-               f"{args.duration} s per row"
-               f"{f', median of {args.repeat} runs' if args.repeat > 1 else ''}")
-    out.append(f"- command: `{' '.join(['python', 'bench/echo.py'] + sys.argv[1:])}`")
-    out.append("")
-    out.append("| server | conns | size B | round trips/s | p50 us | p99 us | max us "
-               "| **server CPU us/rt** | vs uvloop | server CPU % | loadgen CPU % | other CPU % "
-               "| errors | verify fail |")
-    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    notes = []
-    for r in results:
-        if "error" in r:
-            label = f"{r['label']}: {r['error']}".replace("|", "\\|")
-            out.append(f"| {label} | {r['connections']} | {r['size']} "
-                       "| - | - | - | - | - | - | - | - | - | - | - |")
-            continue
-        base = next((u for u in results if u["kind"] == "uvloop" and "error" not in u
-                     and u["connections"] == r["connections"] and u["size"] == r["size"]), None)
-        ratio = None
-        if base and base.get("cpu_us_per_rt") and r.get("cpu_us_per_rt"):
-            ratio = r["cpu_us_per_rt"] / base["cpu_us_per_rt"]
-        errs = r["errors"]
-        out.append(
-            f"| {r['label']} | {r['connections']} | {r['size']} | {r['rt_per_s']:,.0f} "
-            f"| {H.fmt(r['p50_us'], '.1f')} | {H.fmt(r['p99_us'], '.1f')} "
-            f"| {H.fmt(r['max_us'], '.0f')} "
-            f"| **{H.fmt(r['cpu_us_per_rt'], '.2f')}** | {H.fmt(ratio, '.2f')}"
-            f"{'' if ratio is None else 'x'} "
-            f"| {r['server_cpu_pct']:.0f} | {r['loadgen_cpu_pct']:.0f} "
-            f"| {max(0.0, r['other_cpu_pct']):.0f} "
-            f"| {errs} | {r['verify_failures']} |")
-        if r.get("ready", r["connections"]) != r["connections"]:
-            notes.append(f"{r['label']} @ {r['connections']}: only {r['ready']} connections "
-                         f"got through connect + first echo")
-        if errs or r["verify_failures"]:
-            notes.append(f"{r['label']} @ {r['connections']}x{r['size']}B: {r.get('first_error')}")
-        if r.get("runs_cpu_us_per_rt"):
-            notes.append(f"{r['label']} @ {r['connections']}x{r['size']}B: CPU us/rt of the "
-                         f"{len(r['runs_cpu_us_per_rt'])} runs: "
-                         + ", ".join(f"{x:.2f}" for x in r["runs_cpu_us_per_rt"]))
-        if r.get("note"):
-            notes.append(f"{r['label']} @ {r['connections']}x{r['size']}B: {r['note']}")
-        if r.get("other_cpu_pct", 0) >= 10:
-            notes.append(f"{r['label']} @ {r['connections']}x{r['size']}B: other work used "
-                         f"{r['other_cpu_pct']:.0f}% of a core during the window (other "
-                         "processes, or network softirq deferred to ksoftirqd): compare with care")
-        if r["loadgen_cpu_pct"] >= 90:
-            notes.append(f"{r['label']} @ {r['connections']}x{r['size']}B: loadgen CPU "
-                         f"{r['loadgen_cpu_pct']:.0f}%: round trips/s is client-bound")
-    if notes:
-        out.append("")
-        out.append("Notes:")
-        out.extend(f"- {n}" for n in dict.fromkeys(notes))
-    out.append("")
-    out.append("CPU us/rt = server utime+stime over the measured window / round trips "
-               "(lower is better); vs uvloop = that ratio against uvloop in the same run; "
-               "CPU % of one core over the window; other = everything else on the machine "
-               "(ksoftirqd, other processes) in that window, from tick-sampled /proc/stat, so "
-               "rough when the cores are partly idle.")
-    return "\n".join(out) + "\n"
+NAME, TITLE = "echo", "iocpx echo benchmark"
+UV, LIMIT = "uvloop", "uring-c"
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--connections", type=H.int_list, default=[100],
-                    help="connections, comma-separated list allowed (default 100)")
-    ap.add_argument("--size", type=H.int_list, default=[64],
-                    help="message bytes, comma-separated list allowed (default 64)")
-    ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per row")
-    ap.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per row")
-    ap.add_argument("--servers", default="asyncio,uvloop,iocpx",
-                    help="comma-separated: asyncio, uvloop, iocpx, threads, uring-c "
-                         "(default asyncio,uvloop,iocpx)")
-    ap.add_argument("--iocpx-workers", type=H.int_list, default=[1],
-                    help="iocpx worker counts, one row each (default 1)")
-    ap.add_argument("--iocpx-backend", default=None,
-                    help="iocpx backend (default: iocpx's own choice)")
-    ap.add_argument("--no-pin", dest="pin", action="store_false",
-                    help="do not pin server and loadgen to CPUs 0 and 1")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="runs per row; the report shows the run with the median CPU us/rt")
-    ap.add_argument("--quiet-wait", type=float, default=30.0,
-                    help="before each row, wait up to this many seconds for the machine to be "
-                         "idle (other work on the cores spoils the figures); 0 disables")
-    ap.add_argument("--out", help="also write the Markdown report to this file")
-    ap.add_argument("--json", help="also write every row's raw figures to this file (JSON)")
-    args = ap.parse_args(argv)
+def add_args(ap):
+    ap.add_argument("--servers", type=H.str_list, default=["iocpx", "uvloop", "asyncio",
+                                                           "threads", "uring-c"],
+                    help="kinds: iocpx, uvloop, asyncio, threads, uring-c (default all)")
+    ap.add_argument("--connections", type=H.int_list, help="default 1,100,1000 (quick 100,1000)")
+    ap.add_argument("--sizes", type=H.int_list, help="default 64,4096,65536 (quick 64,4096)")
+    ap.add_argument("--large", type=H.int_list,
+                    help="connections of the 1 MiB rows (default 1,100; quick 100; 0: none)")
+    ap.add_argument("--iocpx-workers", type=H.int_list,
+                    help="iocpx worker counts, one row each (0: the default), instead of "
+                         "w=1 per backend + the defaults")
+    ap.add_argument("--iocpx-backends", type=H.str_list, help="iocpx backends (default all)")
+    ap.add_argument("--repeat-large", type=int, default=1,
+                    help="runs of the rows above 64 B (--repeat is for the 64 B rows)")
 
-    kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
-    for k in kinds:
-        if k not in H.KINDS:
-            ap.error(f"unknown server {k!r}")
-    if args.duration <= 0 or args.warmup < 0 or args.repeat < 1:
-        ap.error("--duration must be > 0, --warmup >= 0 and --repeat >= 1")
-    if args.pin:
-        if (os.cpu_count() or 1) < 2:
-            ap.error("need 2 CPUs to pin server and loadgen apart (or use --no-pin)")
-        if not shutil.which("taskset"):
-            ap.error("taskset not found (apt-get install util-linux), or use --no-pin")
-    H.driver_setup(pin=args.pin)    # off the server's CPU; it sleeps between START and END
-    H.build_loadgen()
-    if "uring-c" in kinds:
-        H.build_c(H.URING_SRC, H.URING_BIN)
-    os.makedirs(H.BUILD_DIR, exist_ok=True)
 
-    # Decide once what can run; missing frameworks become rows that say why.
-    info = H.machine_info()
-    unavailable = H.unavailable_peers(
-        kinds, info, "uvloop", "iocpx",
-        "import iocpx; iocpx.Engine; print(getattr(iocpx, '__version__', '?'), iocpx.__file__,"
-        " getattr(iocpx, 'default_backend', lambda: '?')())")
+def size_name(s):
+    return (f"{s >> 20} MiB" if s >= 1 << 20 and s % (1 << 20) == 0 else
+            f"{s // 1024} KiB" if s >= 1024 and s % 1024 == 0 else f"{s} B")
 
-    plan = []
-    for kind in kinds:
-        if kind == "iocpx" and kind not in unavailable:
-            for w in args.iocpx_workers:
-                sargs = ["--workers", str(w)]
-                if args.iocpx_backend:
-                    sargs += ["--backend", args.iocpx_backend]
-                plan.append((kind, f"iocpx (workers={w})", sargs))
-        else:
-            plan.append((kind, kind, []))
 
-    results = []
+def row_name(row):
+    return f"{row['connections']:,} x {size_name(row['size'])}"
+
+
+def loadgen(row, a):
+    """bench/loadgen.c's command line for one row, and its connect timeout."""
+    c, s = row["connections"], row["size"]
+    ct = 10.0 + c / 1000.0
+    return [H.tool("loadgen"), "{host}", "{port}", str(c), str(s), str(a.warmup),
+            str(a.duration), str(ct)], ct
+
+
+def measure(row, peer, a, client=loadgen, tag=""):
+    """One row of a START/END load generator against one peer (churn, udp and tls use it too)."""
+    argv, ct = client(row, a)
+    srv = H.start(peer, tag)
     try:
-        for conns in args.connections:
-            for size in args.size:
-                for kind, label, sargs in plan:
-                    if kind in unavailable:
-                        results.append({"label": label, "kind": kind, "connections": conns,
-                                        "size": size, "error": unavailable[kind]})
-                        continue
-                    log = os.path.join(H.BUILD_DIR, f"server-{kind}.log")
-                    results.append(H.run_repeated(
-                        args.repeat, f"{label}: {conns} connections x {size} B", args.quiet_wait,
-                        lambda: H.run_one(kind, label, sargs, conns, size, args, log),
-                        lambda r: f"{r['rt_per_s']:,.0f} rt/s, "
-                                  f"{H.fmt(r['cpu_us_per_rt'], '.2f')} server CPU us/rt, "
-                                  f"errors {r['errors']}"))
-    except KeyboardInterrupt:
-        print("interrupted: reporting what was measured", file=sys.stderr)
+        r = H.measure_window(srv, argv, ct, a.warmup, a.duration)
     finally:
-        H.kill_children()
+        note = srv.stop()
+    if note:
+        r.setdefault("note", note)
+    return r
 
-    report = render(results, info, args)
-    sys.stdout.write(report)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(report)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": info, "argv": sys.argv[1:], "rows": results}, f, indent=1)
-    ok = all("error" not in r or r["kind"] in unavailable for r in results)
-    ok = ok and all(not r.get("errors") and not r.get("verify_failures") for r in results)
-    return 0 if ok else 1
+
+def show(r):
+    return (f"{r['rt_per_s']:,.0f} rt/s, {H.fmt(r['cpu_us_per_rt'], '.2f')} CPU us/rt, "
+            f"loadgen {r['loadgen_cpu_pct']:.0f}%, other {r['other_cpu_pct']:.0f}%")
+
+
+def run(a, meta):
+    q = a.quick
+    conns = a.connections or ([100, 1000] if q else [1, 100, 1000])
+    sizes = a.sizes or ([64, 4096] if q else [64, 4096, 65536])
+    large = [c for c in (a.large if a.large is not None else [100] if q else [1, 100]) if c]
+    rows = [{"connections": c, "size": s} for c in conns for s in sizes]
+    rows += [r for r in ({"connections": c, "size": 1 << 20} for c in large) if r not in rows]
+    if q:
+        a.duration, a.warmup = min(a.duration, 2.0), min(a.warmup, 0.5)
+    peers = P.echo_suite(a.servers, meta, a.iocpx_workers, a.iocpx_backends)
+    meta.setdefault("peers", {})[NAME] = [p.as_dict() for p in peers]
+    return H.sweep(rows, peers, lambda row, p: measure(row, p, a), a, "cpu_us_per_rt", show,
+                   repeat=lambda row: a.repeat if row["size"] <= 64 else a.repeat_large,
+                   title=lambda row: f"echo {row_name(row)}")
+
+
+# ---- the report ----
+
+def peers_of(results):
+    """(id, label) of the servers in results, in order, as objects with .id and .label."""
+    return [H.Peer(i, lbl, []) for i, lbl in dict.fromkeys((r["peer"], r["label"])
+                                                           for r in results)]
+
+
+def rows_of(results):
+    return [dict(connections=c, size=s) for c, s in dict.fromkeys(
+        (r["connections"], r["size"]) for r in results)]
+
+
+def load_cells(r, u, lim, spec=".2f"):
+    """rate/s | p50 | p99 | **server CPU us** | vs uvloop | vs C | server, client, other CPU % |
+    errors, for a START/END row; u, lim: uvloop's and the C server's row (or None)."""
+    cpu = r.get("cpu_us_per_rt")
+    bound = " (c)" if r.get("loadgen_cpu_pct", 0) >= 90 else ""
+    return [f"{r['rt_per_s']:,.0f}{bound}", H.fmt(r.get("p50_us"), ".0f"),
+            H.fmt(r.get("p99_us"), ".0f"), f"**{H.fmt(cpu, spec)}**",
+            H.fmt(H.ratio(cpu, u and u.get("cpu_us_per_rt")), ".2f"),
+            H.fmt(H.ratio(cpu, lim and lim.get("cpu_us_per_rt")), ".2f"),
+            f"{r['server_cpu_pct']:.0f}", f"{r['loadgen_cpu_pct']:.0f}",
+            f"{max(0.0, r['other_cpu_pct']):.0f}", r.get("errors", 0) + r.get("verify_failures", 0)]
+
+
+def row_notes(rep, r, name):
+    if r.get("other_cpu_pct", 0) >= 15:
+        rep.note(f"{r['label']} @ {name}: other work used {r['other_cpu_pct']:.0f}% of a core "
+                 "during the window: compare with care")
+    if r.get("errors") or r.get("verify_failures"):
+        rep.note(f"{r['label']} @ {name}: {r['errors']} errors, {r['verify_failures']} verify "
+                 f"failures: {r.get('first_error')}")
+    if r.get("ready", r.get("connections")) != r.get("connections"):
+        rep.note(f"{r['label']} @ {name}: only {r['ready']} connections got through")
+    runs = r.get("runs_cpu_us_per_rt")
+    if runs:
+        rep.note(f"{r['label']} @ {name}: CPU us of the {len(runs)} runs: "
+                 + ", ".join(f"{x:.2f}" for x in runs))
+    for k in ("note", "error"):
+        if r.get(k):
+            rep.note(f"{r['label']} @ {name}: {r[k]}")
+
+
+HEADERS = ["round trips/s", "p50 us", "p99 us", "**server CPU us/rt**", "vs uvloop", "vs C",
+           "server CPU %", "loadgen CPU %", "other CPU %", "errors"]
+
+
+def section(rep, results, meta):
+    rows, peers = rows_of(results), peers_of(results)
+
+    def cpu(row, pid):
+        r = H.find(results, getattr(pid, "id", pid), **row)
+        return r and r.get("cpu_us_per_rt")
+    rep.section("Echo ping-pong", "Server CPU us per round trip (lower is better; ratio to "
+                "uvloop in brackets). bench/loadgen.c, closed loop, one message in flight per "
+                "connection, every echo verified.")
+    rep.matrix(rows, peers, cpu, base=UV, row_name=row_name)
+    targets(rep, results, peers)
+    body = []
+    for row in rows:
+        u, lim = H.find(results, UV, **row), H.find(results, LIMIT, **row)
+        for r in (x for x in results if all(x.get(k) == v for k, v in row.items())):
+            if "error" in r:
+                body.append([row_name(row), r["label"], r["error"]])
+                rep.note(f"{r['label']} @ {row_name(row)}: {r['error']}")
+                continue
+            body.append([row_name(row), r["label"]] + load_cells(r, u, lim))
+            row_notes(rep, r, row_name(row))
+    rep.table(["scenario", "server"] + HEADERS, body, right=range(2, 12))
+    charts(rep, results)
+
+
+def targets(rep, results, peers):
+    """The aim (iocpx below uvloop, within 15% of the C server at 100 and 1,000 x 64 B)."""
+    body = []
+    for p in peers:
+        for c in (100, 1000):
+            r = H.find(results, p.id, connections=c, size=64)
+            if p.id.startswith("iocpx") and r:
+                u, lim = (H.find(results, x, connections=c, size=64) for x in (UV, LIMIT))
+                x = r["cpu_us_per_rt"]
+                ru = H.ratio(x, u and u["cpu_us_per_rt"])
+                rl = H.ratio(x, lim and lim["cpu_us_per_rt"])
+                body.append([p.label, f"{c:,} x 64 B", f"{x:.2f}", H.fmt(ru, ".2f"),
+                             H.fmt(rl, ".2f"), "yes" if ru and ru < 1 else "**NO**",
+                             "yes" if rl and rl <= 1.15 else "**NO**"])
+    if body:
+        rep.table(["iocpx", "row", "CPU us/rt", "vs uvloop", "vs C", "beats uvloop",
+                   "within 15% of C"], body, right=range(2, 5))
+
+
+def charts(rep, results):
+    rows = rows_of(results)
+    groups = [row_name(r).replace(" x ", "\n") for r in rows]
+
+    def series(field):
+        return [(p.label, [(H.find(results, p.id, **r) or {}).get(field) for r in rows])
+                for p in peers_of(results)]
+    small = [r for r in rows if r["size"] == 64]
+    if small:
+        rep.bars("echo-64", "Echo, 64 B messages: server CPU per round trip (lower is better)",
+                 [f"{r['connections']:,} connections" for r in small],
+                 [(p.label, [(H.find(results, p.id, **r) or {}).get("cpu_us_per_rt")
+                             for r in small]) for p in peers_of(results)],
+                 "server CPU us per round trip", size=(10, 5))
+    rep.bars("echo-cpu", "Echo: server CPU per round trip (lower is better)", groups,
+             series("cpu_us_per_rt"), "server CPU us per round trip", log=True)
+    rep.bars("echo-rps", "Echo: round trips per second (higher is better; client-bound on "
+             "2 cores)", groups, series("rt_per_s"), "round trips / s", log=True)
+    rep.bars("echo-p99", "Echo: p99 latency (lower is better)", groups, series("p99_us"),
+             "p99 latency us", log=True)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(H.main(sys.modules[__name__]))

@@ -1,8 +1,7 @@
 /*
  * loadgen_tls.h - the TLS side of the bench load generators (loadgen.c, churn.c), compiled in
  * with -DLOADGEN_TLS and linked with -lssl -lcrypto (Debian: libssl-dev). bench/harness.py
- * builds bench/.build/loadgen-tls and churn-tls that way for `bench/echo.py --tls` and
- * `bench/run_all.py`'s TLS rows.
+ * builds bench/.build/loadgen-tls and churn-tls that way for bench/tls.py.
  *
  * The client speaks TLS through OpenSSL on its nonblocking socket: SSL_do_handshake until done,
  * then SSL_write / SSL_read in place of send / recv, with the same return conventions as the

@@ -1,5 +1,5 @@
 """Silent clients against a first-data server: how long a well-behaved client waits for its echo
-while thousands of connections that never send hold the server's accepts (issue 14).
+while thousands of connections that never send hold the server's accepts.
 
 What it shows: for each server, with N silent connections open (default 5,000) and new silent
 ones arriving at --rate per second (default 500), a well-behaved client connects, sends "legit"
@@ -32,12 +32,11 @@ defaults).
 
 How to run it, from the repo root:
 
-    python bench/silent_clients.py                      # ~2 min: the three servers above
-    python bench/silent_clients.py --silent 1000 --probes 50 --servers iocpx-first-data
+    python bench/silent_clients.py                      # ~2 min: the servers above
+    python bench/silent_clients.py --silent 1000 --probes 50 --silent-servers iocpx-first-data
 
-It writes bench/results/silent-clients-YYYY-MM-DD.md (and .json) and rewrites
-bench/results/LATEST.md, or the report to --out. Every step is bounded in time and every child
-is killed on exit, error or Ctrl-C. Exit status 1 if an iocpx row failed, else 0.
+It writes bench/results/silent-clients-YYYY-MM-DD.md with its .json. Every step is bounded in
+time and every child is killed on exit, error or Ctrl-C. Exit status 1 if an iocpx row failed.
 """
 
 import argparse
@@ -53,9 +52,10 @@ import subprocess
 import sys
 import time
 
-import harness as H     # bench/harness.py: spawning, /proc sampling, the machine
+import harness as H
+import peers as P
 
-RESULTS_DIR = os.path.join(H.BENCH_DIR, "results")
+NAME, TITLE = "silent-clients", "iocpx with silent clients"
 SERVERS = {   # id -> (label, servers.py arguments after KIND PORT)
     "iocpx-first-data": ("iocpx first_data=True (default options)", "iocpx",
                          ["--workers", "0", "--first-data", "--backlog", "4096"]),
@@ -70,8 +70,7 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 LINGER_RST = struct.pack("ii", 1, 0)        # SO_LINGER on, 0 s: close() resets
 
 
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
+log = H.log
 
 
 # ---- the holder: a process of silent connections ----
@@ -275,7 +274,7 @@ def held(srv, kind, baseline):
     any client (the listener, an event loop's self-pipe), and iocpx's own count."""
     out = {"sockets": max(0, server_sockets(srv.pid) - baseline)}
     if kind == "iocpx":
-        st = iocpx_stats(srv)
+        st = iocpx_stats(srv.proc)
         if st:
             out["connections"] = st.get("connections")
             for k in ("first_data_timeouts", "accepted"):
@@ -284,24 +283,15 @@ def held(srv, kind, baseline):
     return out
 
 
-def run_server(sid, a):
-    label, kind, sargs = SERVERS[sid]
-    sargs = list(sargs)
-    if sid.startswith("iocpx-first-data") and a.first_data_timeout is not None:
-        sargs += ["--first-data-timeout", str(a.first_data_timeout)]
-    res = {"id": sid, "label": label}
-    log_path = os.path.join(H.BUILD_DIR, f"server-silent-{sid}.log")
-    if a.quiet_wait > 0:
-        H.wait_for_quiet(a.quiet_wait)
-    srv, port = H.start_server([sys.executable, H.SERVERS_PY, kind, str(H.free_port())] + sargs,
-                               log_path)
-    if srv is None:
-        res["error"] = port
-        return res
-    with open(log_path) as f:
+def run_server(row, peer, a):
+    res = {}
+    srv = H.start(peer, "-silent")
+    port = srv.port
+    with open(srv.log_path) as f:
         for line in f:
             if line.startswith("OPTIONS "):
                 res["options"] = line[len("OPTIONS "):].strip()
+    kind = peer.kind
     hold = None
     baseline = server_sockets(srv.pid)
     try:
@@ -364,33 +354,59 @@ def run_server(sid, a):
                                    "closed_by_server": int(parts[2]), "failed": int(parts[3]),
                                    "lifetime_s": [float(x) for x in parts[4:7]]}
         log(f"  after {a.hold_after:g} s: held {res['held_after']}, client {line}")
-        if srv.poll() is not None:
-            res["error"] = f"server exited (status {srv.returncode}): {H.tail(log_path)}"
+        if srv.proc.poll() is not None:
+            res["error"] = f"server exited (status {srv.proc.returncode}): {H.tail(srv.log_path)}"
         return res
     finally:
         H.finish_client(hold)
-        H.stop_server(srv)
+        srv.stop()
 
 
-def render(meta, results, a):
-    out = H.report_head("iocpx with silent clients", meta)
-    out.append(f"- method: server (bench/servers.py echo) pinned to CPU {H.SERVER_CPU}; "
-               f"{a.silent:,} silent connections opened first (a --holder process on CPU "
-               f"{H.CLIENT_CPU}), then {a.rate:g} new silent ones per second while {a.probes} "
-               f"legit clients connect, one every {a.interval:g} s, send \"legit\" and time "
-               f"the echo (timeout {a.probe_timeout:g} s); held = the server's socket "
-               "descriptors beyond those it had before any client (iocpx: "
-               f"stats()[\"connections\"] too), when the arrivals stop and {a.hold_after:g} s "
-               "after the last one")
-    out.append(f"- machine load: 1-minute load average {meta['loadavg_start']} at the start, "
-               f"{meta.get('loadavg_end')} at the end")
-    out.append(f"- command: `{meta['command']}` ({meta.get('elapsed_min', 0):.1f} min)")
-    out += ["", "| server | options | silent open | legit p50 ms | p99 ms | max ms | timeouts "
-            "| server CPU s (probe phase) | held when arrivals stop "
-            f"| **held {a.hold_after:g} s after the last** | closed by the server "
-            "| after s (p50 / p99 / max) |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---|"]
-    notes = []
+def add_args(ap):
+    ap.add_argument("--silent", type=int, default=5000, help="silent connections opened first")
+    ap.add_argument("--rate", type=float, default=500.0,
+                    help="new silent connections per second during the probes (default 500)")
+    ap.add_argument("--max-silent", type=int, default=15000,
+                    help="the holder opens no more than this many in all (default 15,000)")
+    ap.add_argument("--probes", type=int, default=200, help="legit clients (default 200)")
+    ap.add_argument("--interval", type=float, default=0.05,
+                    help="seconds between legit clients (default 0.05)")
+    ap.add_argument("--probe-timeout", type=float, default=5.0)
+    ap.add_argument("--hold-after", type=float, default=12.0,
+                    help="count what the server holds this long after the last silent arrival")
+    ap.add_argument("--first-data-timeout", type=float, default=10.0,
+                    help="passed to the first-data iocpx servers' listen() if it takes it "
+                         "(default 10; a negative value: never passed)")
+    ap.add_argument("--silent-servers", type=H.str_list, default=list(SERVERS),
+                    help=f"comma-separated, from {', '.join(SERVERS)}")
+
+
+def run(a, meta):
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and a.max_silent + 500 > hard:
+        raise SystemExit(f"--max-silent {a.max_silent} needs more than the open-files limit {hard}")
+    fdt = [] if a.first_data_timeout < 0 else ["--first-data-timeout", str(a.first_data_timeout)]
+    peers = P.unavailable_uvloop([
+        P.echo(SERVERS[s][1], SERVERS[s][0], SERVERS[s][2] + (fdt if "first-data" in s
+                                                              and "no-first" not in s else []),
+               id=s) for s in a.silent_servers])
+    meta["silent"] = {k: getattr(a, k) for k in ("silent", "rate", "probes", "interval",
+                                                 "probe_timeout", "hold_after")}
+    return H.sweep([{}], peers, lambda row, p: run_server(row, p, a), a, "p99_ms",
+                   lambda r: "done", repeat=1, title=lambda row: "silent clients")
+
+
+def section(rep, results, meta):
+    a = argparse.Namespace(**meta["silent"])
+    rep.section("Silent clients", f"Server (bench/servers.py echo) pinned to CPU {H.SERVER_CPU}; "
+                f"{a.silent:,} silent connections opened first (a --holder process on CPU "
+                f"{H.CLIENT_CPU}), then {a.rate:g} new silent ones per second while {a.probes} "
+                f"legit clients connect, one every {a.interval:g} s, send \"legit\" and time "
+                f"the echo (timeout {a.probe_timeout:g} s); held = the server's socket "
+                "descriptors beyond those it had before any client (iocpx: "
+                f"stats()[\"connections\"] too), when the arrivals stop and {a.hold_after:g} s "
+                "after the last one.")
+    body = []
 
     def held_text(h):
         if not h:
@@ -402,19 +418,19 @@ def render(meta, results, a):
             t += f", {h['first_data_timeouts']:,} first-data timeouts"
         return t
 
+    notes = []
     for r in results:
         if "error" in r and "probes" not in r:
-            out.append(H.error_row([r["label"]], r["error"], 12))
+            body.append([r["label"], r["error"]])
             notes.append(f"{r['label']}: {r['error']}")
             continue
         ca = r.get("client_after", {})
-        out.append(f"| {r['label']} | {r.get('options', '-')} | {r.get('silent_open', 0):,} "
-                   f"| {H.fmt(r.get('p50_ms'), '.2f')} | {H.fmt(r.get('p99_ms'), '.2f')} "
-                   f"| {H.fmt(r.get('max_ms'), '.1f')} | {r.get('timeouts', 0)} "
-                   f"| {H.fmt(r.get('server_cpu_s'), '.2f')} | {held_text(r.get('held_at_stop'))} "
-                   f"| **{held_text(r.get('held_after'))}** "
-                   f"| {H.fmt(ca.get('closed_by_server'), ',')} "
-                   f"| {lifetime_text(ca.get('lifetime_s'))} |")
+        body.append([r["label"], r.get("options", "-"), f"{r.get('silent_open', 0):,}",
+                     H.fmt(r.get("p50_ms"), ".2f"), H.fmt(r.get("p99_ms"), ".2f"),
+                     H.fmt(r.get("max_ms"), ".1f"), r.get("timeouts", 0),
+                     H.fmt(r.get("server_cpu_s"), ".2f"), held_text(r.get("held_at_stop")),
+                     f"**{held_text(r.get('held_after'))}**",
+                     H.fmt(ca.get("closed_by_server"), ","), lifetime_text(ca.get("lifetime_s"))])
         if r.get("error"):
             notes.append(f"{r['label']}: {r['error']}")
         slow = sorted(r.get("probe_timeline", []), key=lambda x: -x[1])[:3]
@@ -429,70 +445,19 @@ def render(meta, results, a):
                      f"{r.get('client_at_stop', '?')}"
                      + (f"; other processes busy during the probes: {r['others']}"
                         if r.get("others") else ""))
-    out += [""] + H.notes_section(meta, notes)
-    out += ["Legit wait = from the legit client's connect() to its 5-byte echo (a timeout "
-            "counts at the timeout); closed by the server = silent connections the holder saw "
-            "closed or reset by the server by the end, and how long after it was established "
-            "(for first_data=True: first_data_timeout plus the engine's lateness)."]
-    return "\n".join(out) + "\n"
-
-
-def main(argv=None):
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--holder":
-        return holder(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--silent", type=int, default=5000, help="silent connections opened first")
-    ap.add_argument("--rate", type=float, default=500.0,
-                    help="new silent connections per second during the probes (default 500)")
-    ap.add_argument("--max-silent", type=int, default=15000,
-                    help="the holder opens no more than this many in all (default 15,000)")
-    ap.add_argument("--probes", type=int, default=200, help="legit clients (default 200)")
-    ap.add_argument("--interval", type=float, default=0.05,
-                    help="seconds between legit clients (default 0.05)")
-    ap.add_argument("--probe-timeout", type=float, default=5.0)
-    ap.add_argument("--hold-after", type=float, default=12.0,
-                    help="count what the server holds this long after the last silent arrival")
-    ap.add_argument("--first-data-timeout", type=float, default=10.0,
-                    help="passed to the first-data iocpx server's listen() if it takes it "
-                         "(default 10; a negative value: never passed)")
-    ap.add_argument("--servers", default=",".join(SERVERS),
-                    help=f"comma-separated, from {', '.join(SERVERS)}")
-    ap.add_argument("--quiet-wait", type=float, default=10.0)
-    ap.add_argument("--out", help="write the Markdown report here instead of bench/results/")
-    a = ap.parse_args(argv)
-    if a.first_data_timeout is not None and a.first_data_timeout < 0:
-        a.first_data_timeout = None
-    sids = [s.strip() for s in a.servers.split(",") if s.strip()]
-    for s in sids:
-        if s not in SERVERS:
-            ap.error(f"unknown server {s!r}")
-    H.driver_setup()
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    if hard != resource.RLIM_INFINITY and a.max_silent + 500 > hard:
-        ap.error(f"--max-silent {a.max_silent} needs more than the open-files limit {hard}")
-    if (os.cpu_count() or 1) < 2:
-        ap.error("need 2 CPUs")
-    meta = H.machine_meta()
-    ok, info = H.probe_import("import iocpx; print(iocpx.__file__, iocpx.default_backend())")
-    meta["iocpx"] = info if ok else f"not importable: {info}"
-    meta.update({"loadavg_start": H.loadavg(), "warnings": [],
-                 "command": " ".join(["python", "bench/silent_clients.py"]
-                                     + (argv if argv is not None else sys.argv[1:]))})
-    results = []
-
-    def body():
-        for sid in sids:
-            log(f"{SERVERS[sid][0]} ...")
-            r = run_server(sid, a)
-            if "error" in r:
-                log(f"  {r['error']}")
-            results.append(r)
-    H.run_guarded(meta, body)
-    H.write_report(render(meta, results, a), {"meta": meta, "results": results}, RESULTS_DIR,
-                   "silent-clients", a.out)
-    bad = [r for r in results if r["id"].startswith("iocpx") and "error" in r]
-    return 1 if bad else 0
+    rep.table(["server", "options", "silent open", "legit p50 ms", "p99 ms", "max ms",
+               "timeouts", "server CPU s (probe phase)", "held when arrivals stop",
+               f"**held {a.hold_after:g} s after the last**", "closed by the server",
+               "after s (p50 / p99 / max)"], body, right={2, 3, 4, 5, 6, 7, 10})
+    for n in notes:
+        rep.note(n)
+    rep.note("Legit wait = from the legit client's connect() to its 5-byte echo (a timeout "
+             "counts at the timeout); closed by the server = silent connections the holder saw "
+             "closed or reset by the server by the end, and how long after it was established "
+             "(for first_data=True: first_data_timeout plus the engine's lateness).")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if sys.argv[1:2] == ["--holder"]:
+        sys.exit(holder(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+    sys.exit(H.main(sys.modules[__name__]))

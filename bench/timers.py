@@ -16,27 +16,23 @@ uvloop` for the uvloop row; an importable iocpx (normally the in-place build in 
 How to run it, from the repo root:
 
     python bench/timers.py                               # 100,000 timers over 1 s, 3 runs each
-                                                         # -> bench/results/timers-DATE.md
     python bench/timers.py --timers 10000 --spread 0.2 --repeat 1
     python bench/timers.py --impls iocpx-w1,uvloop --out /tmp/timers.md
 
-(An implementation that cannot be imported gets a row saying why.)
+It writes bench/results/timers-YYYY-MM-DD.md with its .json and chart. An implementation that
+cannot be imported gets a row saying why.
 """
 
-import argparse
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import time
 
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, BENCH_DIR)
-import harness as H     # noqa: E402  (child_env, machine_meta, report_head, write_report)
+import harness as H
 
-RESULTS_DIR = os.path.join(BENCH_DIR, "results")
+NAME, TITLE = "timers", "iocpx timers benchmark"
 
 IMPLS = {
     "iocpx-w1": "iocpx, workers=1 (io_uring)",
@@ -118,94 +114,78 @@ def child(impl, n, spread, seed):
 
 # ---- the driver ------------------------------------------------------------------------
 
-def run(impl, args):
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", impl, "--timers",
-           str(args.timers), "--spread", str(args.spread)]
-    if shutil.which("taskset"):
-        cmd = ["taskset", "-c", H.SERVER_CPU] + cmd
+def add_args(ap):
+    ap.add_argument("--timers", type=int, default=100_000)
+    ap.add_argument("--spread", type=float, default=1.0, help="delays in [0, SPREAD) s")
+    ap.add_argument("--impls", type=H.str_list, default=list(IMPLS),
+                    help="comma-separated: " + ", ".join(IMPLS))
+    ap.add_argument("--seed", type=int, default=20261130)
+    ap.set_defaults(repeat=3)
+
+
+def measure(row, impl, a):
+    """One run in a fresh process pinned to the server CPU."""
+    cmd = H.pinned(H.SERVER_CPU, [sys.executable, os.path.abspath(__file__), "--child", impl.id,
+                                  str(a.timers), str(a.spread), str(a.seed)])
     r = subprocess.run(cmd, env=H.child_env(), capture_output=True, text=True,
-                       timeout=60 + 10 * args.spread)
+                       timeout=60 + 10 * a.spread)
     if r.returncode != 0:
         lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
         return {"error": lines[-1] if lines else f"exit status {r.returncode}"}
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    res["us_per_timer"] = res["cpu_s"] * 1e6 / a.timers
+    res["schedule_us_per_timer"] = res["schedule_cpu_s"] * 1e6 / a.timers
+    return res
 
 
-def render(rows, info, args):
-    out = H.report_head("iocpx timers benchmark", info)
-    out.append(f"- method: {args.timers:,} timers, delays uniform in [0, {args.spread:g}) s "
-               f"(seeded), callback counts and notes its lateness; process CPU (all threads) "
-               f"from the first call_later to the last callback; each run a fresh process "
-               f"pinned to CPU {H.SERVER_CPU}; median of {args.repeat} run(s)")
-    out.append(f"- command: `{' '.join(['python', 'bench/timers.py'] + sys.argv[1:])}`")
-    out.append("")
-    out.append("| implementation | **CPU us per call_later+fire** | vs uvloop | call_later alone us "
-               "| late p50 ms | late p99 ms | late max ms | early | runs (us) |")
-    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
-    base = next((r for r in rows if r["impl"] == "uvloop" and "error" not in r), None)
-    for r in rows:
+def run(a, meta):
+    impls = [H.Peer(i, IMPLS[i], [], kind=i.split("-")[0]) for i in a.impls]
+    return H.sweep([{"timers": a.timers, "spread": a.spread}], impls,
+                   lambda row, p: measure(row, p, a), a, "us_per_timer",
+                   lambda r: f"{r['us_per_timer']:.2f} CPU us per timer",
+                   title=lambda row: "timers")
+
+
+def section(rep, results, meta):
+    r0 = results[0]
+    rep.section("Timers", f"{r0['timers']:,} timers, delays uniform in [0, {r0['spread']:g}) s "
+                "(seeded), the callback counts and notes its lateness; process CPU (all "
+                "threads) from the first call_later to the last callback, in a fresh process "
+                "pinned to CPU 0.")
+    base = H.find(results, "uvloop")
+    body = []
+    for r in results:
         if "error" in r:
-            out.append(f"| {IMPLS[r['impl']]}: {r['error']} | - | - | - | - | - | - | - | - |")
+            body.append([r["label"], r["error"]])
             continue
-        per = r["cpu_s"] * 1e6 / args.timers
-        ratio = per / (base["cpu_s"] * 1e6 / args.timers) if base else None
-        out.append(f"| {IMPLS[r['impl']]} | **{per:.2f}** | {H.fmt(ratio, '.2f')}"
-                   f"{'' if ratio is None else 'x'} "
-                   f"| {r['schedule_cpu_s'] * 1e6 / args.timers:.2f} "
-                   f"| {r['late_p50_ms']:.2f} | {r['late_p99_ms']:.2f} | {r['late_max_ms']:.2f} "
-                   f"| {r['early']} | {', '.join(f'{x:.2f}' for x in r['runs_us'])} |")
-    out += ["", "early = callbacks that ran before their deadline on time.monotonic() (uvloop "
-                "keeps its loop time in whole milliseconds: its early ones are less than 1 ms "
-                "early). Lateness is from the deadline to the callback's start; it includes the "
-                "time the call_later calls themselves take: they hold uvloop's and "
-                "asyncio's loop (timers due meanwhile wait), while iocpx's worker fires timers "
-                "between them (the two share the GIL)."]
-    return "\n".join(out) + "\n"
+        body.append([r["label"], f"**{r['us_per_timer']:.2f}**",
+                     H.fmt(H.ratio(r["us_per_timer"], base and base["us_per_timer"]), ".2f"),
+                     f"{r['schedule_us_per_timer']:.2f}", f"{r['late_p50_ms']:.2f}",
+                     f"{r['late_p99_ms']:.2f}", f"{r['late_max_ms']:.2f}", r["early"],
+                     ", ".join(f"{x:.2f}" for x in r.get("runs_us_per_timer", []))])
+    rep.table(["implementation", "**CPU us per call_later+fire**", "vs uvloop",
+               "call_later alone us", "late p50 ms", "late p99 ms", "late max ms", "early",
+               "runs (us)"], body, right=range(1, 8))
+    rep.note("early = callbacks that ran before their deadline on time.monotonic() (uvloop keeps "
+             "its loop time in whole milliseconds: its early ones are less than 1 ms early). "
+             "Lateness is from the deadline to the callback's start; it includes the time the "
+             "call_later calls themselves take: they hold uvloop's and asyncio's loop (timers "
+             "due meanwhile wait), while iocpx's worker fires timers between them (the two "
+             "share the GIL).")
+    charts(rep, results)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--timers", type=int, default=100_000)
-    ap.add_argument("--spread", type=float, default=1.0, help="delays in [0, SPREAD) s")
-    ap.add_argument("--impls", default=",".join(IMPLS), help="comma-separated: " + ", ".join(IMPLS))
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=20261130)
-    ap.add_argument("--out", help="write the Markdown report (and its .json) here instead of "
-                                  "bench/results/timers-DATE.md")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.child:
-        print(json.dumps(child(args.child, args.timers, args.spread, args.seed)))
-        return 0
-    impls = [i.strip() for i in args.impls.split(",") if i.strip()]
-    for i in impls:
-        if i not in IMPLS:
-            ap.error(f"unknown implementation {i!r}; known: {', '.join(IMPLS)}")
-    rows = []
-    for impl in impls:
-        runs = []
-        for k in range(args.repeat):
-            print(f"running {impl} ({k + 1}/{args.repeat}) ...", file=sys.stderr, flush=True)
-            H.wait_for_quiet(10)
-            r = run(impl, args)
-            if "error" in r:
-                runs = [r]
-                break
-            runs.append(r)
-        if "error" in runs[0]:
-            rows.append({"impl": impl, "error": runs[0]["error"]})
-            continue
-        runs.sort(key=lambda r: r["cpu_s"])
-        best = dict(runs[(len(runs) - 1) // 2])
-        best["impl"] = impl
-        best["runs_us"] = [r["cpu_s"] * 1e6 / args.timers for r in runs]
-        rows.append(best)
-    meta = H.machine_meta()
-    report = render(rows, meta, args)
-    H.write_report(report, {"meta": meta, "argv": sys.argv[1:], "rows": rows}, RESULTS_DIR,
-                   "timers", args.out)
-    return 0 if all("error" not in r for r in rows) else 1
+def charts(rep, results):
+    ok = [r for r in results if "error" not in r]
+    if ok:
+        rep.bars("timers", "Timers: CPU per call_later + fire (lower is better)",
+                 [r["label"] for r in ok], [("CPU us per timer", [r["us_per_timer"] for r in ok])],
+                 "CPU us per call_later + fire", size=(9, 4.5))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if sys.argv[1:2] == ["--child"]:
+        impl, n, spread, seed = sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+        print(json.dumps(child(impl, n, spread, seed)))
+        sys.exit(0)
+    sys.exit(H.main(sys.modules[__name__]))

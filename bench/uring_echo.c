@@ -1,6 +1,6 @@
 /*
  * uring_echo.c - minimal C io_uring TCP echo server: the practical limit the iocpx benchmarks
- * compare against (design.md section 6).
+ * compare against (the "C io_uring (limit)" rows of bench/echo.py; docs/performance.md).
  *
  * What it shows: the least CPU per echo round trip a single thread can spend on this kernel, with
  * the layout the feasibility probe found fastest: one multishot accept; per connection one
@@ -12,7 +12,7 @@
  *
  * What it needs: Linux 6.1+ (multishot recv, provided-buffer rings, DEFER_TASKRUN), a C compiler
  * and the kernel UAPI header <linux/io_uring.h> (Debian: linux-libc-dev). No liburing: the three
- * io_uring system calls are made directly. bench/echo.py and bench/run_all.py compile it into
+ * io_uring system calls are made directly. bench/harness.py (tool "uring_echo") compiles it into
  * bench/.build/; by hand:
  *
  *     cc -O2 -o bench/.build/uring_echo bench/uring_echo.c

@@ -1,14 +1,18 @@
 """Side-by-side echo benchmark under Wine: iocpx's iocp backend against
 asyncio's ProactorEventLoop (CPython's own IOCP wrapper), same workload.
 
-What it shows: server CPU per round trip (the figure that matters, see
-shared design section 6) and round trips per second, for each server, and
-the ratio iocpx / asyncio. Wine is slow per I/O, so only the ratio means
+What it shows: server CPU per round trip (the figure every iocpx benchmark
+compares: the server's utime + stime over the measured window, divided by
+the round trips; see docs/performance.md) and round trips per second, for
+each server, and the ratio iocpx / asyncio. Wine is slow per I/O, so only the ratio means
 anything; absolute numbers are not Windows numbers.
 
-Needs: the Windows interpreter with iocpx installed (build/windows/python after
+It runs inside the Windows interpreter, so it cannot use bench/harness.py
+(Linux /proc, taskset): it is its own load generator and report.
+
+What it needs: the Windows interpreter with iocpx installed (build/windows/python after
 `bash .ci/windows.sh`, which lists the wheel in python311._pth).
-Run (from the repository root, on Linux):
+How to run it (from the repository root, on Linux):
     WINEPREFIX=$PWD/build/windows/wineprefix WINEDEBUG=-all \\
         wine build/windows/python/python.exe bench/wine_echo.py \\
         --connections 50 --size 64 --duration 5 2>&1 | cat

@@ -1,17 +1,20 @@
-"""Silent clients against the iocp backend under Wine: issue 14's scenario for AcceptEx.
+"""Silent clients against the iocp backend under Wine: bench/silent_clients.py's scenario for
+AcceptEx.
 
 What it shows: a first-data echo server (default options: first_data=True, first_data_timeout
 10 s, the default accepts) runs in the embeddable Windows CPython under Wine; silent_clients.py's
 holder (a Linux process) opens SILENT connections that never send, then RATE more per second,
-and meanwhile PROBES legit clients connect one by one, send "legit" and time their echo. Without the AcceptEx
-guard each silent client holds an accept slot until the server gives up on it, and the legit
-clients queue behind them. It reports the legit wait (p50/p99/max, timeouts) and the server's
-counters (first-data timeouts, accepts, connections held at the stop and 12 s later). Wine is slow per I/O: the figures are Wine's, not
-Windows'; see README "First data and silent clients" for what to expect on Windows.
+and meanwhile PROBES legit clients connect one by one, send "legit" and time their echo.
+Without the AcceptEx guard each silent client holds an accept slot until the server gives up on
+it, and the legit clients queue behind them. It reports the legit wait (p50/p99/max, timeouts)
+and the server's counters (first-data timeouts, accepts, connections held at the stop and 12 s
+later). Wine is
+slow per I/O: the figures are Wine's, not Windows'; docs/first-data.md says what to expect on
+Windows. It prints its report (the runs so far are in bench/results/wine-silent-2026-11-29.md).
 
-Needs: a Windows build and its interpreter, as `bash .ci/windows.sh` leaves them (the folder is
-IOCPX_WIN_BUILD, default build/windows): BUILD/py/cp3X/python.exe with iocpx importable, and
-BUILD/wineprefix.
+What it needs: a Windows build and its interpreter, as `bash .ci/windows.sh` leaves them (the
+folder is IOCPX_WIN_BUILD, default build/windows): BUILD/py/cp3X/python.exe with iocpx importable, and
+BUILD/wineprefix. How to run it:
 
     python bench/wine_silent.py --build /tmp/winbuild --python-version 3.9
 """

@@ -56,7 +56,7 @@ SERVER = b"iocpx-example"
 REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
            501: b"Not Implemented", 505: b"HTTP Version Not Supported"}
 
-_heads = {}                     # response heads of the current second (they carry its Date)
+_heads: dict = {}               # response heads of the current second (they carry its Date)
 _heads_second = [0]
 
 

@@ -194,7 +194,7 @@ def test_send_misuse_and_use_after_close(engine):
     with pytest.raises(iocpx.ConnectionClosedError):
         c.sendfile(__file__)
     with pytest.raises(OSError):
-        c.local
+        _ = c.local
     c.close()
     c.abort()
     s.close()

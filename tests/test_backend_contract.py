@@ -206,7 +206,7 @@ def test_accepts_queue_on_one_listener_each_completes_once(h):
     peers = [h.peer(ls.getsockname()) for _ in range(4)]
     h.until(lambda evs: len(evs) == 4)
     assert sorted(e[0] for e in h.events) == ["a0", "a1", "a2", "a3"]
-    for tag, op, res, more, (first, addr) in h.events:
+    for _tag, op, res, more, (_first, _addr) in h.events:
         assert op == "accept" and res >= 0 and not more
         h.own(res)
     assert sorted(e[4][1] for e in h.events) == sorted(p.getsockname() for p in peers)
@@ -321,7 +321,7 @@ def test_send_after_a_peer_reset_fails_with_a_reset_errno(h):
     fd, p = h.accept_one(ls)
     h.socks.remove(p)
     rst(p)
-    for i in range(20):                         # the first may still be taken by the kernel
+    for _ in range(20):                         # the first may still be taken by the kernel
         tag = h.tag("s")
         h.t.send(tag, fd, b"y" * 1000)
         res = h.final(tag)[2]

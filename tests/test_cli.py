@@ -2,6 +2,7 @@
 process): --version, info (text and JSON), demo, and a short serve + stress run
 with a clean stop. The same tests run on Linux and on Windows (under Wine in CI)."""
 import json
+import os
 import queue
 import re
 import signal
@@ -62,6 +63,9 @@ def test_info_text_names_each_backend_and_why():
     # every backend that was built says which features it detected, or that it reports none
     assert out.count("features") >= len(iocpx.available_backends())
     assert f"default backend: {iocpx.default_backend()}" in out
+    # where the documentation is: the checkout's docs/index.md when run from one
+    m = re.search(r"^  docs +(.+)$", out, re.M)
+    assert m and "docs/index.md" in m.group(1).replace(os.sep, "/"), out
 
 
 def test_demo_runs_and_verifies_every_echo():

@@ -57,7 +57,7 @@ def test_5000_concurrent_connections_each_verified(echo_server):
 
         conns = await asyncio.gather(*(one(i) for i in range(n)))
         msgs = [f"conn {i} says {os.urandom(8).hex()}".encode() for i in range(n)]
-        for (r, w), m in zip(conns, msgs):
+        for (_r, w), m in zip(conns, msgs):
             w.write(m)
 
         async def check(i):
@@ -66,7 +66,7 @@ def test_5000_concurrent_connections_each_verified(echo_server):
             assert got == msgs[i], f"connection {i} got another connection's data"
 
         await asyncio.gather(*(check(i) for i in range(n)))
-        for r, w in conns:
+        for _r, w in conns:
             w.close()
         await asyncio.gather(*(w.wait_closed() for r, w in conns), return_exceptions=True)
 

@@ -1,6 +1,6 @@
-"""Issue 14: silent clients cannot deny service to a first_data=True listener,
-and one bounded wait for first data (first_data_timeout), the same on every
-backend.
+"""Silent clients (connect, never send) cannot deny service to a first_data=True
+listener, and a first-data connection waits for its first bytes at most
+first_data_timeout, the same on every backend (docs/first-data.md).
 
 io_uring and epoll accept on connect, so a silent client never holds an
 accept slot: it waits, unseen, for its first bytes. iocp's AcceptEx slots wait
@@ -55,8 +55,8 @@ def on_accept_echo(rec):
 
 @pytest.mark.parametrize("accepts", [None, 1], ids=["accepts-default", "accepts-1"])
 def test_silent_clients_do_not_starve_a_legit_client(backend, accepts, log):
-    """The issue's scenario at CI size, with default options: SILENT clients
-    connect and say nothing, then a legit client sends and gets its echo
+    """bench/silent_clients.py's scenario at CI size, with default options:
+    SILENT clients connect and say nothing, then a legit client sends and gets its echo
     within LEGIT_BOUND seconds."""
     n = SILENT if accepts is None else SILENT // 5
     live0 = iocpx.live_io()

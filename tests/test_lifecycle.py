@@ -228,7 +228,7 @@ def test_aborts_racing_incoming_data_stay_on_their_connection(engine):
     for r in range(rounds):
         sel = selectors.DefaultSelector()
         clients = []
-        for i in range(n):
+        for _ in range(n):
             s = client(lst.address)
             s.setblocking(False)
             st = {"sock": s, "sent": bytearray(), "got": bytearray(), "k": 0, "done": False}

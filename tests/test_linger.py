@@ -16,7 +16,7 @@ def test_close_with_unread_pipelined_request_delivers_the_whole_reply(backend):
     with iocpx.Engine(backend=backend) as eng:
         lst = eng.listen(("127.0.0.1", 0), on_recv=lambda c, d: (c.send(reply), c.close()),
                          on_close=rec.on_close)
-        for i in range(5):
+        for _ in range(5):
             s = socket.create_connection(lst.address, timeout=30)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
             s.sendall(b"GET /1\r\n")

@@ -1,5 +1,5 @@
-"""Issue 13: one behaviour on every backend when a peer (or the network)
-breaks a connection, and when the application's own callbacks fail.
+"""One behaviour on every backend when a peer (or the network) breaks a
+connection, and when the application's own callbacks fail.
 
 The contract, checked case by case on every backend:
   * a failure the peer caused is reported exactly once, through
@@ -638,7 +638,7 @@ def test_ending_a_connection_with_nothing_in_flight_still_reports_on_close(backe
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "PYTHONMALLOC")}
     r = subprocess.run([sys.executable, "-c", NOTHING_IN_FLIGHT, backend, how],
                        capture_output=True, text=True, timeout=120, env=env)
-    lines = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, f"exit {r.returncode}: {r.stdout[-2000:]}{r.stderr[-2000:]}"
     out = json.loads(lines[-1][len("RESULT "):])
     assert out["paused"], out

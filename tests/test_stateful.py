@@ -124,7 +124,7 @@ def make_machine(backend):
 
         @invariant()
         def received_is_prefix_of_sent(self):
-            for c, peer in self.peers.values():
+            for _c, peer in self.peers.values():
                 with peer.lock:
                     got = bytes(peer.received)
                 assert bytes(peer.expected[:len(got)]) == got

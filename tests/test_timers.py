@@ -77,7 +77,7 @@ def test_deadline_order_with_the_clock_offset_taken_right_after_a_tick(backend):
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "PYTHONMALLOC")}
     r = subprocess.run([sys.executable, "-c", ORDER_AFTER_A_TICK, backend],
                        capture_output=True, text=True, timeout=120, env=env)
-    lines = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, f"exit {r.returncode}: {r.stdout[-2000:]}{r.stderr[-2000:]}"
     ran, misplaced = map(int, lines[-1].split()[1:])
     assert ran == 3000

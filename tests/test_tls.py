@@ -118,7 +118,7 @@ class BioClient:
                 return self.obj.read(n)
             except ssl.SSLWantReadError:
                 if not self.fill():
-                    raise EOFError("TCP EOF")
+                    raise EOFError("TCP EOF") from None
 
     def close(self):
         self.sock.close()
@@ -251,8 +251,8 @@ def test_api_misuse(engine, pki):
 
 @pytest.fixture
 def quiet_log(caplog):
-    """Failures a peer causes are logged at DEBUG at most (README "What you
-    can rely on"): fail the test if iocpx logged anything above that."""
+    """Failures a peer causes are logged at DEBUG at most (docs/guide.md, "What
+    you can rely on"): fail the test if iocpx logged anything above that."""
     caplog.set_level(logging.DEBUG, logger="iocpx")
     yield
     loud = [r for r in caplog.records if r.name.startswith("iocpx") and r.levelno > logging.DEBUG]
@@ -762,7 +762,9 @@ def test_connect_to_openssl_s_server(engine, pki):
         p.stdout.close()
 
 
-@pytest.mark.skipif(CURL is None or sys.platform == "win32", reason="needs the curl command (Debian: apt-get install curl) and a POSIX stop signal for the example")
+@pytest.mark.skipif(CURL is None or sys.platform == "win32",
+                    reason="needs the curl command (Debian: apt-get install curl) and a POSIX "
+                    "stop signal for the example")
 @pytest.mark.parametrize("loop", ["iocpx", "asyncio"])
 def test_curl_against_the_http_example_over_tls(backend, pki, tmp_path, loop):
     """examples/http_server.py --tls-cert/--tls-key, fetched by curl --cacert:

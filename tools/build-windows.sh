@@ -49,7 +49,8 @@ HOSTVER="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 # ---- sources: the sdist ---------------------------------------------------------
 SDIST="${1:-}"
 if [ -z "$SDIST" ]; then
-    "$PY" -c 'import build' 2>/dev/null || { log "installing build for $PY (pip)"; "$PY" -m pip install -q build; }
+    py_runs build || { log "installing build for $PY (pip)"; "$PY" -m pip install -q build; }
+    py_runs build || die "python -m build does not run with $PY after installing it"
     rm -rf "$BUILD/sdist"
     log "making the sdist from $ROOT"
     "$PY" -m build --sdist --outdir "$BUILD/sdist" "$ROOT" >"$BUILD/sdist.log" 2>&1 \

@@ -116,7 +116,8 @@ SRC="$WORK/sdist-src"
 rm -rf "$SRC"; mkdir -p "$SRC"
 tar xzf "$SDIST" -C "$SRC" --strip-components=1
 for need in PKG-INFO LICENSE README.md CHANGELOG.md setup.py pyproject.toml src/iocpx/_core.pyx \
-            src/iocpx/_iocp.pyx src/iocpx/_sys.h src/iocpx/_backend.pxd tests/conftest.py \
+            src/iocpx/_iocp.pyx src/iocpx/_sys.h src/iocpx/_sys_win.h src/iocpx/_sys_posix.h \
+            src/iocpx/_backend.pxd tests/conftest.py \
             tools/build-windows.sh tools/windows/pyconfig.h; do
     [ -e "$SRC/$need" ] || die "the sdist lacks $need"
 done

@@ -1,6 +1,6 @@
-# The engine's class layouts: declarations only. The logic lives in the files
-# that _core.pyx includes (engine/*.pxi), one per concern; README "Layout"
-# maps each step of the completion-port model to its file.
+# The engine's class layouts: declarations only, each field under the file
+# that owns it. The logic lives in the files that _core.pyx includes
+# (engine/*.pxi), one per concern; _core.pyx's docstring maps them.
 from cpython.ref cimport PyObject
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from iocpx._sys cimport iocpx_mutex_t, iocpx_cond_t, iocpx_addr_t
@@ -81,6 +81,7 @@ cdef class Timer:
 
 
 cdef class Listener:
+    # -- the listening socket and its pre-posted accepts (engine/listener.pxi, engine/accept.pxi)
     cdef Engine eng
     cdef int fd
     cdef int state                  # LState
@@ -88,25 +89,29 @@ cdef class Listener:
     cdef int armed                  # accept ops in the kernel
     cdef int accepts                # accept ops to keep posted
     cdef readonly object address
+    cdef double last_warn           # when an accept failure was last logged
+    # -- what each accepted connection gets (conn_setup, engine/connection.pxi)
     cdef object on_accept, on_recv, on_close, on_drain
     cdef Py_ssize_t max_send
     cdef int64_t idle_ticks
     cdef bint nodelay
     cdef uint16_t group
     cdef uint32_t buffer_size
-    cdef double last_warn
-    # -- the first-data path (engine/firstdata.pxi)
+    # -- the first-data path (engine/accept.pxi)
     cdef bint first_data            # on_accept waits for the connection's first bytes
     cdef double first_data_timeout  # seconds a connection may stay silent before (0: no limit)
     cdef PyObject* silent_head      # Connections waiting for first data, oldest first: a
     cdef PyObject* silent_tail      #   list linked through each one's SilentLink
     cdef object silent_timer        # Timer for the oldest of them, or None
+    # -- the guard of AcceptEx slots held by silent clients (engine/accept.pxi;
+    # -- backends whose accept receives first data: iocp)
+    cdef int silent_slots           # AcceptEx slots last seen holding a silent client
+    cdef double plain_until         # until then, accepts are posted without a receive buffer
+    cdef object guard_timer         # the periodic check of silent AcceptEx slots, or None
     # -- TLS (engine/tls.pxi)
     cdef object ssl_ctx             # ssl.SSLContext (server side), or None: plain
     cdef double ssl_timeout         # ssl_handshake_timeout, seconds
-    cdef int silent_slots           # AcceptEx slots last seen holding a silent client (iocp)
-    cdef double plain_until         # until then, accepts are posted without a receive buffer
-    cdef object guard_timer         # the periodic check of silent AcceptEx slots, or None
+    # -- Unix-domain sockets (engine/unix.pxi)
     cdef object unix_cleanup        # (path, st_dev, st_ino) of the socket file to remove at close, or None
     cdef object glue                # the asyncio loop's ServerGlue (loop/server.pxi), or None
 
@@ -149,7 +154,7 @@ cdef class TlsState:
 
 
 cdef class Connection:
-    # Sized for idle connections (README: about 0.5 KiB each): flags are bytes.
+    # Sized for idle connections (docs/performance.md: about 0.5 KiB each): flags are bytes.
     cdef Engine eng
     cdef SchedNode sched            # serializes this connection's callbacks
     cdef int fd
@@ -192,7 +197,8 @@ cdef class Connection:
                                     # None; detached before the engine closes fd (conn_release_pysock)
 
     @staticmethod
-    cdef Connection _new(Engine eng, int fd, uint16_t group)
+    cdef Connection _new(Engine eng, int fd, uint16_t group, object on_recv, object on_close,
+                         object on_drain, Py_ssize_t max_send, int64_t idle_ticks, bint nodelay)
     cdef IoCtx* _new_io(self, uint8_t op) except NULL
     cdef void _io_done(self, IoCtx* io) noexcept
     cdef int _call(self, fn, arg) noexcept

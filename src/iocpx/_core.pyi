@@ -1,16 +1,17 @@
-"""Type stubs for iocpx._core (the engine)."""
+# Type stubs for iocpx._core (the engine); tests/test_sourcecode.py checks them against the code.
 import os
 import socket
 import ssl
 from types import TracebackType
 from typing import Any, Callable, Optional, Tuple, Union
+from typing_extensions import TypeAlias, Self
 
-Address = Tuple[str, int]
-PeerAddress = Union[Tuple[str, int], str]          # (host, port), or a Unix socket path
-DatagramAddress = Union[Tuple[str, int], Tuple[str, int, int, int]]   # IPv4 / IPv6 as socket gives
-ListenAddress = Union[Tuple[Optional[str], int], str, bytes, "os.PathLike[str]"]
-BytesLike = Union[bytes, bytearray, memoryview]
-FileArg = Union[str, bytes, "os.PathLike[str]", int, Any]
+Address: TypeAlias = Tuple[str, int]
+PeerAddress: TypeAlias = Union[Tuple[str, int], str]          # (host, port), or a Unix socket path
+DatagramAddress: TypeAlias = Union[Tuple[str, int], Tuple[str, int, int, int]]   # IPv4 / IPv6 as socket gives
+ListenAddress: TypeAlias = Union[Tuple[Optional[str], int], str, bytes, os.PathLike[str]]
+BytesLike: TypeAlias = Union[bytes, bytearray, memoryview]
+FileArg: TypeAlias = Union[str, bytes, os.PathLike[str], int, Any]
 
 class ConnectionClosedError(ConnectionError): ...
 class SendBufferFull(BlockingIOError): ...
@@ -28,7 +29,7 @@ class Connection:
     @property
     def closed(self) -> bool: ...
     @property
-    def engine(self) -> "Engine": ...
+    def engine(self) -> Engine: ...
     def send(self, data: BytesLike) -> None: ...
     def sendfile(self, file: FileArg, offset: int = 0, count: Optional[int] = None) -> int: ...
     @property
@@ -49,11 +50,11 @@ class Listener:
     def closed(self) -> bool: ...
     def close(self) -> None: ...
 
-OnAccept = Callable[[Connection, bytes], Any]
-OnRecv = Callable[[Connection, bytes], Any]
-OnClose = Callable[[Connection, Optional[BaseException]], Any]
-OnConnect = Callable[[Connection], Any]
-SockArg = Union["socket.socket", int]
+OnAccept: TypeAlias = Callable[[Connection, bytes], Any]
+OnRecv: TypeAlias = Callable[[Connection, bytes], Any]
+OnClose: TypeAlias = Callable[[Connection, Optional[BaseException]], Any]
+OnConnect: TypeAlias = Callable[[Connection], Any]
+SockArg: TypeAlias = Union[socket.socket, int]
 
 class Endpoint:
     id: int
@@ -66,15 +67,15 @@ class Endpoint:
     @property
     def closed(self) -> bool: ...
     @property
-    def engine(self) -> "Engine": ...
+    def engine(self) -> Engine: ...
     def sendto(self, data: BytesLike, addr: Optional[DatagramAddress] = None) -> bool: ...
     def close(self) -> None: ...
     def abort(self) -> None: ...
     def stats(self) -> dict[str, int]: ...
 
-OnDatagram = Callable[[Endpoint, bytes, DatagramAddress], Any]
-OnEndpointError = Callable[[Endpoint, BaseException], Any]
-OnEndpointClose = Callable[[Endpoint, Optional[BaseException]], Any]
+OnDatagram: TypeAlias = Callable[[Endpoint, bytes, DatagramAddress], Any]
+OnEndpointError: TypeAlias = Callable[[Endpoint, BaseException], Any]
+OnEndpointClose: TypeAlias = Callable[[Endpoint, Optional[BaseException]], Any]
 
 class Timer:
     when: float
@@ -91,32 +92,33 @@ class Engine:
     def listen(self, address: Optional[ListenAddress] = None, *,
                on_accept: Optional[OnAccept] = None,
                on_recv: Optional[OnRecv] = None, on_close: Optional[OnClose] = None,
-               accepts: Optional[int] = None, first_data: bool = False, buffer_size: int = 4096,
+               accepts: Optional[int] = None, first_data: bool = False,
+               first_data_timeout: Optional[float] = 10.0, buffer_size: int = 4096,
                backlog: Optional[int] = None, nodelay: bool = True,
-               on_drain: Optional[OnConnect] = None, max_send_buffer: int = 4 << 20,
+               on_drain: Optional[OnConnect] = None, max_send_buffer: int = 4194304,
                idle_timeout: Optional[float] = None, reuse_port: bool = False,
+               sock: Optional[SockArg] = None, unlink_existing: bool = False,
                ssl: Optional[ssl.SSLContext] = None,
-               ssl_handshake_timeout: float = 60.0,
-               sock: Optional[SockArg] = None, unlink_existing: bool = False) -> Listener: ...
+               ssl_handshake_timeout: float = 60.0) -> Listener: ...
     def adopt(self, sock: SockArg, *, on_recv: Optional[OnRecv] = None,
               on_close: Optional[OnClose] = None, on_drain: Optional[OnConnect] = None,
-              nodelay: bool = True, buffer_size: int = 4096, max_send_buffer: int = 4 << 20,
+              nodelay: bool = True, buffer_size: int = 4096, max_send_buffer: int = 4194304,
               idle_timeout: Optional[float] = None) -> Connection: ...
     def datagram(self, local_address: Optional[Tuple[Optional[str], int]] = None,
                  remote_address: Optional[Tuple[str, int]] = None, *,
                  on_datagram: OnDatagram, on_close: Optional[OnEndpointClose] = None,
                  on_error: Optional[OnEndpointError] = None, buffer_size: int = 65536,
                  reuse_port: bool = False, broadcast: bool = False,
-                 max_send_buffer: int = 4 << 20, rcvbuf: Optional[int] = None,
+                 max_send_buffer: int = 4194304, rcvbuf: Optional[int] = None,
                  sndbuf: Optional[int] = None) -> Endpoint: ...
     def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> Timer: ...
     def call_at(self, when: float, fn: Callable[..., Any], *args: Any) -> Timer: ...
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> Timer: ...
-    def connect(self, address: Union[Tuple[str, int], str, bytes, "os.PathLike[str]"], *,
+    def connect(self, address: Union[Tuple[str, int], str, bytes, os.PathLike[str]], *,
                 on_connect: Optional[OnConnect] = None,
                 on_recv: Optional[OnRecv] = None, on_close: Optional[OnClose] = None,
                 nodelay: bool = True, buffer_size: int = 4096,
-                on_drain: Optional[OnConnect] = None, max_send_buffer: int = 4 << 20,
+                on_drain: Optional[OnConnect] = None, max_send_buffer: int = 4194304,
                 idle_timeout: Optional[float] = None,
                 local_address: Optional[Union[Tuple[str, int], str]] = None,
                 ssl: Union[ssl.SSLContext, bool, None] = None,
@@ -124,8 +126,9 @@ class Engine:
                 ssl_handshake_timeout: float = 60.0) -> Connection: ...
     def stats(self) -> dict[str, Any]: ...
     def close(self, timeout: Optional[float] = None) -> None: ...
-    def __enter__(self) -> "Engine": ...
-    def __exit__(self, t: Optional[type], v: Optional[BaseException], tb: Optional[TracebackType]) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(self, t: Optional[type[BaseException]], v: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None: ...
 
 class CompletionPort:
     def __init__(self, backend: Optional[str] = None) -> None: ...
@@ -134,5 +137,6 @@ class CompletionPort:
     def post(self, key: Any, nbytes: int = 0, obj: Any = None) -> None: ...
     def get(self, timeout: Optional[float] = None) -> Optional[Tuple[Any, int, Any]]: ...
     def close(self) -> None: ...
-    def __enter__(self) -> "CompletionPort": ...
-    def __exit__(self, t: Optional[type], v: Optional[BaseException], tb: Optional[TracebackType]) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(self, t: Optional[type[BaseException]], v: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None: ...

@@ -104,7 +104,18 @@ def collect():
         "default_backend": default,
         "default_backend_error": default_err,
         "IOCPX_BACKEND": os.environ.get("IOCPX_BACKEND"),
+        "docs": _docs(),
     }
+
+
+def _docs():
+    """Where the documentation is: docs/ of the source tree (the Guide, the API reference, How
+    it works, Performance), the checkout's own copy when iocpx runs from one."""
+    here = os.path.join(os.path.dirname(os.path.abspath(iocpx.__file__)), "..", "..", "docs",
+                        "index.md")
+    if os.path.exists(here):
+        return os.path.normpath(here)
+    return "docs/index.md in the iocpx source tree (README.md links every page)"
 
 
 def _bits():
@@ -131,6 +142,7 @@ def render(info):
            f"  python    {info['python']}",
            f"  extension {info['extension']}",
            f"  os        {info['os']}",
+           f"  docs      {info['docs']}",
            "backends (best first):"]
     for name, b in info["backends"].items():
         state = "available" if b["available"] else f"not available: {b['reason']}"

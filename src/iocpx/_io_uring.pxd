@@ -1,10 +1,10 @@
 # The io_uring backend's layouts: the receive pools, the sendfile state and
 # the backend class. Declarations only; the logic is in _io_uring.pyx and
-# uring/*.pxi.
+# io_uring/*.pxi (mapped in _io_uring.pyx's docstring).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, int64_t, uint64_t
 from iocpx._sys cimport iocpx_mutex_t
 from iocpx._backend cimport Backend, IoCtx, Event, MAX_GROUPS
-from iocpx._uring cimport io_uring_sqe, io_uring_cqe, io_uring_buf
+from iocpx._io_uring_abi cimport io_uring_sqe, io_uring_cqe, io_uring_buf
 
 cdef enum:
     POOL_BYTES = 1024 * 1024        # a receive pool's first size, and each growth step
@@ -64,7 +64,7 @@ cdef struct SpliceState:
 
 
 
-cdef class UringBackend(Backend):
+cdef class IoUringBackend(Backend):
     cdef int ring_fd
     cdef void* sq_ptr           # owned mmap of the SQ ring (and the CQ ring with SINGLE_MMAP)
     cdef size_t sq_sz
@@ -98,4 +98,3 @@ cdef class UringBackend(Backend):
     cdef io_uring_sqe* _slot_nogil(self) noexcept nogil
     cdef void _push(self, io_uring_sqe* sqe, IoCtx* io) noexcept nogil
     cdef int _submit_pending(self) noexcept nogil
-    cdef int _harvest(self, Event* out, int maxev) noexcept nogil

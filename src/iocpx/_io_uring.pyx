@@ -31,10 +31,26 @@ sendfile is OP_SENDFILE to the engine, spliced here through a pipe: file ->
 pipe, then pipe -> socket, each step submitted from the completion of the one
 before (in the leader, without the GIL). The engine sees one completion per
 pipe-load with the bytes that reached the socket.
+
+This file holds the ring (set-up, the submission side every concern uses)
+and the backend's interface; each concern is in io_uring/, under the same
+file name as in the other backends' folders; the layouts are in
+_io_uring.pxd, the kernel ABI in _io_uring_abi.pxd:
+
+  io_uring/accept.pxi    IORING_OP_ACCEPT
+  io_uring/receive.pxi   multishot IORING_OP_RECV; the data copied out at dispatch
+  io_uring/buffers.pxi   the provided-buffer receive pools
+  io_uring/send.pxi      IORING_OP_SEND
+  io_uring/connect.pxi   IORING_OP_CONNECT
+  io_uring/sendfile.pxi  sendfile as splices through a pipe
+  io_uring/cancel.pxi    IORING_OP_ASYNC_CANCEL, by socket or by op
+  io_uring/poll.pxi      IORING_OP_POLL_ADD (the asyncio loop's readiness)
+  io_uring/wait.pxi      the leader's io_uring_enter and the CQ ring harvest
+  io_uring/datagram.pxi  UDP: multishot IORING_OP_RECVMSG, IORING_OP_SENDMSG
 """
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.errno cimport errno, EINTR, ETIME, EBUSY, EAGAIN, EINVAL, ENOMEM, ENOBUFS
+from libc.errno cimport errno, EINTR, ETIME, EBUSY, EAGAIN, EINVAL, ENOMEM, ENOBUFS, EPIPE
 from libc.string cimport memset, memcpy
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc, calloc, free
@@ -47,27 +63,12 @@ from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy, i
                          IOCPX_ADD_I32)
 from iocpx._backend cimport (Backend, IoCtx, Event, ev_set, oserror, io_target, EV_BUFFER,
                              EV_BUFFER_SHIFT, MAX_GROUPS, OP_SENDFILE, Datagram, DG_TRUNC, DG_NOBUF)
-from iocpx._uring cimport *
-
-cdef extern from *:
-    """
-    #include <linux/io_uring.h>
-    /* The engine's Event flags are io_uring's cqe flags, passed through as they are. */
-    _Static_assert(IORING_CQE_F_BUFFER == 1 && IORING_CQE_F_MORE == 2 && IORING_CQE_BUFFER_SHIFT == 16,
-                   "EV_BUFFER, EV_MORE, EV_BUFFER_SHIFT in _backend.pxd must equal io_uring's");
-    #include <poll.h>
-    /* OP_POLL's PL_* bits are handed to IORING_OP_POLL_ADD as they are. */
-    _Static_assert(POLLIN == 0x001 && POLLOUT == 0x004 && POLLERR == 0x008 && POLLHUP == 0x010,
-                   "PL_IN, PL_OUT, PL_ERR, PL_HUP in _backend.pxd must equal poll(2)'s");
-    """
-
-cdef extern from "<sys/socket.h>" nogil:
-    int c_socket "socket"(int domain, int type, int protocol)
-    int MSG_NOSIGNAL, MSG_WAITALL, SOCK_CLOEXEC, SOCK_STREAM
-cdef extern from "<fcntl.h>" nogil:
-    unsigned SPLICE_F_MOVE
-cdef extern from "<errno.h>" nogil:
-    int ECANCELED, EPIPE
+from iocpx._linux cimport (ECANCELED, syscall, __NR_io_uring_setup, __NR_io_uring_enter,
+                           __NR_io_uring_register, mmap, munmap, MAP_FAILED, PROT_READ,
+                           PROT_WRITE, MAP_SHARED, MAP_POPULATE, MAP_PRIVATE, MAP_ANONYMOUS,
+                           c_socket, SOCK_STREAM, SOCK_CLOEXEC, MSG_NOSIGNAL, MSG_WAITALL,
+                           MSG_TRUNC, SPLICE_F_MOVE, iovec, msghdr)
+from iocpx._io_uring_abi cimport *
 
 cdef inline int sys_enter(int fd, unsigned to_submit, unsigned min_complete,
                           unsigned flags, void* arg, size_t argsz) noexcept nogil:
@@ -78,7 +79,7 @@ cdef inline int sys_enter(int fd, unsigned to_submit, unsigned min_complete,
 
 
 @cython.final
-cdef class UringBackend(Backend):
+cdef class IoUringBackend(Backend):
     """The io_uring backend (layout in _io_uring.pxd)."""
 
     def __cinit__(self, unsigned entries=4096):
@@ -177,13 +178,15 @@ cdef class UringBackend(Backend):
             c_close(self.ring_fd)
             self.ring_fd = -1
 
+    # ---- sockets ------------------------------------------------------------
+
     cdef int socket_open(self, int family) except -1:
         cdef int fd = c_socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0)
         if fd < 0:
             raise oserror(errno, "socket")
         return fd
 
-    # ---- submission side (GIL held, any thread) ---------------------------
+    # ---- the submission ring (GIL held, any thread; _slot_nogil: the leader) --
 
     cdef io_uring_sqe* _sqe(self) except NULL:
         """A zeroed SQE slot, returned with sq_mu held; _push commits it and
@@ -259,185 +262,67 @@ cdef class UringBackend(Backend):
             raise oserror(-r, "io_uring_enter")
         return 0
 
-    cdef int submit_accept(self, IoCtx* io) except -1:
-        cdef io_uring_sqe* sqe = self._sqe()
-        sqe.opcode = IORING_OP_ACCEPT
-        sqe.fd = io.fd
-        io.addrlen = sizeof(io.addr)
-        sqe.addr = <uint64_t><size_t>&io.addr
-        sqe.addr2 = <uint64_t><size_t>&io.addrlen
-        sqe.accept_flags = SOCK_CLOEXEC
-        self._push(sqe, io)
-        return 0
-
-    cdef int submit_recv(self, IoCtx* io) except -1:
-        cdef io_uring_sqe* sqe = self._sqe()
-        sqe.opcode = IORING_OP_RECV
-        sqe.fd = io.fd
-        sqe.ioprio = IORING_RECV_MULTISHOT
-        sqe.flags = IOSQE_BUFFER_SELECT
-        sqe.buf_group = io.group
-        self._push(sqe, io)
-        return 0
-
-    cdef int submit_send(self, IoCtx* io) except -1:
-        cdef io_uring_sqe* sqe = self._sqe()
-        sqe.opcode = IORING_OP_SEND
-        sqe.fd = io.fd
-        sqe.addr = <uint64_t><size_t>io.buf
-        sqe.len = <uint32_t>(io.len if io.len < 0x7fff0000 else 0x7fff0000)
-        sqe.msg_flags = MSG_NOSIGNAL | MSG_WAITALL
-        self._push(sqe, io)
-        return 0
-
-    cdef int submit_connect(self, IoCtx* io) except -1:
-        cdef io_uring_sqe* sqe = self._sqe()
-        sqe.opcode = IORING_OP_CONNECT
-        sqe.fd = io.fd
-        sqe.addr = <uint64_t><size_t>io_target(io)     # io.addr, or an AF_UNIX path in io.extra
-        sqe.off = io.addrlen
-        self._push(sqe, io)
-        return 0
-
-    cdef int submit_cancel_fd(self, IoCtx* io, int fd) except -1:
-        cdef SpliceState* st
-        iocpx_mutex_lock(&self.sq_mu)
-        st = self.splices           # a file -> pipe step cannot be cancelled by the
-        while st != NULL:           # socket: stop the sendfile before its next step
-            if st.sock_fd == fd:
-                st.cancelled = 1
-            st = st.next
-        iocpx_mutex_unlock(&self.sq_mu)
-        cdef io_uring_sqe* sqe = self._sqe()
-        sqe.opcode = IORING_OP_ASYNC_CANCEL
-        sqe.fd = fd
-        sqe.cancel_flags = IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL
-        self._push(sqe, io)
-        return 0
-
-    cdef int submit_cancel_op(self, IoCtx* io, IoCtx* target) except -1:
-        if target.op == OP_SENDFILE and target.extra != NULL:
-            iocpx_mutex_lock(&self.sq_mu)
-            (<SpliceState*>target.extra).cancelled = 1
-            iocpx_mutex_unlock(&self.sq_mu)
-        cdef io_uring_sqe* sqe = self._sqe()
-        sqe.opcode = IORING_OP_ASYNC_CANCEL
-        sqe.addr = <uint64_t><size_t>target
-        self._push(sqe, io)
-        return 0
-
     cdef int submit_post(self, IoCtx* io) except -1:
         cdef io_uring_sqe* sqe = self._sqe()
         sqe.opcode = IORING_OP_NOP
         self._push(sqe, io)
         return 0
 
-    cdef int submit_poll(self, IoCtx* io) except -1:
-        """One-shot IORING_OP_POLL_ADD: the PL_* bits are POLLIN/POLLOUT..."""
-        cdef io_uring_sqe* sqe = self._sqe()
-        sqe.opcode = IORING_OP_POLL_ADD
-        sqe.fd = io.fd
-        sqe.poll32_events = <uint32_t>io.len
-        self._push(sqe, io)
-        return 0
+    # ---- the Backend interface, one concern per file (io_uring/*.pxi) --------
 
-    # ---- sendfile: splice through a pipe (uring/splice.pxi) -----------------
+    cdef int submit_accept(self, IoCtx* io) except -1:
+        return accept_submit(self, io)                  # accept.pxi
+
+    cdef int submit_recv(self, IoCtx* io) except -1:
+        return recv_submit(self, io)                    # receive.pxi
+
+    cdef object recv_bytes(self, Event* ev):
+        """The bytes a receive completion carried (None if none); its piece
+        of buffer is released. Must be called for every recv event (or
+        recv_copy). A receive the kernel ended for want of buffers grows the pool."""
+        return recv_bytes_io_uring(self, ev)
+
+    cdef Py_ssize_t recv_copy(self, Event* ev, char* dst) except -1:
+        return recv_copy_io_uring(self, ev, dst)
+
+    cdef void recv_release(self, Event* ev) noexcept:
+        recv_release_io_uring(self, ev)
+
+    cdef int submit_poll(self, IoCtx* io) except -1:
+        return poll_submit(self, io)                    # poll.pxi
+
+    cdef int submit_send(self, IoCtx* io) except -1:
+        return send_submit(self, io)                    # send.pxi
+
+    cdef int submit_connect(self, IoCtx* io) except -1:
+        return connect_submit(self, io)                 # connect.pxi
 
     cdef int submit_sendfile(self, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1:
-        return splice_start(self, io, file_fd, offset, nbytes)
+        return sendfile_submit(self, io, file_fd, offset, nbytes)     # sendfile.pxi: splice
 
-    # ---- completion side (leader thread, no GIL) --------------------------
+    cdef int submit_cancel_fd(self, IoCtx* io, int fd) except -1:
+        return cancel_fd(self, io, fd)                  # cancel.pxi
+
+    cdef int submit_cancel_op(self, IoCtx* io, IoCtx* target) except -1:
+        return cancel_op(self, io, target)
 
     cdef int wait(self, Event* out, int maxev, long timeout_ms) noexcept nogil:
         """Submit what is queued, wait for at least one completion (or the
         timeout; < 0 means none) and copy up to maxev of them into out."""
-        cdef int n, r
-        cdef uint32_t pending
-        cdef io_uring_getevents_arg arg
-        cdef __kernel_timespec ts
-        while True:
-            n = self._harvest(out, maxev)
-            pending = IOCPX_LOAD_ACQ_U32(self.sq_ktail) - IOCPX_LOAD_ACQ_U32(self.sq_khead)
-            if n > 0:
-                if pending:
-                    sys_enter(self.ring_fd, pending, 0, 0, NULL, 0)
-                return n
-            if IOCPX_LOAD_ACQ_U32(self.sq_kflags) & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW):
-                # completion work waits for us: run it, then look again
-                r = sys_enter(self.ring_fd, pending, 0, IORING_ENTER_GETEVENTS, NULL, 0)
-                if r >= 0 or r == -EINTR or r == -EAGAIN or r == -EBUSY:
-                    n = self._harvest(out, maxev)
-                    if n > 0:
-                        return n
-                    pending = IOCPX_LOAD_ACQ_U32(self.sq_ktail) - IOCPX_LOAD_ACQ_U32(self.sq_khead)
-            if timeout_ms >= 0:
-                memset(&arg, 0, sizeof(arg))
-                ts.tv_sec = timeout_ms // 1000
-                ts.tv_nsec = (timeout_ms % 1000) * 1000000
-                arg.ts = <uint64_t><size_t>&ts
-                r = sys_enter(self.ring_fd, pending, 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG,
-                              &arg, sizeof(arg))
-            else:
-                r = sys_enter(self.ring_fd, pending, 1, IORING_ENTER_GETEVENTS, NULL, 0)
-            if r < 0:
-                if r == -ETIME:
-                    return self._harvest(out, maxev)
-                if r != -EINTR and r != -EAGAIN and r != -EBUSY:
-                    return r
-            elif r < <int>pending:
-                continue      # only part was submitted (another thread raced us): we did not wait
-            if timeout_ms >= 0:
-                return self._harvest(out, maxev)
-
-    cdef int _harvest(self, Event* out, int maxev) noexcept nogil:
-        cdef uint32_t head = self.cq_khead[0]
-        cdef uint32_t tail = IOCPX_LOAD_ACQ_U32(self.cq_ktail)
-        cdef int n = 0
-        cdef int result
-        cdef io_uring_cqe* c
-        cdef IoCtx* io
-        while head != tail and n < maxev:
-            c = &self.cqes[head & self.cq_mask]
-            head += 1
-            io = <IoCtx*><size_t>c.user_data
-            if c.flags & EV_BUFFER:
-                ev_set(&out[n], io, c.res, c.flags, pool_piece(&self.groups[io.group], c))
-            elif io.op == OP_SENDFILE and io.extra != NULL:
-                if not splice_step(self, io, c.res, &result):
-                    continue                # its next step is on its way
-                ev_set(&out[n], io, result, 0, NULL)
-            else:
-                ev_set(&out[n], io, c.res, c.flags, NULL)
-            n += 1
-        IOCPX_STORE_REL_U32(self.cq_khead, head)
-        return n
-
-    # ---- provided receive buffers (uring/buffers.pxi) ----------------------
+        return wait_events(self, out, maxev, timeout_ms)    # wait.pxi
 
     cdef int buffer_group(self, uint32_t size) except -1:
         """The receive pool for receives of up to size bytes: the shared
         incremental pool where the kernel has it, else one pool per size."""
-        cdef int i
-        if self.inc_group >= 0:
-            return self.inc_group
-        if self.inc_ok != 0:
-            i = pool_new(self, INC_BUF, 1)
-            if i >= 0:
-                self.inc_ok = 1
-                self.inc_group = i
-                return i
-            self.inc_ok = 0             # this kernel has no incremental consumption
-        return pool_plain(self, size)
+        return pool_group(self, size)                   # buffers.pxi
 
     def pools(self):
         """[(buffer size, buffers provided, incremental)] of each receive pool."""
         return [(self.groups[i].size, self.groups[i].nbufs, bool(self.groups[i].inc))
                 for i in range(self.ngroups)]
 
-    # ---- datagrams (uring/datagram.pxi) -----------------------------------
-
     cdef int dgram_group(self, uint32_t size) except -1:
-        return dgram_group_uring(self, size)
+        return dgram_group_io_uring(self, size)         # datagram.pxi
 
     cdef int submit_recvfrom(self, IoCtx* io) except -1:
         return dgram_submit_recv(self, io)
@@ -446,47 +331,22 @@ cdef class UringBackend(Backend):
         return dgram_submit_send(self, io)
 
     cdef int dgram_view(self, Event* ev, Datagram* out) except -1:
-        return dgram_view_uring(self, ev, out)
+        return dgram_view_io_uring(self, ev, out)
 
     cdef void dgram_done(self, Event* ev) noexcept:
-        dgram_done_uring(self, ev)
-
-    cdef object recv_bytes(self, Event* ev):
-        """The bytes a receive completion carried (None if none); its piece
-        of buffer is released. Must be called for every recv event (or
-        recv_copy). A receive the kernel ended for want of buffers grows the pool."""
-        cdef BufGroup* g = &self.groups[ev.io.group]
-        if not (ev.flags & EV_BUFFER):
-            if ev.res == -ENOBUFS:
-                pool_starved(g)
-            return None
-        data = PyBytes_FromStringAndSize(<char*>ev.data, ev.res) if ev.res > 0 else None
-        pool_release_piece(g, <uint16_t>(ev.flags >> EV_BUFFER_SHIFT))
-        return data
-
-    cdef void recv_release(self, Event* ev) noexcept:
-        cdef BufGroup* g = &self.groups[ev.io.group]
-        if not (ev.flags & EV_BUFFER):
-            if ev.res == -ENOBUFS:
-                pool_starved(g)
-            return
-        pool_release_piece(g, <uint16_t>(ev.flags >> EV_BUFFER_SHIFT))
-
-    cdef Py_ssize_t recv_copy(self, Event* ev, char* dst) except -1:
-        cdef BufGroup* g = &self.groups[ev.io.group]
-        cdef Py_ssize_t n = ev.res if ev.res > 0 else 0
-        if not (ev.flags & EV_BUFFER):
-            if ev.res == -ENOBUFS:
-                pool_starved(g)
-            return 0
-        memcpy(dst, ev.data, n)
-        pool_release_piece(g, <uint16_t>(ev.flags >> EV_BUFFER_SHIFT))
-        return n
+        dgram_done_io_uring(self, ev)
 
 
-include "uring/buffers.pxi"
-include "uring/splice.pxi"
-include "uring/datagram.pxi"
+include "io_uring/accept.pxi"
+include "io_uring/receive.pxi"
+include "io_uring/send.pxi"
+include "io_uring/connect.pxi"
+include "io_uring/sendfile.pxi"
+include "io_uring/cancel.pxi"
+include "io_uring/poll.pxi"
+include "io_uring/wait.pxi"
+include "io_uring/buffers.pxi"
+include "io_uring/datagram.pxi"
 
 
 def probe():
@@ -500,7 +360,7 @@ def probe():
     if (major, minor) < (6, 0):
         return f"io_uring backend needs Linux 6.0+ (multishot receive), kernel is {os.uname().release}"
     try:
-        b = UringBackend(8)
+        b = IoUringBackend(8)
         b.buffer_group(4096)
     except OSError as e:
         return f"io_uring unavailable: {e}"
@@ -512,7 +372,7 @@ def features():
     import os
     out = {"kernel": os.uname().release}
     try:
-        b = UringBackend(8)
+        b = IoUringBackend(8)
     except OSError as e:
         out["available"] = f"no ({e})"
         return out

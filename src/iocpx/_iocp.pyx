@@ -15,7 +15,7 @@ called directly (declarations in _winsock.pxd).
     (io.aux.silent_ms; SO_CONNECT_TIME, checked from the wait loop every
     second) and completes with -ETIMEDOUT; accept_silent() counts the slots
     that held a connected client without data at two calls in a row, for the
-    engine's guard (engine/firstdata.pxi);
+    engine's guard (engine/accept.pxi);
   * receives: a zero-byte WSARecv, then a non-blocking recv() of up to the
     buffer size when it completes, so an idle connection pins no buffer. Each
     completion is final (no EV_MORE): the engine posts the next receive after
@@ -39,6 +39,21 @@ Error codes: Event.res is -errno with Python's errno values where Python has
 one (ERROR_OPERATION_ABORTED -> -ECANCELED, ERROR_NETNAME_DELETED ->
 -ECONNRESET, ...); any other Windows code is passed as -(WINERR_TAG | code)
 and error() turns it into an OSError carrying winerror.
+
+This file holds the port, the sockets' association with it, the ready list
+and the backend's interface; each concern is in iocp/, under the same file
+name as in the other backends' folders:
+
+  iocp/errors.pxi      Windows/Winsock codes -> errno, messages, OSError
+  iocp/extensions.pxi  process-wide state: the extension functions, skip-on-success
+  iocp/accept.pxi      AcceptEx with first data, GetAcceptExSockAddrs, silent slots
+  iocp/receive.pxi     the zero-byte WSARecv and the read after it
+  iocp/send.pxi        WSASend
+  iocp/connect.pxi     ConnectEx (connect() for AF_UNIX)
+  iocp/sendfile.pxi    TransmitFile
+  iocp/cancel.pxi      CancelIoEx, and abort_by_close
+  iocp/wait.pxi        the leader's GetQueuedCompletionStatusEx, each op finished
+  iocp/datagram.pxi    UDP: WSARecvFrom kept posted, WSASendTo
 """
 import errno as _errno
 import os as _os
@@ -58,28 +73,6 @@ from iocpx._backend cimport (Backend, IoCtx, Event, EventQueue, ev_set, evq_push
                              OP_CONNECT, OP_CANCEL, OP_POST, OP_EXIT, OP_SENDFILE,
                              OP_RECVFROM, Datagram, DG_TRUNC)
 from iocpx._winsock cimport *
-
-cdef extern from *:
-    """
-    #include <mswsock.h>
-    /* The extension functions' ids, for WSAIoctl(SIO_GET_EXTENSION_FUNCTION_POINTER). */
-    static GUID iocpx_WSAID_ACCEPTEX = WSAID_ACCEPTEX;
-    static GUID iocpx_WSAID_CONNECTEX = WSAID_CONNECTEX;
-    static GUID iocpx_WSAID_GETACCEPTEXSOCKADDRS = WSAID_GETACCEPTEXSOCKADDRS;
-    static GUID iocpx_WSAID_TRANSMITFILE = WSAID_TRANSMITFILE;
-    #define iocpx_sock_handle(s) ((HANDLE)(SOCKET)(s))
-    /* A finished receive is claimed once: by the read after it, or by
-       abort_by_close() (1 if the caller won it). */
-    static inline int iocpx_claim(int32_t* claim, int32_t who) {
-        return InterlockedCompareExchange((volatile LONG*)claim, who, 0) == 0;
-    }
-    """
-    GUID iocpx_WSAID_ACCEPTEX
-    GUID iocpx_WSAID_CONNECTEX
-    GUID iocpx_WSAID_GETACCEPTEXSOCKADDRS
-    GUID iocpx_WSAID_TRANSMITFILE
-    HANDLE iocpx_sock_handle(SOCKET s) nogil
-    int iocpx_claim(int32_t* claim, int32_t who) nogil
 
 cdef enum:
     KEY_IO = 1              # a socket's own operations
@@ -103,6 +96,7 @@ def live_backends():
     return list(_live)
 
 include "iocp/errors.pxi"
+include "iocp/extensions.pxi"
 
 
 # ---------------------------------------------------------------------------
@@ -223,7 +217,7 @@ cdef class IocpBackend(Backend):
         self._associate(<SOCKET>fd, True)
         return 0
 
-    # ---- ready list: events of operations that finished at submit -----------
+    # ---- completions of operations that finished at submit; posted packets --
 
     cdef int _push_ready(self, Event* ev) noexcept nogil:
         cdef int wake = 0
@@ -246,109 +240,16 @@ cdef class IocpBackend(Backend):
         cdef Event ev
         if ok:
             if self.skip:
-                self._finish(io, 1, nbytes, 0, &ev)
+                finish(self, io, 1, nbytes, 0, &ev)
                 if self._push_ready(&ev) < 0:
                     raise MemoryError()
             return 0
         if err == WSA_IO_PENDING:
             return 0
-        self._finish(io, 0, 0, <DWORD>err, &ev)
+        finish(self, io, 0, 0, <DWORD>err, &ev)
         if self._push_ready(&ev) < 0:
             raise MemoryError()
         return 0
-
-    # ---- submissions (GIL held) --------------------------------------------
-
-    cdef int submit_accept(self, IoCtx* io) except -1:
-        return accept_submit(self, io)          # iocp/accept.pxi
-
-    cdef int submit_recv(self, IoCtx* io) except -1:
-        """A zero-byte WSARecv: completes when data (or EOF) is there."""
-        self._check_open()
-        cdef WSABUF wb
-        cdef DWORD flags = 0, got = 0
-        cdef int err = 0
-        wb.len = 0
-        wb.buf = NULL
-        memset(&io.ovl, 0, sizeof(OVERLAPPED))
-        io.aux.claim = 0
-        cdef int r = WSARecv(<SOCKET>io.fd, &wb, 1, &got, &flags, <OVERLAPPED*>&io.ovl, NULL)
-        if r != 0:
-            err = WSAGetLastError()
-        return self._submitted(io, r == 0, got, err)
-
-    cdef int submit_send(self, IoCtx* io) except -1:
-        self._check_open()
-        cdef WSABUF wb
-        cdef DWORD got = 0
-        cdef int err = 0
-        wb.len = <ULONG>(io.len if io.len < 0x40000000 else 0x40000000)
-        wb.buf = io.buf             # points into io.obj, kept alive by the context
-        memset(&io.ovl, 0, sizeof(OVERLAPPED))
-        cdef int r = WSASend(<SOCKET>io.fd, &wb, 1, &got, 0, <OVERLAPPED*>&io.ovl, NULL)
-        if r != 0:
-            err = WSAGetLastError()
-        return self._submitted(io, r == 0, got, err)
-
-    cdef int submit_connect(self, IoCtx* io) except -1:
-        """ConnectEx needs a bound socket: bind to the wildcard address first.
-        AF_UNIX has no ConnectEx: a connect() of its own (local, immediate)."""
-        self._check_open()
-        if io.addr.sa.sa_family == AF_UNIX:
-            return self._connect_unix(io)
-        cdef iocpx_addr_t any_
-        memset(&any_, 0, sizeof(any_))
-        any_.sa.sa_family = io.addr.sa.sa_family
-        cdef int alen = 28 if io.addr.sa.sa_family == AF_INET6 else 16
-        cdef DWORD sent = 0
-        cdef int err = 0
-        cdef Event ev
-        if bind(<SOCKET>io.fd, <sockaddr*>&any_, alen) != 0:
-            err = WSAGetLastError()
-            if err != WSAEINVAL:        # WSAEINVAL: already bound (connect(local_address=))
-                ev_set(&ev, io, win_errno(<DWORD>err), 0, NULL)
-                if self._push_ready(&ev) < 0:
-                    raise MemoryError()
-                return 0
-            err = 0
-        memset(&io.ovl, 0, sizeof(OVERLAPPED))
-        cdef BOOL ok = pConnectEx(<SOCKET>io.fd, <sockaddr*>&io.addr, <int>io.addrlen, NULL, 0,
-                                  &sent, <OVERLAPPED*>&io.ovl)
-        if not ok:
-            err = WSAGetLastError()
-        return self._submitted(io, ok, 0, err)
-
-    cdef int _connect_unix(self, IoCtx* io) except -1:
-        """connect() in blocking mode (a Unix socket connects at once or is
-        refused), its result queued as the completion."""
-        cdef u_long mode = 0
-        cdef int err = 0
-        cdef Event ev
-        ioctlsocket(<SOCKET>io.fd, FIONBIO, &mode)
-        if connect(<SOCKET>io.fd, <sockaddr*><void*>io_target(io), <int>io.addrlen) != 0:
-            err = WSAGetLastError()
-        mode = 1
-        ioctlsocket(<SOCKET>io.fd, FIONBIO, &mode)
-        ev_set(&ev, io, win_errno(<DWORD>err) if err else 0, 0, NULL)
-        if self._push_ready(&ev) < 0:
-            raise MemoryError()
-        return 0
-
-    cdef int submit_sendfile(self, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1:
-        """TransmitFile of nbytes from the CRT descriptor file_fd at offset."""
-        self._check_open()
-        import msvcrt
-        cdef HANDLE fh = <HANDLE><size_t>msvcrt.get_osfhandle(file_fd)
-        cdef int err = 0
-        memset(&io.ovl, 0, sizeof(OVERLAPPED))
-        (<OVERLAPPED*>&io.ovl).Offset = <DWORD>(offset & 0xFFFFFFFF)
-        (<OVERLAPPED*>&io.ovl).OffsetHigh = <DWORD>(offset >> 32)
-        if nbytes > 0x7FFFFFFE:
-            nbytes = 0x7FFFFFFE
-        cdef BOOL ok = pTransmitFile(<SOCKET>io.fd, fh, nbytes, 0, <OVERLAPPED*>&io.ovl, NULL, 0)
-        if not ok:
-            err = WSAGetLastError()
-        return self._submitted(io, ok, 0, err)
 
     cdef int _post(self, IoCtx* io, DWORD nbytes) except -1:
         self._check_open()
@@ -360,170 +261,10 @@ cdef class IocpBackend(Backend):
     cdef int submit_post(self, IoCtx* io) except -1:
         return self._post(io, 0)    # res 0 on every backend (CompletionPort keeps nbytes in io.aux)
 
-    cdef int submit_cancel_fd(self, IoCtx* io, int fd) except -1:
-        """Cancel every operation on the socket; each completes (aborted), and
-        so does this one, through a posted packet."""
-        self._check_open()
-        CancelIoEx(iocpx_sock_handle(<SOCKET>fd), NULL)     # ERROR_NOT_FOUND: none pending
-        return self._post(io, 0)
-
-    cdef int submit_cancel_op(self, IoCtx* io, IoCtx* target) except -1:
-        """Cancel one operation; it completes (aborted), and so does this one."""
-        self._check_open()
-        CancelIoEx(iocpx_sock_handle(<SOCKET>target.fd), <OVERLAPPED*>&target.ovl)
-        return self._post(io, 0)
-
-    cdef int abort_by_close(self, IoCtx* recv) except -1:
-        """Closing a socket ends its pending operations: each completes with
-        ERROR_OPERATION_ABORTED (closesocket's documented behaviour), at the
-        cost of one call, where CancelIoEx plus the cancel's own packet cost
-        two and, under Wine, CancelIoEx walks every pending operation of the
-        process (thousands of silent clients expiring made that the
-        bottleneck). The socket may only be closed while nobody reads from it:
-        a zero-byte receive that has completed is followed by a recv() on its
-        socket (in _finish, on the leader's thread), so whichever comes first
-        claims the receive, and a receive already claimed for the read is
-        left to the usual cancel (return 0)."""
-        self._check_open()
-        if not iocpx_claim(&recv.aux.claim, CLAIM_CLOSED):
-            return 0
-        closesocket(<SOCKET>recv.fd)
-        return 1
-
     cdef int flush(self) except -1:
         return 0        # every submit is already a system call
 
-    # ---- completions --------------------------------------------------------
-
-    cdef void _finish(self, IoCtx* io, int ok, DWORD nbytes, DWORD err, Event* ev) noexcept nogil:
-        """Turn a finished operation into an event: the post-processing each
-        op needs (accept/connect context, the read after a zero-byte receive)."""
-        cdef long r
-        ev.io = io
-        ev.flags = 0
-        ev.data = NULL
-        ev.res = 0
-        cdef uint8_t op = io.op
-        if op == OP_ACCEPT:
-            accept_finish(self, io, ok, nbytes, err, ev)
-        elif op == OP_RECV:
-            if not ok:
-                ev.res = win_errno(err)
-                return
-            if not iocpx_claim(&io.aux.claim, CLAIM_READ):
-                ev.res = -E_CANCELED            # abort_by_close() closed the socket
-                return
-            r = recv_heap(io.fd, self.sizes[io.group] if io.group < self.ngroups else 4096, &ev.data)
-            if r > 0:
-                ev.res = <int32_t>r
-            elif r == 0:
-                ev.res = 0                          # EOF
-            elif r == -2:
-                ev.res = -E_NOBUFS                  # out of memory: the engine arms the receive again
-            else:
-                err = WSAGetLastError()
-                # nothing to read after all: ENOBUFS makes the engine post the receive again
-                ev.res = -E_NOBUFS if err == <DWORD>WSAEWOULDBLOCK else win_errno(err)
-        elif op == OP_RECVFROM:
-            dgram_finish_recv(io, ok, nbytes, err, ev)     # iocp/datagram.pxi
-        elif op == OP_CONNECT:
-            if not ok:
-                ev.res = win_errno(err)
-                return
-            if setsockopt(<SOCKET>io.fd, SOL_SOCKET, SO_UPDATE_CONNECT_CONTEXT, NULL, 0) != 0:
-                ev.res = win_errno(WSAGetLastError())
-                return
-            ev.res = 0
-        else:       # OP_SEND, OP_SENDFILE, posted packets
-            ev.res = <int32_t>nbytes if ok else win_errno(err)
-
-    cdef int wait(self, Event* out, int maxev, long timeout_ms) noexcept nogil:
-        """Events from the ready list, else from GetQueuedCompletionStatusEx
-        (at most maxev; timeout_ms < 0 waits without limit). Also drops
-        first-data accepts whose client stays silent."""
-        cdef OVERLAPPED_ENTRY entries[MAX_ENTRIES]
-        cdef ULONG got = 0
-        cdef int n, i
-        cdef DWORD ms, nbytes, flags, err
-        cdef BOOL okw
-        cdef IoCtx* io
-        cdef uint64_t now, deadline = 0
-        if maxev > MAX_ENTRIES:
-            maxev = MAX_ENTRIES
-        if timeout_ms >= 0:
-            deadline = iocpx_now_ns() + <uint64_t>timeout_ms * 1000000
-        while True:
-            if self.port == NULL:
-                return -E_BADF
-            now = iocpx_now_ns()
-            iocpx_mutex_lock(&self.mu)
-            n = evq_take(&self.ready, out, maxev)
-            if n == 0:
-                self.sleeping = 1
-            iocpx_mutex_unlock(&self.mu)
-            if n:
-                return n
-            # how long to sleep: the caller's timeout, or until the next scan
-            if timeout_ms >= 0:
-                ms = <DWORD>((deadline - now + 999999) // 1000000) if deadline > now else 0
-            else:
-                ms = INFINITE
-            if self.pending != NULL and (ms == INFINITE or ms > SCAN_MS):
-                ms = SCAN_MS
-            okw = GetQueuedCompletionStatusEx(self.port, entries, maxev, &got, ms, False)
-            err = GetLastError() if not okw else 0
-            iocpx_mutex_lock(&self.mu)
-            self.sleeping = 0
-            iocpx_mutex_unlock(&self.mu)
-            n = 0
-            if okw:
-                for i in range(<int>got):
-                    if entries[i].lpOverlapped == NULL:         # KEY_WAKE
-                        iocpx_mutex_lock(&self.mu)
-                        self.wake_pending = 0
-                        iocpx_mutex_unlock(&self.mu)
-                        continue
-                    io = <IoCtx*>entries[i].lpOverlapped        # ovl is the first member
-                    nbytes = entries[i].dwNumberOfBytesTransferred
-                    if entries[i].lpCompletionKey == KEY_POST or entries[i].Internal == 0:
-                        self._finish(io, 1, nbytes, 0, &out[n])
-                    else:       # the Winsock code for the NTSTATUS in Internal
-                        flags = 0
-                        if WSAGetOverlappedResult(<SOCKET>io.fd, <OVERLAPPED*>&io.ovl, &nbytes,
-                                                  False, &flags):
-                            self._finish(io, 1, nbytes, 0, &out[n])
-                        else:
-                            self._finish(io, 0, nbytes, <DWORD>WSAGetLastError(), &out[n])
-                    n += 1
-            elif err != WAIT_TIMEOUT:
-                return -E_BADF if err == ERROR_ABANDONED_WAIT_0 or err == ERROR_INVALID_HANDLE \
-                    else win_errno(err)
-            if self.pending != NULL:
-                now = iocpx_now_ns()
-                if now >= self.next_scan_ns:
-                    self.next_scan_ns = now + SCAN_MS * 1000000
-                    accept_scan(self)
-            if n:
-                return n
-            if timeout_ms >= 0 and iocpx_now_ns() >= deadline:
-                return 0
-
-    # ---- datagrams (iocp/datagram.pxi) --------------------------------------
-
-    cdef int dgram_adopt(self, int fd, bint connected) except -1:
-        return dgram_adopt_iocp(self, fd, connected)
-
-    cdef int submit_recvfrom(self, IoCtx* io) except -1:
-        return dgram_submit_recv_iocp(self, io)
-
-    cdef int submit_sendto(self, IoCtx* io) except -1:
-        return dgram_submit_send_iocp(self, io)
-
-    cdef int dgram_view(self, Event* ev, Datagram* out) except -1:
-        return dgram_view_iocp(ev, out)
-
-    cdef int accept_silent(self, int listen_fd) except -1:
-        return accept_count_silent(self, listen_fd)
+    # ---- diagnostics ----------------------------------------------------------
 
     def pending_connect_times(self):
         """SO_CONNECT_TIME (seconds, -1: nobody connected yet) of each socket
@@ -543,30 +284,70 @@ cdef class IocpBackend(Backend):
         iocpx_mutex_unlock(&self.mu)
         return out
 
-    # ---- data ----------------------------------------------------------------
+    # ---- the Backend interface, one concern per file (iocp/*.pxi) ------------
+
+    cdef int submit_accept(self, IoCtx* io) except -1:
+        return accept_submit(self, io)                  # accept.pxi
 
     cdef object accept_data(self, Event* ev):
         """The first data AcceptEx received (b"" if the client closed without
         sending); None when the engine did not ask for it."""
-        cdef AcceptState* st = <AcceptState*>ev.io.extra
-        if st == NULL or st.rcvlen == 0:
-            return None
-        return PyBytes_FromStringAndSize(accept_buf(st), st.got)
+        return accept_first_data(ev)
+
+    cdef int accept_silent(self, int listen_fd) except -1:
+        return accept_count_silent(self, listen_fd)
+
+    cdef int submit_recv(self, IoCtx* io) except -1:
+        return recv_submit(self, io)                    # receive.pxi
+
+    cdef int submit_send(self, IoCtx* io) except -1:
+        return send_submit(self, io)                    # send.pxi
+
+    cdef int submit_connect(self, IoCtx* io) except -1:
+        return connect_submit(self, io)                 # connect.pxi
+
+    cdef int submit_sendfile(self, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1:
+        return sendfile_submit(self, io, file_fd, offset, nbytes)     # sendfile.pxi
+
+    cdef int submit_cancel_fd(self, IoCtx* io, int fd) except -1:
+        return cancel_fd(self, io, fd)                  # cancel.pxi
+
+    cdef int submit_cancel_op(self, IoCtx* io, IoCtx* target) except -1:
+        return cancel_op(self, io, target)
+
+    cdef int abort_by_close(self, IoCtx* recv) except -1:
+        return close_abort(self, recv)
+
+    cdef int wait(self, Event* out, int maxev, long timeout_ms) noexcept nogil:
+        """Events from the ready list, else from GetQueuedCompletionStatusEx
+        (at most maxev; timeout_ms < 0 waits without limit). Also drops
+        first-data accepts whose client stays silent."""
+        return wait_events(self, out, maxev, timeout_ms)    # wait.pxi
+
+    cdef int dgram_adopt(self, int fd, bint connected) except -1:
+        return dgram_adopt_iocp(self, fd, connected)    # datagram.pxi
+
+    cdef int submit_recvfrom(self, IoCtx* io) except -1:
+        return dgram_submit_recv_iocp(self, io)
+
+    cdef int submit_sendto(self, IoCtx* io) except -1:
+        return dgram_submit_send_iocp(self, io)
+
+    cdef int dgram_view(self, Event* ev, Datagram* out) except -1:
+        return dgram_view_iocp(ev, out)
 
     cdef object error(self, int err, str what):
         """OSError for -Event.res: errno where Python has one, else winerror."""
-        cdef DWORD code
-        if err & WINERR_TAG:
-            code = <DWORD>(err & 0xFFFFFF)
-            msg = f"{what}: {win_message(code)}" if what else win_message(code)
-            return OSError(0, msg, None, <int>code)
-        if 10000 <= err < 12000:          # a Winsock code: Windows has the words
-            msg = f"{what}: {win_message(<DWORD>err)}" if what else win_message(<DWORD>err)
-            return OSError(err, msg)
-        return oserror(err, what)
+        return win_oserror(err, what)                   # errors.pxi
 
 
 include "iocp/accept.pxi"
+include "iocp/receive.pxi"
+include "iocp/send.pxi"
+include "iocp/connect.pxi"
+include "iocp/sendfile.pxi"
+include "iocp/cancel.pxi"
+include "iocp/wait.pxi"
 include "iocp/datagram.pxi"
 
 

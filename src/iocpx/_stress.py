@@ -375,7 +375,8 @@ def stress(args):
         source_ip = ""      # one client process on Windows: no need to spread source addresses
     base += ["--source-ip", source_ip]
     for i, n in enumerate(share):
-        procs.append(subprocess.Popen(base + ["--part", f"{first}:{n}:{i}"], stdout=subprocess.PIPE, text=True))
+        procs.append(subprocess.Popen(base + ["--part", f"{first}:{n}:{i}"], stdout=subprocess.PIPE,
+                                      text=True))
         first += n
     progress = [[0, 0, 0] for _ in procs]
     results = [None] * len(procs)
@@ -431,14 +432,16 @@ def stress(args):
 
     print(f"\nreport ({elapsed:.1f} s):")
     print(f"  connections  made {tot['made']}, failed {tot['failed']} (of {args.connections})")
-    print(f"  messages     sent {tot['sent']}, echoed {tot['echoed']}, verified {tot['verified']} (of {want})")
+    print(f"  messages     sent {tot['sent']}, echoed {tot['echoed']}, "
+          f"verified {tot['verified']} (of {want})")
     print(f"  errors       {errors if errors else 'none'}")
     print(f"  latency      p50 {pct(0.5):.3f} ms, p99 {pct(0.99):.3f} ms, "
           f"max {lat[-1] / 1000 if lat else float('nan'):.3f} ms")
     if spids:
         try:
             cpu = sum(_proc_cpu(p) for p in spids) - server_cpu0
-            print(f"  server       pid {args.server_pid}: CPU {cpu:.2f} s ({100 * cpu / elapsed:.1f}% of one core), "
+            print(f"  server       pid {args.server_pid}: CPU {cpu:.2f} s "
+                  f"({100 * cpu / elapsed:.1f}% of one core), "
                   f"peak RSS {peak_rss / 1024:.1f} MiB (summed over its processes)")
         except OSError as e:
             print(f"  server       pid {args.server_pid}: gone ({e})")

@@ -1,4 +1,5 @@
-# Declarations of iocpx/_sys.h: the small platform layer every module shares.
+# Declarations of iocpx/_sys.h: the small platform layer every module shares
+# (its Windows and POSIX halves, _sys_win.h and _sys_posix.h, sit behind it).
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, int32_t, int64_t
 
 cdef extern from "_sys.h" nogil:

@@ -6,6 +6,7 @@
 # pointers are resolved once per process through
 # WSAIoctl(SIO_GET_EXTENSION_FUNCTION_POINTER) (the LPFN_* types below).
 from libc.stddef cimport wchar_t
+from libc.stdint cimport int32_t
 
 cdef extern from "<winsock2.h>" nogil:
     ctypedef size_t SOCKET
@@ -114,16 +115,6 @@ cdef extern from "<mswsock.h>" nogil:
                                        DWORD per_send, OVERLAPPED* ov,
                                        TRANSMIT_FILE_BUFFERS* bufs, DWORD flags)
 
-# ... and with WSAENETRESET on ICMP "time exceeded" (mingw-w64's mswsock.h lacks the name;
-# the value is Windows SDK's _WSAIOW(IOC_VENDOR, 15))
-cdef extern from * nogil:
-    """
-    #ifndef SIO_UDP_NETRESET
-    #define SIO_UDP_NETRESET _WSAIOW(IOC_VENDOR, 15)
-    #endif
-    """
-    DWORD SIO_UDP_NETRESET
-
 cdef extern from "<windows.h>" nogil:
     HANDLE INVALID_HANDLE_VALUE
     DWORD INFINITE
@@ -152,3 +143,36 @@ cdef extern from "<windows.h>" nogil:
     DWORD GetLastError()
     DWORD FormatMessageW(DWORD flags, const void* source, DWORD msgid, DWORD langid,
                          wchar_t* buf, DWORD size, void* args)
+
+# iocpx's few additions in C, next to what they wrap:
+#  * SIO_UDP_NETRESET: a UDP socket's WSARecvFrom fails with WSAENETRESET on ICMP
+#    "time exceeded" (mingw-w64's mswsock.h lacks the name; the value is Windows
+#    SDK's _WSAIOW(IOC_VENDOR, 15));
+#  * the extension functions' ids as variables, for
+#    WSAIoctl(SIO_GET_EXTENSION_FUNCTION_POINTER) (the WSAID_* macros are
+#    initializers, not objects one can take the address of);
+#  * a socket as the HANDLE that CreateIoCompletionPort and CancelIoEx take;
+#  * iocpx_claim(): a finished receive is claimed once, by the read after it or
+#    by abort_by_close() (1 if the caller won it).
+cdef extern from * nogil:
+    """
+    #include <mswsock.h>
+    #ifndef SIO_UDP_NETRESET
+    #define SIO_UDP_NETRESET _WSAIOW(IOC_VENDOR, 15)
+    #endif
+    static GUID iocpx_WSAID_ACCEPTEX = WSAID_ACCEPTEX;
+    static GUID iocpx_WSAID_CONNECTEX = WSAID_CONNECTEX;
+    static GUID iocpx_WSAID_GETACCEPTEXSOCKADDRS = WSAID_GETACCEPTEXSOCKADDRS;
+    static GUID iocpx_WSAID_TRANSMITFILE = WSAID_TRANSMITFILE;
+    #define iocpx_sock_handle(s) ((HANDLE)(SOCKET)(s))
+    static inline int iocpx_claim(int32_t* claim, int32_t who) {
+        return InterlockedCompareExchange((volatile LONG*)claim, who, 0) == 0;
+    }
+    """
+    DWORD SIO_UDP_NETRESET
+    GUID iocpx_WSAID_ACCEPTEX
+    GUID iocpx_WSAID_CONNECTEX
+    GUID iocpx_WSAID_GETACCEPTEXSOCKADDRS
+    GUID iocpx_WSAID_TRANSMITFILE
+    HANDLE iocpx_sock_handle(SOCKET s)
+    int iocpx_claim(int32_t* claim, int32_t who)

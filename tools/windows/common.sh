@@ -10,6 +10,17 @@ PY="${PYTHON:-python3}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 mkdir -p "$CACHE"
 
+# py_runs NAME: true when `$PY -m NAME` would run the installed package NAME.
+# Asked of the import system as find_spec("NAME.__main__"), not as `import NAME`:
+# a folder called NAME without __init__.py on sys.path (the checkout's own build/
+# output folder, from the current directory) imports as a namespace package and
+# would pass for `build`, though `python -m build` then fails ("'build' is a package
+# and cannot be directly executed"). An installed regular package wins over such a
+# folder wherever it is on sys.path, and then has its __main__.
+py_runs() {
+    "$PY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec(sys.argv[1] + ".__main__") is None)' "$1" 2>/dev/null
+}
+
 log() { echo "${LOG_PREFIX:-windows}: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 

@@ -117,33 +117,18 @@ cdef Connection conn_adopt(Engine eng, object sock, object on_recv, object on_cl
         if not share:
             _sock_close(fd)
         raise
-    cdef Connection c
-    try:
-        c = Connection._new(eng, fd, group)
-    except BaseException:
-        if not share:
-            _sock_close(fd)
-        raise
+    cdef Connection c = Connection._new(eng, fd, group, on_recv, on_close, on_drain, max_send,
+                                        idle, bool(nodelay) and family != IOCPX_AF_UNIX)
     if share:
         c.pysock = sock
     c._peer = peer
     c.surfaced = 1
-    c.on_recv = on_recv
-    c.on_close = on_close
-    c.on_drain = on_drain
-    c.max_send = max_send
-    c.idle_ticks = idle
-    c.last_tick = eng.tick
-    c.nodelay = bool(nodelay) and family != IOCPX_AF_UNIX
-    if c.nodelay:
-        iocpx_sock_nodelay(fd, 1)
     eng._conns[c.id] = c
     eng.n_adopted += 1
     if start_recv:
-        try:
-            conn_start_recv(c)
-        except BaseException as e:
-            c._abort(e)
+        conn_established(c, True)
+    elif c.nodelay:
+        iocpx_sock_nodelay(c.fd, 1)     # (the asyncio loop starts the receive itself)
     eng._kick()
     return c
 

@@ -63,22 +63,17 @@ cdef Connection conn_open_connect(Engine eng, object address, object on_connect,
             bs.close()
             raise
         bs.detach()
-    cdef Connection c
+    cdef uint16_t group
     try:
-        c = Connection._new(eng, fd, <uint16_t>eng.be.buffer_group(size))
+        group = <uint16_t>eng.be.buffer_group(size)
     except BaseException:
         _sock_close(fd)
         raise
+    cdef Connection c = Connection._new(eng, fd, group, on_recv, on_close, on_drain, max_send,
+                                        idle, bool(nodelay) and family != IOCPX_AF_UNIX)
     c.state = C_CONNECTING
     c.surfaced = 1
     c.on_connect = on_connect
-    c.on_recv = on_recv
-    c.on_close = on_close
-    c.on_drain = on_drain
-    c.max_send = max_send
-    c.idle_ticks = idle
-    c.last_tick = eng.tick
-    c.nodelay = bool(nodelay) and family != IOCPX_AF_UNIX     # no Nagle on Unix sockets
     if ssl is not None:
         try:
             c.tls = tls_new(c, ssl, False, server_hostname or None, ssl_secs)
@@ -116,12 +111,7 @@ cdef void conn_on_connect(Connection c, Event* ev) except *:
     elif c.state == C_CONNECTING:
         c.state = C_OPEN
         c.eng.n_connected += 1
-        if c.nodelay:
-            iocpx_sock_nodelay(c.fd, 1)
-        try:
-            conn_start_recv(c)
-        except BaseException as e:
-            c._abort(e)
+        conn_established(c, True)
         if c.tls is not None:
             tls_start(c)                # on_connect once the handshake is done
         elif c.state == C_OPEN and c.on_connect is not None:
@@ -129,6 +119,19 @@ cdef void conn_on_connect(Connection c, Event* ev) except *:
         if c.state < C_ABORTING:
             conn_send_safe(c)
     c._maybe_finish()
+
+
+cdef void conn_established(Connection c, bint nodelay_now) noexcept:
+    """A connected socket starts its life, whichever way it came: TCP_NODELAY
+    (unless the caller defers it: a connection waiting for first data gets it
+    when it surfaces), then the receive loop; a receive that cannot be armed
+    ends the connection through on_close."""
+    if c.nodelay and nodelay_now:
+        iocpx_sock_nodelay(c.fd, 1)
+    try:
+        conn_start_recv(c)
+    except BaseException as e:
+        c._abort(e)
 
 
 cdef enum:
@@ -216,14 +219,31 @@ cdef class Connection:
         _sock_close(self.fd)
 
     @staticmethod
-    cdef Connection _new(Engine eng, int fd, uint16_t group):
-        cdef Connection c = Connection.__new__(Connection)
+    cdef Connection _new(Engine eng, int fd, uint16_t group, object on_recv, object on_close,
+                         object on_drain, Py_ssize_t max_send, int64_t idle_ticks, bint nodelay):
+        """The one set-up of a connection, however it came (accept, connect,
+        adopt): the socket (owned from here on: closed if even this fails),
+        the receive buffers, the callbacks and limits every kind has. The
+        caller adds what is its own (on_accept / on_connect, the peer, TLS)."""
+        cdef Connection c
+        try:
+            c = Connection.__new__(Connection)
+        except BaseException:
+            _sock_close(fd)
+            raise
         c.eng = eng
         c.fd = fd
         c.group = group
         c.sendq = None                  # a deque once something has to wait
         c.id = eng._take_id()
         c.state = C_OPEN
+        c.on_recv = on_recv
+        c.on_close = on_close
+        c.on_drain = on_drain
+        c.max_send = max_send
+        c.idle_ticks = idle_ticks
+        c.last_tick = eng.tick
+        c.nodelay = nodelay
         return c
 
     cdef IoCtx* _new_io(self, uint8_t op) except NULL:

@@ -27,7 +27,7 @@ cdef class Engine:
 
     Engine(workers=None, backend=None); workers=None means 2 * os.cpu_count().
     One worker does the I/O loop while callbacks are quick; the others stand
-    by and take over when a callback blocks (see README "How it works").
+    by and take over when a callback blocks (docs/how-it-works.md, "The worker model").
     """
 
     def __cinit__(self):
@@ -138,7 +138,7 @@ cdef class Engine:
         reuse_port=True sets SO_REUSEPORT so several processes can share the
         port. Returns a Listener.
 
-        address may be a Unix socket path ("/run/app.sock"; "\0name" for
+        address may be a Unix socket path ("/run/app.sock"; "\\0name" for
         Linux's abstract namespace): an existing socket file makes it fail
         with EADDRINUSE unless unlink_existing=True, and the listener removes
         its file when it closes. sock= instead of an address takes over a

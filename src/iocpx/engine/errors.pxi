@@ -1,6 +1,6 @@
 # Errors: the exceptions iocpx raises, and the one place that turns a failure
 # caused by the peer or the network into the exception on_close receives,
-# the same on every backend (README "What you can rely on").
+# the same on every backend (docs/guide.md, "What you can rely on").
 
 class ConnectionClosedError(ConnectionError):
     """Raised on use of a connection, listener, engine or port that the

@@ -1,6 +1,6 @@
 # Listener: a listening socket bound to the port (the model's step 3) and
 # its life cycle. What happens when an accept completes, first data
-# included, is in firstdata.pxi.
+# included, is in accept.pxi.
 
 cdef enum LState:
     L_OPEN = 0

@@ -1,5 +1,5 @@
 # The worker pool: who waits in the kernel, who runs callbacks, and how a
-# callback that blocks stalls only its own connection. (README "How it works")
+# callback that blocks stalls only its own connection. (docs/how-it-works.md)
 #
 # One worker, the *home* worker, does the whole loop by itself while callbacks
 # are quick: it waits in the kernel (the leader role, GIL released), moves the

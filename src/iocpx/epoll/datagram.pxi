@@ -13,25 +13,6 @@
 # datagram that would block waits for EPOLLOUT in the send slot (the engine
 # queues any others behind it).
 
-cdef extern from "<sys/socket.h>" nogil:
-    struct iovec:
-        void* iov_base
-        size_t iov_len
-    struct msghdr:
-        void* msg_name
-        unsigned int msg_namelen
-        iovec* msg_iov
-        size_t msg_iovlen
-        void* msg_control
-        size_t msg_controllen
-        int msg_flags
-    struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
-    int recvmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags, void* timeout)
-    ssize_t sendto(int fd, const void* buf, size_t n, int flags, const sockaddr* to, socklen_t tolen)
-    int MSG_TRUNC
-
 cdef enum:
     DG_UNREAD = 64          # datagram events of one receive waiting for dispatch, at most
     DG_BATCH = 16           # datagrams per recvmmsg call
@@ -168,3 +149,33 @@ cdef bint dgram_send_now(IoCtx* io, int* res) noexcept nogil:
     else:
         res[0] = <int>r
     return True
+
+
+cdef int dgram_submit_send(EpollBackend be, IoCtx* io) except -1:
+    cdef int res
+    iocpx_mutex_lock(&be.mu)
+    try:
+        if dgram_send_now(io, &res):
+            be._ready_or_raise(io, res)
+        else:
+            be._arm_out(io, 0)
+    finally:
+        iocpx_mutex_unlock(&be.mu)
+    return 0
+
+
+cdef Py_ssize_t dgram_try_send(int fd, const char* buf, Py_ssize_t n, sockaddr* to, int tolen) noexcept:
+    """sendto() at once (the engine's try_sendto): bytes sent, or -errno."""
+    cdef ssize_t r = sendto(fd, buf, <size_t>n, MSG_DONTWAIT | MSG_NOSIGNAL,
+                            to if tolen > 0 else NULL, <socklen_t>tolen)
+    if r < 0:
+        return -errno
+    return r
+
+
+cdef void dgram_done_epoll(EpollBackend be, Event* ev) noexcept:
+    """A datagram was taken: its block is freed, the receive may read again."""
+    if ev.data != NULL:
+        free(ev.data)
+        ev.data = NULL
+        recv_consumed_epoll(be, ev)

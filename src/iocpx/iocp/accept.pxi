@@ -2,7 +2,7 @@
 # advance, the first data received with the connection, GetAcceptExSockAddrs,
 # and the first-data slots a silent client holds: dropped after the
 # listener's first_data_timeout (SO_CONNECT_TIME, scanned by the leader every
-# SCAN_MS) and counted for the engine's guard (engine/firstdata.pxi).
+# SCAN_MS) and counted for the engine's guard (engine/accept.pxi).
 
 
 cdef int accept_submit(IocpBackend be, IoCtx* io) except -1:
@@ -183,3 +183,12 @@ cdef int accept_count_silent(IocpBackend be, int listen_fd) except -1:
             st = st.next
         iocpx_mutex_unlock(&be.mu)
     return k
+
+
+cdef object accept_first_data(Event* ev):
+    """The first data AcceptEx received (b"" if the client closed without
+    sending); None when the engine did not ask for it."""
+    cdef AcceptState* st = <AcceptState*>ev.io.extra
+    if st == NULL or st.rcvlen == 0:
+        return None
+    return PyBytes_FromStringAndSize(accept_buf(st), st.got)

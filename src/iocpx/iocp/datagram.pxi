@@ -85,7 +85,7 @@ cdef int dgram_submitted(IocpBackend be, IoCtx* io, BOOL ok, int err) except -1:
     cdef Event ev
     if ok or err == WSA_IO_PENDING or (err == WSAEMSGSIZE and io.op == OP_RECVFROM):
         return 0
-    be._finish(io, 0, 0, <DWORD>err, &ev)
+    finish(be, io, 0, 0, <DWORD>err, &ev)
     if be._push_ready(&ev) < 0:
         raise MemoryError()
     return 0

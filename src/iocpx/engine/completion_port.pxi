@@ -19,6 +19,10 @@ cdef class CompletionPort:
         self.be = make_backend(backend)
         self.closed = 0
 
+    def __init__(self, backend=None):
+        # the work is done in __cinit__; this declares the signature (embedsignature)
+        pass
+
     def __dealloc__(self):
         evq_free(&self.q)
         iocpx_cond_destroy(&self.cv)

@@ -1,11 +1,13 @@
-# Backends: which exist here, the default, and making one. (README "Backends")
+# Backends: which exist here, the default, and making one. Each backend is one
+# extension module (_io_uring, _epoll, _iocp; see the map in _core.pyx) with
+# probe(), features() and one Backend class.
 
 _probe_cache = None
 _fallback_logged = False
 
 # (name, module) best first; each module has probe(), features() and one Backend class.
 _BACKEND_MODULES = (("io_uring", "_io_uring"), ("iocp", "_iocp"), ("epoll", "_epoll"))
-_BACKEND_CLASSES = {"io_uring": "UringBackend", "iocp": "IocpBackend", "epoll": "EpollBackend"}
+_BACKEND_CLASSES = {"io_uring": "IoUringBackend", "iocp": "IocpBackend", "epoll": "EpollBackend"}
 
 
 def _probe_all():

@@ -36,7 +36,7 @@ cdef void pool_release_piece(BufGroup* g, uint16_t bid) noexcept:
     g.tail += 1
     IOCPX_STORE_REL_U16(&g.ring[0].resv, g.tail)   # the ring's tail overlays bufs[0].resv
 
-cdef int pool_new(UringBackend be, uint32_t size, bint inc) except -2:
+cdef int pool_new(IoUringBackend be, uint32_t size, bint inc) except -2:
     """Make and register a pool; its id, or -1 when the kernel refuses
     incremental consumption (inc=1) so the caller falls back."""
     if be.ngroups >= MAX_GROUPS:
@@ -86,11 +86,11 @@ cdef int pool_new(UringBackend be, uint32_t size, bint inc) except -2:
         raise
     return gid
 
-cdef int pool_plain(UringBackend be, uint32_t size) except -1:
+cdef int pool_plain(IoUringBackend be, uint32_t size) except -1:
     """A non-incremental pool of buffers of exactly size bytes, made on first
     use and shared by every receive that asks for that size. For receives
     that need a whole buffer each: a datagram's buffer holds its
-    io_uring_recvmsg_out header, address and payload (uring/datagram.pxi),
+    io_uring_recvmsg_out header, address and payload (io_uring/datagram.pxi),
     which the shared incremental pool cannot give."""
     cdef int i
     for i in range(be.ngroups):
@@ -146,7 +146,7 @@ cdef int pool_grow(BufGroup* g) except -1:
     IOCPX_STORE_REL_U16(&g.ring[0].resv, g.tail)
     return 1
 
-cdef void pool_free(UringBackend be, BufGroup* g, int gid) noexcept:
+cdef void pool_free(IoUringBackend be, BufGroup* g, int gid) noexcept:
     """Unregister (gid >= 0) and unmap a pool. Only once no receive is pending."""
     cdef iocpx_buf_reg reg
     cdef int c
@@ -166,3 +166,19 @@ cdef void pool_free(UringBackend be, BufGroup* g, int gid) noexcept:
     g.addr = NULL
     g.off = NULL
     g.refs = NULL
+
+
+cdef int pool_group(IoUringBackend be, uint32_t size) except -1:
+    """The receive pool for receives of up to size bytes: the shared
+    incremental pool where the kernel has it, else one pool per size."""
+    cdef int i
+    if be.inc_group >= 0:
+        return be.inc_group
+    if be.inc_ok != 0:
+        i = pool_new(be, INC_BUF, 1)
+        if i >= 0:
+            be.inc_ok = 1
+            be.inc_group = i
+            return i
+        be.inc_ok = 0             # this kernel has no incremental consumption
+    return pool_plain(be, size)

@@ -16,20 +16,6 @@
 # Sending: one IORING_OP_SENDMSG per datagram; its msghdr and iovec live in
 # io.extra (malloc'd here, freed by io_free) until the completion.
 
-cdef extern from "<sys/socket.h>" nogil:
-    struct iovec:
-        void* iov_base
-        size_t iov_len
-    struct msghdr:
-        void* msg_name
-        unsigned int msg_namelen
-        iovec* msg_iov
-        size_t msg_iovlen
-        void* msg_control
-        size_t msg_controllen
-        int msg_flags
-    int MSG_TRUNC
-
 cdef enum:
     DG_OUT = 16             # sizeof(io_uring_recvmsg_out)
     DG_NAME = 28            # room for the sender: sizeof(sockaddr_in6)
@@ -44,12 +30,12 @@ cdef inline int dg_head() noexcept nogil:
     return DG_OUT + DG_NAME + IOCPX_DG_CTRL
 
 
-cdef int dgram_group_uring(UringBackend be, uint32_t size) except -1:
+cdef int dgram_group_io_uring(IoUringBackend be, uint32_t size) except -1:
     """The pool for datagrams of up to size bytes: size plus the header room."""
     return pool_plain(be, size + <uint32_t>dg_head())
 
 
-cdef int dgram_submit_recv(UringBackend be, IoCtx* io) except -1:
+cdef int dgram_submit_recv(IoUringBackend be, IoCtx* io) except -1:
     """Arm a multishot RECVMSG (re-armed with the same context when it ends)."""
     cdef msghdr* msg = <msghdr*>io.extra
     cdef io_uring_sqe* sqe
@@ -72,7 +58,7 @@ cdef int dgram_submit_recv(UringBackend be, IoCtx* io) except -1:
     return 0
 
 
-cdef int dgram_submit_send(UringBackend be, IoCtx* io) except -1:
+cdef int dgram_submit_send(IoUringBackend be, IoCtx* io) except -1:
     """One SENDMSG of io.len bytes at io.buf (kept alive by io.obj) to io.addr."""
     cdef DgramSend* st = <DgramSend*>io.extra
     cdef io_uring_sqe* sqe
@@ -98,7 +84,7 @@ cdef int dgram_submit_send(UringBackend be, IoCtx* io) except -1:
     return 0
 
 
-cdef int dgram_view_uring(UringBackend be, Event* ev, Datagram* out) except -1:
+cdef int dgram_view_io_uring(IoUringBackend be, Event* ev, Datagram* out) except -1:
     """The datagram in a RECVMSG completion's buffer (see the layout above)."""
     cdef BufGroup* g = &be.groups[ev.io.group]
     cdef char* base
@@ -122,7 +108,7 @@ cdef int dgram_view_uring(UringBackend be, Event* ev, Datagram* out) except -1:
     return 1
 
 
-cdef void dgram_done_uring(UringBackend be, Event* ev) noexcept:
+cdef void dgram_done_io_uring(IoUringBackend be, Event* ev) noexcept:
     """The buffer of a datagram goes back to the ring (once per event)."""
     if ev.flags & EV_BUFFER:
         pool_release_piece(&be.groups[ev.io.group], <uint16_t>(ev.flags >> EV_BUFFER_SHIFT))

@@ -1,21 +1,9 @@
-# The Linux io_uring kernel ABI, declared straight from <linux/io_uring.h>, plus
-# the three syscalls and the mmap calls that set a ring up. Declarations only;
-# no liburing: a built wheel needs nothing at run time but the kernel.
+# The Linux io_uring kernel ABI, declared straight from <linux/io_uring.h>:
+# the rings, the SQE and CQE layouts, the opcodes and flags. Declarations only;
+# no liburing: a built wheel needs nothing at run time but the kernel. The
+# three io_uring system calls are made with syscall(2) and the rings mapped
+# with mmap(2): their headers are declared in _linux.pxd.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
-
-cdef extern from "<sys/syscall.h>" nogil:
-    long __NR_io_uring_setup
-    long __NR_io_uring_enter
-    long __NR_io_uring_register
-
-cdef extern from "<unistd.h>" nogil:
-    long syscall(long number, ...)
-
-cdef extern from "<sys/mman.h>" nogil:
-    void* mmap(void* addr, size_t length, int prot, int flags, int fd, long offset)
-    int munmap(void* addr, size_t length)
-    void* MAP_FAILED
-    int PROT_READ, PROT_WRITE, MAP_SHARED, MAP_POPULATE, MAP_PRIVATE, MAP_ANONYMOUS
 
 cdef extern from "<linux/time_types.h>" nogil:
     struct __kernel_timespec:
@@ -129,6 +117,18 @@ cdef extern from "<linux/io_uring.h>" nogil:
     long long IORING_OFF_CQ_RING
     long long IORING_OFF_SQES
 
+
+# The engine's Event flags are io_uring's cqe flags, passed through as they
+# are: checked when the io_uring backend is compiled.
+cdef extern from *:
+    """
+    _Static_assert(IORING_CQE_F_BUFFER == 1 && IORING_CQE_F_MORE == 2 && IORING_CQE_BUFFER_SHIFT == 16,
+                   "EV_BUFFER, EV_MORE, EV_BUFFER_SHIFT in _backend.pxd must equal io_uring's");
+    #include <poll.h>
+    /* OP_POLL's PL_* bits go to IORING_OP_POLL_ADD as they are (io_uring/poll.pxi). */
+    _Static_assert(POLLIN == 0x001 && POLLOUT == 0x004 && POLLERR == 0x008 && POLLHUP == 0x010,
+                   "PL_IN, PL_OUT, PL_ERR, PL_HUP in _backend.pxd must equal poll(2)'s");
+    """
 
 # struct io_uring_buf_reg under a name of our own: its u16 after bgid is `pad`
 # in older kernel headers and `flags` in newer ones (6.12+, zig's bundled

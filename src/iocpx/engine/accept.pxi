@@ -118,7 +118,8 @@ cdef void listener_on_accept(Listener lst, Event* ev) except *:
     if data:                            # (bytes from receives are counted in conn_on_recv)
         eng.n_bytes_in += len(data)
         eng.n_msgs_in += 1
-    cdef Connection conn = Connection._new(eng, res, lst.group)
+    cdef Connection conn = Connection._new(eng, res, lst.group, lst.on_recv, lst.on_close,
+                                           lst.on_drain, lst.max_send, lst.idle_ticks, lst.nodelay)
     memcpy(&conn.peer_addr, &io.addr, sizeof(iocpx_addr_t))
     conn.have_peer = 1
     listener_rearm(lst, io)             # the slot is free again: re-post it first
@@ -145,25 +146,13 @@ cdef int conn_start_accepted(Connection c, Listener lst, object data) except -1:
         server_on_accept(<ServerGlue>lst.glue, c)
         return 0
     c.on_accept = lst.on_accept
-    c.on_recv = lst.on_recv
-    c.on_close = lst.on_close
-    c.on_drain = lst.on_drain
-    c.max_send = lst.max_send
-    c.idle_ticks = lst.idle_ticks
-    c.last_tick = eng.tick
-    c.nodelay = lst.nodelay
     eng._conns[c.id] = c
     iocpx_mutex_lock(&eng.mu)       # with the GIL: never wait for the GIL holding mu
     c.sched.running = 1
     iocpx_mutex_unlock(&eng.mu)
     try:
         waits = lst.ssl_ctx is None and lst.first_data and data is None   # for its first data
-        if c.nodelay and not waits:     # (one that waits for first data: when it surfaces)
-            iocpx_sock_nodelay(c.fd, 1)
-        try:
-            conn_start_recv(c)
-        except BaseException as e:
-            c._abort(e)
+        conn_established(c, not waits)  # (one that waits for first data: nodelay when it surfaces)
         if lst.ssl_ctx is not None:
             tls_accepted(c, lst, data)  # surfaces after the handshake
         elif not waits:

@@ -6,8 +6,8 @@
 # (empty) or is closed. A connection's cancel marks its ops (the file -> pipe
 # step cannot be cancelled through the socket) so that no further step starts.
 
-cdef int splice_start(UringBackend be, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1:
-    """OP_SENDFILE: take a pipe and submit the first step."""
+cdef int sendfile_submit(IoUringBackend be, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1:
+    """OP_SENDFILE: take a pipe and submit the first step (splice_submit)."""
     cdef SpliceState* st = <SpliceState*>calloc(1, sizeof(SpliceState))   # freed by io_free
     cdef int fds[2]
     if st == NULL:
@@ -42,7 +42,7 @@ cdef int splice_start(UringBackend be, IoCtx* io, int file_fd, int64_t offset, u
         raise OSError(EBUSY, "io_uring submission queue stays full")
     return 0
 
-cdef int splice_submit(UringBackend be, IoCtx* io, SpliceState* st) noexcept nogil:
+cdef int splice_submit(IoUringBackend be, IoCtx* io, SpliceState* st) noexcept nogil:
     """Submit the next splice of st: file -> pipe, or pipe -> socket."""
     cdef io_uring_sqe* sqe = be._slot_nogil()
     cdef uint32_t n
@@ -68,7 +68,7 @@ cdef int splice_submit(UringBackend be, IoCtx* io, SpliceState* st) noexcept nog
     be._push(sqe, io)
     return 0
 
-cdef int splice_step(UringBackend be, IoCtx* io, int res, int* result) noexcept nogil:
+cdef int splice_step(IoUringBackend be, IoCtx* io, int res, int* result) noexcept nogil:
     """A splice of an OP_SENDFILE completed. 1 when the op is over (result:
     what the engine sees: bytes moved, 0 at the end of the file, or -errno),
     0 when the next step was submitted."""
@@ -100,7 +100,7 @@ cdef int splice_step(UringBackend be, IoCtx* io, int res, int* result) noexcept 
     splice_end(be, st)
     return 1
 
-cdef void splice_end(UringBackend be, SpliceState* st) noexcept nogil:
+cdef void splice_end(IoUringBackend be, SpliceState* st) noexcept nogil:
     """The op is over: unlist it; an empty pipe goes back to the pool."""
     iocpx_mutex_lock(&be.sq_mu)
     if st.prev != NULL:
