@@ -11,7 +11,6 @@ import socket
 import ssl
 import sys
 import threading
-import time
 
 import pytest
 
@@ -212,7 +211,7 @@ def test_nothing_left_behind(backend):
         lp.call_later(3600, print)                      # a far timer, pending at close
         a, b = socket.socketpair()
         lp.add_reader(a.fileno(), print)                # a poll, pending at close
-        for r, w in pairs[:10]:
+        for _r, w in pairs[:10]:
             w.close()
         lp.remove_reader(a.fileno())
         a.close()

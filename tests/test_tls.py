@@ -19,14 +19,12 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 import iocpx
 from conftest import Recorder, client, echo, recv_exact, wait_for
 
-import tls_pki
 
 HOST = "127.0.0.1"
 OPENSSL = shutil.which("openssl")

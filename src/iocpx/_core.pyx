@@ -31,6 +31,15 @@ freed while pending, 15 the stress client.
   engine/datagram.pxi    UDP: Engine.datagram() -> Endpoint, sendto, drops counted
   engine/harness.pxi     BackendTester: one backend driven op by op (contract tests)
 
+The asyncio event loop (iocpx.EventLoop; its Python half is _loop.py), on
+the same engine, its thread the engine's only worker:
+
+  loop/handles.pxi       Handle and TimerHandle (an engine Timer): call_soon, call_at
+  loop/core.pxi          LoopCore: the ready queue, _run_once (wait, I/O, timers, ready), wake-up
+  loop/selector.pxi      EngineSelector: asyncio's selector interface on OP_POLL (add_reader...)
+  loop/stream.pxi        StreamTransport: an asyncio.Transport on an engine Connection
+  loop/server.pxi        servers: an engine Listener per asyncio.Server socket, accepts to transports
+
 What the engine and the backends share:
 
   _backend.pxd/.pyx      the per-I/O context IoCtx (OVERLAPPED first) [7, 14], Event,
@@ -52,6 +61,7 @@ the same name, under the same file name wherever the backend has the concern
   connect    io_uring/connect.pxi          epoll/connect.pxi     iocp/connect.pxi
   sendfile   io_uring/sendfile.pxi         epoll/sendfile.pxi    iocp/sendfile.pxi
   cancel     io_uring/cancel.pxi           epoll/cancel.pxi      iocp/cancel.pxi
+  poll       io_uring/poll.pxi             epoll/poll.pxi        iocp/poll.pxi
   wait       io_uring/wait.pxi             epoll/wait.pxi        iocp/wait.pxi
   datagram   io_uring/datagram.pxi         epoll/datagram.pxi    iocp/datagram.pxi
   errors                                                         iocp/errors.pxi

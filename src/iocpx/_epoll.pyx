@@ -28,7 +28,7 @@ name as in the other backends' folders:
   epoll/connect.pxi   connect(), EPOLLOUT, SO_ERROR
   epoll/sendfile.pxi  sendfile(2)
   epoll/cancel.pxi    cancels: ops taken out of their slots
-  epoll/poll.pxi      readiness polls (OP_POLL): the fd table's poll slot
+  epoll/poll.pxi      readiness polls (OP_POLL): the fd table's poll slot (the asyncio loop's add_reader)
   epoll/wait.pxi      the leader's wait: the ready list, then epoll_wait
   epoll/datagram.pxi  UDP: recvmmsg into heap blocks, sendto
 """

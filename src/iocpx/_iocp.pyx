@@ -52,6 +52,7 @@ name as in the other backends' folders:
   iocp/connect.pxi     ConnectEx (connect() for AF_UNIX)
   iocp/sendfile.pxi    TransmitFile
   iocp/cancel.pxi      CancelIoEx, and abort_by_close
+  iocp/poll.pxi        readiness polls through the AFD driver (the asyncio loop's add_reader)
   iocp/wait.pxi        the leader's GetQueuedCompletionStatusEx, each op finished
   iocp/datagram.pxi    UDP: WSARecvFrom kept posted, WSASendTo
 """
@@ -70,7 +71,7 @@ from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy,
                          iocpx_addr_t, sockaddr as sys_sockaddr)
 from iocpx._backend cimport (Backend, IoCtx, Event, EventQueue, ev_set, evq_push, evq_take,
                              evq_free, recv_heap, oserror, io_target, OP_NOP, OP_ACCEPT, OP_RECV, OP_SEND,
-                             OP_CONNECT, OP_CANCEL, OP_POST, OP_EXIT, OP_SENDFILE,
+                             OP_CONNECT, OP_CANCEL, OP_POST, OP_EXIT, OP_SENDFILE, OP_POLL,
                              OP_RECVFROM, Datagram, DG_TRUNC)
 from iocpx._winsock cimport *
 
@@ -78,6 +79,7 @@ cdef enum:
     KEY_IO = 1              # a socket's own operations
     KEY_POST = 2            # PostQueuedCompletionStatus packets with an IoCtx
     KEY_WAKE = 3            # wake-up for the leader (no OVERLAPPED)
+    KEY_POLL = 4            # the AFD helper handle's readiness polls (iocp/poll.pxi)
     ADDR_SLOT = 112 + 16    # AcceptEx address slot: the largest address (SOCKADDR_UN, 110 bytes,
                             # rounded up) + 16, as AcceptEx requires
     MAX_ENTRIES = 256
@@ -131,6 +133,7 @@ cdef class IocpBackend(Backend):
     cdef int wake_pending           # a KEY_WAKE packet is queued
     cdef uint64_t next_scan_ns
     cdef bint skip                  # FILE_SKIP_COMPLETION_PORT_ON_SUCCESS on our sockets
+    cdef HANDLE afd                 # owned: \\Device\\Afd helper for readiness polls, or NULL
     cdef readonly int64_t stale_drops      # silent first-data clients dropped
     cdef object __weakref__
 
@@ -154,6 +157,9 @@ cdef class IocpBackend(Backend):
 
     cdef void release(self) noexcept:
         """Close the port. Only once no operation is pending."""
+        if self.afd != NULL:
+            CloseHandle(self.afd)
+            self.afd = NULL
         if self.port != NULL:
             CloseHandle(self.port)
             self.port = NULL
@@ -315,6 +321,9 @@ cdef class IocpBackend(Backend):
     cdef int submit_cancel_op(self, IoCtx* io, IoCtx* target) except -1:
         return cancel_op(self, io, target)
 
+    cdef int submit_poll(self, IoCtx* io) except -1:
+        return poll_submit(self, io)                    # poll.pxi
+
     cdef int abort_by_close(self, IoCtx* recv) except -1:
         return close_abort(self, recv)
 
@@ -347,6 +356,7 @@ include "iocp/send.pxi"
 include "iocp/connect.pxi"
 include "iocp/sendfile.pxi"
 include "iocp/cancel.pxi"
+include "iocp/poll.pxi"
 include "iocp/wait.pxi"
 include "iocp/datagram.pxi"
 

@@ -176,3 +176,162 @@ cdef extern from * nogil:
     GUID iocpx_WSAID_TRANSMITFILE
     HANDLE iocpx_sock_handle(SOCKET s)
     int iocpx_claim(int32_t* claim, int32_t who)
+
+
+# The AFD driver's poll (IOCTL_AFD_POLL), the readiness the asyncio loop's
+# add_reader/add_writer needs on Windows (iocp/poll.pxi), as libuv, mio and
+# wepoll use it: a helper handle on \\Device\\Afd associated with the port, one
+# NtDeviceIoControlFile per poll with the OVERLAPPED as its IO_STATUS_BLOCK,
+# NtCancelIoFileEx to cancel. The NT calls are resolved once per process from
+# ntdll (no import library); AFD's structures are declared under our names
+# (they are in no public SDK header).
+cdef extern from * nogil:
+    """
+    #include <winternl.h>
+    #ifndef STATUS_PENDING
+    #define STATUS_PENDING ((NTSTATUS)0x00000103L)
+    #endif
+    #ifndef STATUS_CANCELLED
+    #define STATUS_CANCELLED ((NTSTATUS)0xC0000120L)
+    #endif
+    #define IOCPX_IOCTL_AFD_POLL 0x00012024
+    #define IOCPX_AFD_POLL_RECEIVE 0x0001
+    #define IOCPX_AFD_POLL_RECEIVE_EXPEDITED 0x0002
+    #define IOCPX_AFD_POLL_SEND 0x0004
+    #define IOCPX_AFD_POLL_DISCONNECT 0x0008
+    #define IOCPX_AFD_POLL_ABORT 0x0010
+    #define IOCPX_AFD_POLL_LOCAL_CLOSE 0x0020
+    #define IOCPX_AFD_POLL_ACCEPT 0x0080
+    #define IOCPX_AFD_POLL_CONNECT_FAIL 0x0100
+    #ifndef SIO_BASE_HANDLE
+    #define SIO_BASE_HANDLE 0x48000022
+    #endif
+    typedef struct { HANDLE Handle; ULONG Events; NTSTATUS Status; } iocpx_afd_handle_t;
+    typedef struct {
+        LARGE_INTEGER Timeout; ULONG NumberOfHandles; ULONG Exclusive;
+        iocpx_afd_handle_t Handles[1];
+    } iocpx_afd_poll_t;
+    typedef NTSTATUS (NTAPI *iocpx_NtCreateFile_t)(PHANDLE, ACCESS_MASK, POBJECT_ATTRIBUTES,
+        PIO_STATUS_BLOCK, PLARGE_INTEGER, ULONG, ULONG, ULONG, ULONG, PVOID, ULONG);
+    typedef NTSTATUS (NTAPI *iocpx_NtDeviceIoControlFile_t)(HANDLE, HANDLE, PVOID, PVOID,
+        PIO_STATUS_BLOCK, ULONG, PVOID, ULONG, PVOID, ULONG);
+    typedef NTSTATUS (NTAPI *iocpx_NtCancelIoFileEx_t)(HANDLE, PIO_STATUS_BLOCK, PIO_STATUS_BLOCK);
+    typedef ULONG (NTAPI *iocpx_RtlNtStatusToDosError_t)(NTSTATUS);
+    static iocpx_NtCreateFile_t iocpx_pNtCreateFile;
+    static iocpx_NtDeviceIoControlFile_t iocpx_pNtDeviceIoControlFile;
+    static iocpx_NtCancelIoFileEx_t iocpx_pNtCancelIoFileEx;
+    static iocpx_RtlNtStatusToDosError_t iocpx_pRtlNtStatusToDosError;
+
+    /* ntdll's entry points, once per process; 0, or a Windows error code. */
+    static DWORD iocpx_afd_resolve(void) {
+        HMODULE nt;
+        if (iocpx_pNtDeviceIoControlFile) return 0;
+        nt = GetModuleHandleW(L"ntdll.dll");
+        if (nt == NULL) return GetLastError();
+        iocpx_pNtCreateFile = (iocpx_NtCreateFile_t)(void*)GetProcAddress(nt, "NtCreateFile");
+        iocpx_pNtCancelIoFileEx = (iocpx_NtCancelIoFileEx_t)(void*)GetProcAddress(nt, "NtCancelIoFileEx");
+        iocpx_pRtlNtStatusToDosError =
+            (iocpx_RtlNtStatusToDosError_t)(void*)GetProcAddress(nt, "RtlNtStatusToDosError");
+        iocpx_pNtDeviceIoControlFile =
+            (iocpx_NtDeviceIoControlFile_t)(void*)GetProcAddress(nt, "NtDeviceIoControlFile");
+        if (!iocpx_pNtCreateFile || !iocpx_pNtCancelIoFileEx || !iocpx_pRtlNtStatusToDosError
+                || !iocpx_pNtDeviceIoControlFile) {
+            iocpx_pNtDeviceIoControlFile = NULL;
+            return ERROR_PROC_NOT_FOUND;
+        }
+        return 0;
+    }
+
+    /* The helper handle: \Device\Afd\Iocpx, associated with port under key.
+       NULL and *err set on failure. */
+    static HANDLE iocpx_afd_open(HANDLE port, ULONG_PTR key, DWORD *err) {
+        static WCHAR name_buf[] = L"\\Device\\Afd\\Iocpx";
+        UNICODE_STRING name;
+        OBJECT_ATTRIBUTES attrs;
+        IO_STATUS_BLOCK iosb;
+        HANDLE h = NULL;
+        NTSTATUS st;
+        *err = iocpx_afd_resolve();
+        if (*err) return NULL;
+        name.Buffer = name_buf;
+        name.Length = (USHORT)(sizeof(name_buf) - sizeof(WCHAR));
+        name.MaximumLength = (USHORT)sizeof(name_buf);
+        InitializeObjectAttributes(&attrs, &name, 0, NULL, NULL);
+        st = iocpx_pNtCreateFile(&h, SYNCHRONIZE, &attrs, &iosb, NULL, 0,
+                                 FILE_SHARE_READ | FILE_SHARE_WRITE, FILE_OPEN, 0, NULL, 0);
+        if (st != 0) { *err = iocpx_pRtlNtStatusToDosError(st); return NULL; }
+        if (CreateIoCompletionPort(h, port, key, 0) == NULL) {
+            *err = GetLastError(); CloseHandle(h); return NULL;
+        }
+        return h;
+    }
+
+    /* The base (provider) handle of a socket, as AFD wants it; 0 on error
+       with *err set (WSAENOTSOCK for a closed or foreign handle). */
+    static SOCKET iocpx_base_socket(SOCKET s, DWORD *err) {
+        SOCKET base = INVALID_SOCKET;
+        DWORD got = 0;
+        if (WSAIoctl(s, SIO_BASE_HANDLE, NULL, 0, &base, sizeof(base), &got, NULL, NULL) != 0
+                || base == INVALID_SOCKET) {
+            *err = (DWORD)WSAGetLastError();
+            return 0;
+        }
+        return base;
+    }
+
+    /* PL_* (iocpx) <-> AFD_POLL_* */
+    static ULONG iocpx_afd_events(int pl) {
+        ULONG e = IOCPX_AFD_POLL_ABORT | IOCPX_AFD_POLL_CONNECT_FAIL | IOCPX_AFD_POLL_LOCAL_CLOSE;
+        if (pl & 0x001) e |= IOCPX_AFD_POLL_RECEIVE | IOCPX_AFD_POLL_ACCEPT | IOCPX_AFD_POLL_DISCONNECT;
+        if (pl & 0x004) e |= IOCPX_AFD_POLL_SEND;
+        return e;
+    }
+    static int iocpx_afd_result(ULONG e) {
+        int pl = 0;
+        if (e & (IOCPX_AFD_POLL_RECEIVE | IOCPX_AFD_POLL_ACCEPT | IOCPX_AFD_POLL_DISCONNECT
+                 | IOCPX_AFD_POLL_RECEIVE_EXPEDITED)) pl |= 0x001;
+        if (e & IOCPX_AFD_POLL_SEND) pl |= 0x004;
+        if (e & (IOCPX_AFD_POLL_ABORT | IOCPX_AFD_POLL_CONNECT_FAIL)) pl |= 0x008 | 0x001 | 0x004;
+        if (e & IOCPX_AFD_POLL_LOCAL_CLOSE) pl |= 0x010;
+        return pl;
+    }
+
+    /* Issue the poll: STATUS_PENDING or 0 (done at once: the completion is still
+       queued, the helper handle does not skip it), else an NTSTATUS error. */
+    static NTSTATUS iocpx_afd_poll(HANDLE afd, OVERLAPPED *ov, iocpx_afd_poll_t *info) {
+        IO_STATUS_BLOCK *iosb = (IO_STATUS_BLOCK *)(void *)ov;
+        iosb->Status = STATUS_PENDING;
+        return iocpx_pNtDeviceIoControlFile(afd, NULL, NULL, ov, iosb, IOCPX_IOCTL_AFD_POLL,
+                                            info, sizeof(*info), info, sizeof(*info));
+    }
+    static void iocpx_afd_cancel(HANDLE afd, OVERLAPPED *ov) {
+        IO_STATUS_BLOCK done;
+        iocpx_pNtCancelIoFileEx(afd, (IO_STATUS_BLOCK *)(void *)ov, &done);
+    }
+    static DWORD iocpx_afd_status_error(NTSTATUS st) {
+        return iocpx_pRtlNtStatusToDosError ? iocpx_pRtlNtStatusToDosError(st) : ERROR_GEN_FAILURE;
+    }
+    #define IOCPX_STATUS_PENDING STATUS_PENDING
+    #define IOCPX_STATUS_CANCELLED STATUS_CANCELLED
+    """
+    ctypedef long NTSTATUS
+    ctypedef struct iocpx_afd_handle_t:
+        HANDLE Handle
+        ULONG Events
+        NTSTATUS Status
+    ctypedef struct LARGE_INTEGER_q "LARGE_INTEGER":
+        long long QuadPart
+    ctypedef struct iocpx_afd_poll_t:
+        LARGE_INTEGER_q Timeout
+        ULONG NumberOfHandles
+        ULONG Exclusive
+        iocpx_afd_handle_t Handles[1]
+    HANDLE iocpx_afd_open(HANDLE port, ULONG_PTR key, DWORD* err)
+    SOCKET iocpx_base_socket(SOCKET s, DWORD* err)
+    ULONG iocpx_afd_events(int pl)
+    int iocpx_afd_result(ULONG e)
+    NTSTATUS iocpx_afd_poll(HANDLE afd, OVERLAPPED* ov, iocpx_afd_poll_t* info)
+    void iocpx_afd_cancel(HANDLE afd, OVERLAPPED* ov)
+    DWORD iocpx_afd_status_error(NTSTATUS st)
+    NTSTATUS IOCPX_STATUS_PENDING
+    NTSTATUS IOCPX_STATUS_CANCELLED

@@ -15,7 +15,10 @@ cdef int cancel_fd(IocpBackend be, IoCtx* io, int fd) except -1:
 cdef int cancel_op(IocpBackend be, IoCtx* io, IoCtx* target) except -1:
     """Cancel one operation; it completes (aborted), and so does this one."""
     be._check_open()
-    CancelIoEx(iocpx_sock_handle(<SOCKET>target.fd), <OVERLAPPED*>&target.ovl)
+    if target.op == OP_POLL:
+        poll_cancel(be, target)         # poll.pxi: polls are the AFD helper's, not the socket's
+    else:
+        CancelIoEx(iocpx_sock_handle(<SOCKET>target.fd), <OVERLAPPED*>&target.ovl)
     return be._post(io, 0)
 
 

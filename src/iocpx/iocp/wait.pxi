@@ -54,7 +54,9 @@ cdef int wait_events(IocpBackend be, Event* out, int maxev, long timeout_ms) noe
                     continue
                 io = <IoCtx*>entries[i].lpOverlapped        # ovl is the first member
                 nbytes = entries[i].dwNumberOfBytesTransferred
-                if entries[i].lpCompletionKey == KEY_POST or entries[i].Internal == 0:
+                if entries[i].lpCompletionKey == KEY_POLL:
+                    poll_finish(be, io, entries[i].Internal, &out[n])    # poll.pxi
+                elif entries[i].lpCompletionKey == KEY_POST or entries[i].Internal == 0:
                     finish(be, io, 1, nbytes, 0, &out[n])
                 else:       # the Winsock code for the NTSTATUS in Internal
                     flags = 0
