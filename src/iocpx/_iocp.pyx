@@ -133,7 +133,7 @@ cdef class IocpBackend(Backend):
     cdef int wake_pending           # a KEY_WAKE packet is queued
     cdef uint64_t next_scan_ns
     cdef bint skip                  # FILE_SKIP_COMPLETION_PORT_ON_SUCCESS on our sockets
-    cdef HANDLE afd                 # owned: \\Device\\Afd helper for readiness polls, or NULL
+    cdef HANDLE afd                 # owned: \Device\Afd helper for readiness polls, or NULL
     cdef readonly int64_t stale_drops      # silent first-data clients dropped
     cdef object __weakref__
 

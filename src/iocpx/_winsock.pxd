@@ -180,7 +180,7 @@ cdef extern from * nogil:
 
 # The AFD driver's poll (IOCTL_AFD_POLL), the readiness the asyncio loop's
 # add_reader/add_writer needs on Windows (iocp/poll.pxi), as libuv, mio and
-# wepoll use it: a helper handle on \\Device\\Afd associated with the port, one
+# wepoll use it: a helper handle on \Device\Afd associated with the port, one
 # NtDeviceIoControlFile per poll with the OVERLAPPED as its IO_STATUS_BLOCK,
 # NtCancelIoFileEx to cancel. The NT calls are resolved once per process from
 # ntdll (no import library); AFD's structures are declared under our names
@@ -242,10 +242,10 @@ cdef extern from * nogil:
         return 0;
     }
 
-    /* The helper handle: \Device\Afd\Iocpx, associated with port under key.
+    /* The helper handle: \\Device\\Afd\\Iocpx, associated with port under key.
        NULL and *err set on failure. */
     static HANDLE iocpx_afd_open(HANDLE port, ULONG_PTR key, DWORD *err) {
-        static WCHAR name_buf[] = L"\\Device\\Afd\\Iocpx";
+        static WCHAR name_buf[] = L"\\\\Device\\\\Afd\\\\Iocpx";
         UNICODE_STRING name;
         OBJECT_ATTRIBUTES attrs;
         IO_STATUS_BLOCK iosb;

@@ -1,7 +1,7 @@
 # Readiness polls (OP_POLL) on Windows: the asyncio loop's add_reader and
 # add_writer as completions on the port, through the AFD driver's poll (the
 # mechanism libuv, mio and wepoll use; declarations in _winsock.pxd). One
-# helper handle per backend, opened on \\Device\\Afd\\Iocpx at the first poll
+# helper handle per backend, opened on \Device\Afd\Iocpx at the first poll
 # and associated with the port under KEY_POLL; each poll names the socket's
 # base handle, so the polled socket itself is neither associated with our
 # port nor otherwise touched: add_reader() works on any socket. The poll's

@@ -82,14 +82,11 @@ cdef object server_start(LoopCore loop, object protocol_factory, object sock, ob
     g.server = server
     g.handshake_timeout = handshake_timeout
     g.shutdown_timeout = shutdown_timeout
-    fd = os.dup(sock.fileno())          # the engine's; sock stays asyncio.Server's
+    dup = sock.dup()                    # the engine's (it detaches it); sock stays asyncio.Server's
     try:
-        lst = loop.eng.listen(sock=fd, backlog=backlog if backlog is not None else 100)
+        lst = loop.eng.listen(sock=dup, backlog=backlog if backlog is not None else 100)
     except BaseException:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+        dup.close()
         raise
     lst.glue = g
     g.listener = lst

@@ -95,6 +95,9 @@ cdef extern from *:
        with an exception set. The buffer API is in the limited API from 3.11 on
        only: before that, memoryview slice assignment does it. */
     static Py_ssize_t iocpx_copy_into(PyObject *dst, const char *src, Py_ssize_t n) {
+    #ifndef PyBUF_READ
+    #define PyBUF_READ 0x100        /* (stable ABI since 3.3, declared for it from 3.11) */
+    #endif
     #if !defined(Py_LIMITED_API) || Py_LIMITED_API+0 >= 0x030B0000
         Py_buffer view;
         if (PyObject_GetBuffer(dst, &view, PyBUF_WRITABLE | PyBUF_SIMPLE) < 0) return -1;
