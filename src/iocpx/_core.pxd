@@ -114,6 +114,7 @@ cdef class Listener:
     # -- Unix-domain sockets (engine/unix.pxi)
     cdef object unix_cleanup        # (path, st_dev, st_ino) of the socket file to remove at close, or None
     cdef object glue                # the asyncio loop's ServerGlue (loop/server.pxi), or None
+    cdef bint borrowed              # fd is not ours to close (the asyncio loop on Windows closes it)
 
 
 cdef class FileJob:

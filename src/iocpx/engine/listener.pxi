@@ -137,7 +137,8 @@ cdef void listener_maybe_finish(Listener lst) noexcept:
     if lst.state != L_CLOSING or lst.inflight != 0 or fd < 0:
         return
     lst.fd = -1                         # (and no second pass while the GIL is away)
-    _sock_close(fd)
+    if not lst.borrowed:
+        _sock_close(fd)
     cleanup = lst.unix_cleanup
     lst.unix_cleanup = None
     unix_cleanup(cleanup)
@@ -173,7 +174,8 @@ cdef class Listener:
         self.fd = -1
 
     def __dealloc__(self):
-        _sock_close(self.fd)
+        if not self.borrowed:
+            _sock_close(self.fd)
 
     @property
     def closed(self):

@@ -82,12 +82,22 @@ cdef object server_start(LoopCore loop, object protocol_factory, object sock, ob
     g.server = server
     g.handshake_timeout = handshake_timeout
     g.shutdown_timeout = shutdown_timeout
-    dup = sock.dup()                    # the engine's (it detaches it); sock stays asyncio.Server's
-    try:
-        lst = loop.eng.listen(sock=dup, backlog=backlog if backlog is not None else 100)
-    except BaseException:
-        dup.close()
-        raise
+    if ON_WINDOWS:
+        # The engine borrows the socket itself: _stop_serving cancels the
+        # accepts (CancelIoEx, at once) and then closes it, and closing ends
+        # the listening at once, as asyncio's does.
+        lst = loop.eng.listen(sock=sock.fileno(), backlog=backlog if backlog is not None else 100)
+        lst.borrowed = 1
+    else:
+        # A duplicate the engine owns (sock stays asyncio.Server's): io_uring
+        # accepts hold the socket until they are reaped, so _stop_serving
+        # shuts the duplicate down to stop the listening at once.
+        dup = sock.dup()
+        try:
+            lst = loop.eng.listen(sock=dup, backlog=backlog if backlog is not None else 100)
+        except BaseException:
+            dup.close()
+            raise
     lst.glue = g
     g.listener = lst
     loop.serving[sock.fileno()] = g
