@@ -25,7 +25,8 @@ import threading
 from asyncio import events, exceptions, selector_events
 from asyncio.log import logger
 
-from iocpx._core import LoopCore, StreamTransport  # noqa: F401  (StreamTransport: docs, isinstance)
+# private classes, not in the stub; StreamTransport is imported for the docs and isinstance
+from iocpx._core import LoopCore, StreamTransport  # type: ignore[attr-defined]  # noqa: F401
 
 __all__ = ["EventLoop", "EventLoopPolicy", "new_event_loop", "run"]
 

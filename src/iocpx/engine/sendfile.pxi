@@ -84,25 +84,26 @@ cdef bint conn_sendfile_next(Connection c, FileJob job) except -1:
     except BaseException:
         c._io_done(io)
         raise
-    c.send_io = io
+    io_set_obj(io, job)                 # its completion advances job.offset, even after
+    c.send_io = io                      # an abort has dropped the queue (loop.sendfile seeks)
     return True
 
 
 cdef void conn_on_sendfile(Connection c, Event* ev) except *:
     cdef int res = ev.res
-    cdef FileJob job
+    cdef FileJob job = <FileJob>ev.io.obj if ev.io.obj != NULL else None
     c.send_io = NULL
+    if res > 0 and job is not None:
+        job.offset += res               # what reached the socket, whatever happens next
+        job.remaining -= res
     c._io_done(ev.io)
     if res < 0:
         if res != -_errno.ECANCELED:
             c._abort(peer_error(c.eng.be, -res, "sendfile"))
     elif c.state < C_ABORTING and c.sendq:
-        job = <FileJob>c.sendq[0]
         if res == 0:
             c._abort(OSError(_errno.EIO, "sendfile: the file ended before count bytes"))
         else:
-            job.offset += res
-            job.remaining -= res
             conn_sent(c, res)
     elif res > 0:
         conn_count_sent(c, res)

@@ -74,7 +74,7 @@ cdef int splice_step(IoUringBackend be, IoCtx* io, int res, int* result) noexcep
     0 when the next step was submitted."""
     cdef SpliceState* st = <SpliceState*>io.extra
     if res < 0:
-        result[0] = <int>st.moved if st.moved > 0 and res != -ECANCELED else res
+        result[0] = <int>st.moved if st.moved > 0 else res     # (cancelled too: what went out counts)
     elif st.phase == SPLICE_IN:
         if res == 0:
             result[0] = <int>st.moved       # the file ended
