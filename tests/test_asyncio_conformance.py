@@ -20,7 +20,7 @@ saying so). The embeddable CPython for Windows ships no `test` package: the
 Windows run copies the matching Lib/test files next to the suite and points
 IOCPX_CPYTHON_TESTS at them (tools/windows/run-tests.sh).
 
-Tests left out are listed in LEFT_OUT with the reason; docs/loop.md repeats
+Tests left out are listed in LEFT_OUT with the reason; docs/asyncio.md repeats
 the list. Setting IOCPX_CONFORMANCE=0 skips the whole module (for quick runs).
 """
 import asyncio
@@ -58,6 +58,14 @@ except (ImportError, unittest.SkipTest) as exc:
 LEFT_OUT = {
 }
 
+# On Windows, subprocesses (overlapped pipes through the port, the exit through a
+# wait posted to it) are not built yet: asyncio's subprocess tests are skipped there,
+# each saying so, and docs/asyncio.md lists them as missing.
+NOT_YET = {
+    "win32": "subprocesses and pipes on the iocp backend are not built yet "
+             "(issue 19; docs/asyncio.md, Windows)",
+}.get(sys.platform)
+
 _EVENTS_MIXIN = getattr(_te, "UnixEventLoopTestsMixin", None) or _te.EventLoopTestsMixin
 
 
@@ -80,6 +88,12 @@ def _left_out(cls):
         cls_name, _, meth = name.rpartition(".")
         if cls_name == cls.__name__.split("_")[0] and hasattr(cls, meth):
             setattr(cls, meth, unittest.skip(f"left out: {reason}")(getattr(cls, meth)))
+    if NOT_YET:
+        for mixin in (_te.SubprocessTestsMixin, _tp.SubprocessMixin):
+            if issubclass(cls, mixin):
+                for meth in dir(mixin):
+                    if meth.startswith("test_"):
+                        setattr(cls, meth, unittest.skip(NOT_YET)(getattr(cls, meth)))
     return cls
 
 

@@ -511,3 +511,127 @@ def test_tls_churn_keeps_rss_flat(loop, pki):
 
     first, last = run(loop, main(), timeout=300)
     assert last - first < 6 * 1024, f"RSS grew {last - first} KiB over 1,500 TLS connections"
+
+
+# ---- processes and signals (Linux) ---------------------------------------------------
+
+def _zombies_of(pid):
+    """The children of pid that are zombies (/proc)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == "Z" and int(fields[1]) == pid:
+            out.append(int(d))
+    return out
+
+
+@pytest.mark.skipif(not LINUX, reason="subprocesses on the iocp backend are not built yet (issue 19)")
+def test_ten_thousand_processes_spawned_and_reaped(backend):
+    """10,000 children through create_subprocess_exec (50 at a time, stdout a pipe):
+    every exit status is seen, no zombie is left, no pipe descriptor leaks and no
+    I/O context stays alive."""
+    n, width = int(os.environ.get("IOCPX_SPAWN_N", "10000")), 50
+    before = set(os.listdir("/proc/self/fd"))
+    live = iocpx.live_io()
+    lp = iocpx.new_event_loop(backend=backend)
+
+    async def one(i):
+        p = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", f"echo {i}; exit {i % 7}", stdout=asyncio.subprocess.PIPE)
+        out, _ = await p.communicate()
+        assert out == f"{i}\n".encode()
+        assert p.returncode == i % 7
+
+    async def main():
+        sem = asyncio.Semaphore(width)
+
+        async def bounded(i):
+            async with sem:
+                await one(i)
+        await asyncio.gather(*(bounded(i) for i in range(n)))
+
+    try:
+        lp.run_until_complete(asyncio.wait_for(main(), 600))
+    finally:
+        lp.close()
+    gc.collect()
+    assert _zombies_of(os.getpid()) == []
+    assert set(os.listdir("/proc/self/fd")) <= before
+    assert iocpx.live_io() == live
+
+
+@pytest.mark.skipif(not LINUX, reason="subprocesses on the iocp backend are not built yet (issue 19)")
+def test_child_dying_mid_write_is_a_broken_pipe(loop):
+    """The child exits without reading: the parent's writes to its stdin end in
+    BrokenPipeError (or ConnectionResetError) from drain(), the asyncio way, and
+    the exit status is still reported."""
+    async def main():
+        p = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import sys; sys.stdin.close(); sys.exit(3)",
+            stdin=asyncio.subprocess.PIPE)
+        chunk = b"x" * 65536
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            for _ in range(10000):                      # far more than a pipe holds
+                p.stdin.write(chunk)
+                await p.stdin.drain()
+        assert await p.wait() == 3
+
+    run(loop, main(), timeout=60)
+
+
+@pytest.mark.skipif(not LINUX, reason="add_signal_handler exists on POSIX only")
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_signal_storm(loop):
+    """Signals sent one at a time, each after the last was handled, are each
+    handled exactly once, on the loop's thread; then a storm from another
+    thread: the handler runs at least once and at most once per signal (POSIX
+    coalesces pending ones), and the loop stays responsive."""
+    import signal
+    seen = []
+    loop_thread = threading.get_ident()
+
+    def handler(tag):
+        assert threading.get_ident() == loop_thread
+        seen.append(tag)
+
+    async def main():
+        loop.add_signal_handler(signal.SIGUSR1, handler, "usr1")
+        try:
+            for i in range(200):                        # one at a time
+                os.kill(os.getpid(), signal.SIGUSR1)
+                for _ in range(1000):
+                    if len(seen) == i + 1:
+                        break
+                    await asyncio.sleep(0.001)
+                assert len(seen) == i + 1
+            storm = 20000
+            done = threading.Event()
+
+            def sender():
+                for _ in range(storm):
+                    os.kill(os.getpid(), signal.SIGUSR1)
+                done.set()
+            t = threading.Thread(target=sender)
+            t.start()
+            while not done.is_set():                    # the loop keeps running callbacks
+                await asyncio.sleep(0.001)
+            t.join()
+            await asyncio.sleep(0.05)
+            assert 200 < len(seen) <= 200 + storm
+            n = len(seen)
+            os.kill(os.getpid(), signal.SIGUSR1)        # and still works afterwards
+            for _ in range(1000):
+                if len(seen) > n:
+                    break
+                await asyncio.sleep(0.001)
+            assert len(seen) == n + 1
+        finally:
+            assert loop.remove_signal_handler(signal.SIGUSR1)
+
+    run(loop, main(), timeout=120)

@@ -19,6 +19,7 @@ Use it as::
 import asyncio
 import io
 import os
+import signal
 import sys
 import threading
 
@@ -193,6 +194,14 @@ class EventLoop(LoopCore, _Base):
             if self.get_debug():
                 logger.debug("process %s exited with returncode %s", pid, returncode)
             transp._process_exited(returncode)
+
+        def add_signal_handler(self, sig, callback, *args):
+            """asyncio's, but a signal that finds the wake-up socket full is not
+            reported as an error from the C signal handler ("Exception ignored ...
+            BlockingIOError" on asyncio's loop under a storm): a full socket means
+            the loop is being woken already, and POSIX coalesces such signals anyway."""
+            super().add_signal_handler(sig, callback, *args)
+            signal.set_wakeup_fd(self._csock.fileno(), warn_on_full_buffer=False)
 
     # ---- closing ----------------------------------------------------------
 

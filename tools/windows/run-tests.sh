@@ -8,6 +8,7 @@
 # Env:   IOCPX_WIN_TIMEOUT   limit in seconds for the pytest run (default 1200)
 #        IOCPX_WIN_NO_RERUN  set: no second chance for tests that failed
 #        IOCPX_TESTS_DIR     the tests folder to run (default: this checkout's tests/)
+#        IOCPX_WIN_CONFORMANCE  the versions that also run CPython's asyncio tests (default 3.11)
 #        IOCPX_WIN_BUILD, PYTHON: see tools/windows/common.sh
 #
 # "Install" = unpack the wheel into a fresh site folder after checking every
@@ -97,6 +98,27 @@ rm -rf "$PKI"
 "$PY" "$TESTS/tls_pki.py" "$PKI" >/dev/null 2>"$LOGS/pki-cp$V.log" \
     || die "no certificates for the TLS tests ($PY: $(tail -1 "$LOGS/pki-cp$V.log")); pip install trustme"
 export IOCPX_TEST_PKI="$(winpath "$PKI")"
+# CPython's asyncio conformance tests (tests/test_asyncio_conformance.py) come from the
+# interpreter's `test` package, which the embeddable CPython does not ship: for the versions
+# in IOCPX_WIN_CONFORMANCE (default 3.11; "" for none) the matching files are copied from
+# this machine's CPython of that version (pyenv's) and named in IOCPX_CPYTHON_TESTS. For
+# the other versions the module skips, saying the package is not importable.
+CONFORMANCE=" ${IOCPX_WIN_CONFORMANCE-3.11} "
+if [[ "$CONFORMANCE" == *" $VER "* ]]; then
+    LIBTEST=""
+    for d in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$VER".*/lib/python"$VER"/test; do
+        [ -d "$d/test_asyncio" ] && LIBTEST="$d"
+    done
+    [ -n "$LIBTEST" ] || die "IOCPX_WIN_CONFORMANCE names $VER, but no CPython $VER with its test package is here"
+    CPT="$BUILD/cpython-tests-cp$V"
+    rm -rf "$CPT"; mkdir -p "$CPT/test"
+    cp "$LIBTEST/__init__.py" "$CPT/test/"
+    for part in support test_asyncio certdata; do
+        [ -e "$LIBTEST/$part" ] && cp -r "$LIBTEST/$part" "$CPT/test/"
+    done
+    export IOCPX_CPYTHON_TESTS="$(winpath "$CPT")"
+    log "asyncio conformance: CPython's tests from $LIBTEST"
+fi
 args=("$@")
 [ ${#args[@]} -eq 0 ] && args=("$(winpath "$TESTS")")
 cd "$(dirname "$TESTS")"

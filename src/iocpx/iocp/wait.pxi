@@ -96,5 +96,8 @@ cdef void finish(IocpBackend be, IoCtx* io, int ok, DWORD nbytes, DWORD err, Eve
         dgram_finish_recv(io, ok, nbytes, err, ev)      # datagram.pxi
     elif op == OP_CONNECT:
         connect_finish(io, ok, err, ev)                 # connect.pxi
+    elif op == OP_SENDFILE and not ok and nbytes > 0:
+        ev.res = <int32_t>nbytes        # what went out before the error: the engine counts it
+                                        # (FileJob.offset) and its next piece meets the error
     else:       # OP_SEND, OP_SENDFILE, posted packets
         ev.res = <int32_t>nbytes if ok else win_errno(err)
