@@ -531,7 +531,8 @@ def _zombies_of(pid):
     return out
 
 
-@pytest.mark.skipif(not LINUX, reason="subprocesses on the iocp backend are not built yet (issue 19)")
+@pytest.mark.skipif(not LINUX, reason="counts zombies and descriptors in /proc (and 10,000 "
+                    "processes under Wine would take most of an hour)")
 def test_ten_thousand_processes_spawned_and_reaped(backend):
     """10,000 children through create_subprocess_exec (50 at a time, stdout a pipe):
     every exit status is seen, no zombie is left, no pipe descriptor leaks and no
@@ -566,7 +567,6 @@ def test_ten_thousand_processes_spawned_and_reaped(backend):
     assert iocpx.live_io() == live
 
 
-@pytest.mark.skipif(not LINUX, reason="subprocesses on the iocp backend are not built yet (issue 19)")
 def test_child_dying_mid_write_is_a_broken_pipe(loop):
     """The child exits without reading: the parent's writes to its stdin end in
     BrokenPipeError (or ConnectionResetError) from drain(), the asyncio way, and
@@ -635,3 +635,51 @@ def test_signal_storm(loop):
             assert loop.remove_signal_handler(signal.SIGUSR1)
 
     run(loop, main(), timeout=120)
+
+
+def test_subprocess_pipes_round_trip(loop):
+    """A Python child copies stdin to stdout (1 MiB) and writes to stderr; the
+    exit status comes back; kill() ends a child that would wait for ever. On
+    every backend (on Windows: overlapped pipes and a wait on the port)."""
+    code = ("import sys\n"
+            "data = sys.stdin.buffer.read()\n"
+            "sys.stdout.buffer.write(data)\n"
+            "sys.stderr.write('done %d' % len(data))\n"
+            "sys.exit(5)\n")
+    payload = os.urandom(1 << 20)
+
+    async def main():
+        p = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", code, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await p.communicate(payload)
+        assert out == payload
+        assert err.decode() == f"done {len(payload)}"
+        assert p.returncode == 5
+        sleeper = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import time; time.sleep(600)")
+        sleeper.kill()
+        assert await sleeper.wait() != 0
+
+    run(loop, main(), timeout=120)
+
+
+@pytest.mark.skipif(sys.platform != "win32", reason="the Windows console's Ctrl-C path")
+def test_ctrl_c_ends_iocpx_run_on_windows(backend, monkeypatch):
+    """SIGINT while the loop waits in the port (GIL released): CPython's handler
+    writes to the loop's wake-up socket, the wait ends, and iocpx.run() raises
+    KeyboardInterrupt, as asyncio.run() does on ProactorEventLoop. (The signal
+    is raised from a thread: GenerateConsoleCtrlEvent does not work under Wine.)"""
+    import signal
+    monkeypatch.setenv("IOCPX_BACKEND", backend)
+
+    async def main():
+        await asyncio.sleep(60)
+
+    t = threading.Timer(0.5, signal.raise_signal, (signal.SIGINT,))
+    t.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            iocpx.run(main())
+    finally:
+        t.cancel()

@@ -24,6 +24,11 @@ cpdef enum OpType:
                         # the connected peer); res is the bytes sent or -errno
     OP_POLL = 11        # readiness of io.fd for the PL_* events in io.len, once (one-shot);
                         # res is the PL_* events that happened, or -errno
+    OP_READ = 12        # Windows: ReadFile of io.len bytes into io.buf from the HANDLE in
+                        # io.aux.handle (a pipe); res is the bytes read, 0 at its end, or -errno
+    OP_WRITE = 13       # Windows: WriteFile of io.len bytes at io.buf to the HANDLE; res as above
+    OP_WAIT = 14        # Windows: the object (a process) in io.aux.handle is signalled;
+                        # res 0, or -ECANCELED
 
 # OP_POLL event bits, backend-neutral (the values of Linux's POLLIN/POLLOUT/POLLERR/POLLHUP).
 cdef enum:
@@ -107,6 +112,7 @@ cdef union IoAux:
                             # connected client may stay silent in the slot (0: no limit)
     int32_t claim           # iocp OP_RECV: who had the finished receive first, the read
                             # after it or abort_by_close() (IocpBackend.abort_by_close)
+    int64_t handle          # OP_READ, OP_WRITE, OP_WAIT: the Windows HANDLE
 
 # The per-I/O context: plain C memory (calloc), its address is what the
 # kernel hands back. Freed in exactly two places: a synchronous submit
@@ -225,6 +231,8 @@ cdef class Backend:
     cdef int abort_by_close(self, IoCtx* recv) except -1    # 1: closed, recv completes aborted
     cdef int submit_post(self, IoCtx* io) except -1
     cdef int submit_poll(self, IoCtx* io) except -1     # OP_POLL on io.fd, any descriptor the backend can poll
+    cdef int handle_adopt(self, int64_t handle) except -1   # Windows: a pipe HANDLE joins the port
+    cdef int submit_handle_io(self, IoCtx* io) except -1    # OP_READ, OP_WRITE, OP_WAIT
     cdef int flush(self) except -1
     cdef int wait(self, Event* out, int maxev, long timeout_ms) noexcept nogil
     cdef int buffer_group(self, uint32_t size) except -1

@@ -134,6 +134,10 @@ cdef class Backend:
         raise NotImplementedError
     cdef int submit_poll(self, IoCtx* io) except -1:
         raise OSError(E_NOSYS, f"the {self.name} backend cannot poll a descriptor for readiness")
+    cdef int handle_adopt(self, int64_t handle) except -1:
+        raise OSError(E_NOSYS, f"the {self.name} backend has no Windows handles")
+    cdef int submit_handle_io(self, IoCtx* io) except -1:
+        raise OSError(E_NOSYS, f"the {self.name} backend has no Windows handles")
     cdef int flush(self) except -1:
         raise NotImplementedError
     cdef int wait(self, Event* out, int maxev, long timeout_ms) noexcept nogil:

@@ -324,6 +324,7 @@ cdef class LoopCore:
     cdef int held_n
     cdef object selector            # EngineSelector
     cdef dict serving               # listening fd -> ServerGlue (loop/server.pxi)
+    cdef set ovops                  # OvOps in flight (Windows pipes, waits: loop/overlapped.pxi)
     cdef TimerHandle _call_at(self, object when, object callback, tuple args, object context)
 
 
@@ -333,6 +334,17 @@ cdef class EngineSelector:
     cdef dict regs                  # fd -> PollReg
     cdef list rearm                 # PollRegs whose poll fired: armed again before the next wait
     cdef bint closed
+
+
+cdef class OvOp:
+    cdef LoopCore loop
+    cdef object fut                 # what the caller awaits
+    cdef object buf                 # the bytes read into / written (also the IoCtx's obj)
+    cdef object dst                 # recv_into: the caller's buffer
+    cdef int kind                   # OV_*
+    cdef int64_t handle
+    cdef IoCtx* io                  # in flight, or NULL
+    cdef bint cancelling
 
 
 cdef class PollReg:

@@ -39,6 +39,8 @@ the same engine, its thread the engine's only worker:
   loop/selector.pxi      EngineSelector: asyncio's selector interface on OP_POLL (add_reader...)
   loop/stream.pxi        StreamTransport: an asyncio.Transport on an engine Connection
   loop/server.pxi        servers: an engine Listener per asyncio.Server socket, accepts to transports
+  loop/overlapped.pxi    Windows: overlapped pipe reads/writes and process waits as futures
+                         (what asyncio's proactor pipe and subprocess transports call)
 
 What the engine and the backends share:
 
@@ -64,6 +66,7 @@ the same name, under the same file name wherever the backend has the concern
   poll       io_uring/poll.pxi             epoll/poll.pxi        iocp/poll.pxi
   wait       io_uring/wait.pxi             epoll/wait.pxi        iocp/wait.pxi
   datagram   io_uring/datagram.pxi         epoll/datagram.pxi    iocp/datagram.pxi
+  pipes                                                          iocp/pipes.pxi
   errors                                                         iocp/errors.pxi
   process                                                        iocp/extensions.pxi
 
@@ -120,3 +123,4 @@ include "loop/core.pxi"
 include "loop/selector.pxi"
 include "loop/stream.pxi"
 include "loop/server.pxi"
+include "loop/overlapped.pxi"

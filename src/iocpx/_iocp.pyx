@@ -53,6 +53,7 @@ name as in the other backends' folders:
   iocp/sendfile.pxi    TransmitFile
   iocp/cancel.pxi      CancelIoEx, and abort_by_close
   iocp/poll.pxi        readiness polls through the AFD driver (the asyncio loop's add_reader)
+  iocp/pipes.pxi       pipe HANDLEs on the port (ReadFile/WriteFile), process waits posted to it
   iocp/wait.pxi        the leader's GetQueuedCompletionStatusEx, each op finished
   iocp/datagram.pxi    UDP: WSARecvFrom kept posted, WSASendTo
 """
@@ -72,6 +73,7 @@ from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy,
 from iocpx._backend cimport (Backend, IoCtx, Event, EventQueue, ev_set, evq_push, evq_take,
                              evq_free, recv_heap, oserror, io_target, OP_NOP, OP_ACCEPT, OP_RECV, OP_SEND,
                              OP_CONNECT, OP_CANCEL, OP_POST, OP_EXIT, OP_SENDFILE, OP_POLL,
+                             OP_READ, OP_WRITE, OP_WAIT,
                              OP_RECVFROM, Datagram, DG_TRUNC)
 from iocpx._winsock cimport *
 
@@ -324,6 +326,12 @@ cdef class IocpBackend(Backend):
     cdef int submit_poll(self, IoCtx* io) except -1:
         return poll_submit(self, io)                    # poll.pxi
 
+    cdef int handle_adopt(self, int64_t handle) except -1:
+        return handle_adopt(self, handle)               # pipes.pxi
+
+    cdef int submit_handle_io(self, IoCtx* io) except -1:
+        return handle_submit(self, io)
+
     cdef int abort_by_close(self, IoCtx* recv) except -1:
         return close_abort(self, recv)
 
@@ -357,6 +365,7 @@ include "iocp/connect.pxi"
 include "iocp/sendfile.pxi"
 include "iocp/cancel.pxi"
 include "iocp/poll.pxi"
+include "iocp/pipes.pxi"
 include "iocp/wait.pxi"
 include "iocp/datagram.pxi"
 

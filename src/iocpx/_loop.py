@@ -28,12 +28,46 @@ from asyncio.log import logger
 
 # private classes, not in the stub; StreamTransport is imported for the docs and isinstance
 from iocpx._core import LoopCore, StreamTransport  # type: ignore[attr-defined]  # noqa: F401
+from iocpx import _core
 
 __all__ = ["EventLoop", "EventLoopPolicy", "new_event_loop", "run"]
 
 if sys.platform == "win32":
+    import weakref
+    from asyncio import proactor_events, windows_events
     _Base = selector_events.BaseSelectorEventLoop
     _HAVE_PIDFD = False
+
+    class _PortProactor:
+        """What asyncio's proactor pipe transports and its Windows subprocess
+        transport call on `loop._proactor`, as overlapped operations on this
+        loop's completion port (iocpx/loop/overlapped.pxi): those asyncio
+        classes then run unchanged, their I/O completing among the loop's
+        other completions."""
+
+        def __init__(self, loop):
+            self._loop = loop
+            self._joined = weakref.WeakSet()    # pipe objects whose handle is on the port
+
+        def _join(self, conn):
+            if conn not in self._joined:
+                _core._ov_adopt(self._loop, conn.fileno())
+                self._joined.add(conn)
+            return conn.fileno()
+
+        def recv(self, conn, nbytes, flags=0):
+            return _core._ov_recv(self._loop, self._join(conn), nbytes)
+
+        def recv_into(self, conn, buf, flags=0):
+            return _core._ov_recv_into(self._loop, self._join(conn), buf)
+
+        def send(self, conn, buf, flags=0):
+            return _core._ov_send(self._loop, self._join(conn), buf)
+
+        def wait_for_handle(self, handle, timeout=None):
+            if timeout is not None:
+                raise ValueError("iocpx: wait_for_handle() takes no timeout")
+            return _core._ov_wait(self._loop, handle)
 else:
     from asyncio import unix_events
     _Base = unix_events._UnixSelectorEventLoop
@@ -60,6 +94,17 @@ class EventLoop(LoopCore, _Base):
         self._core_init(backend)
         _Base.__init__(self, self._make_selector())
         self._child_pidfds = {}             # pidfd -> pid of children being watched
+        if sys.platform == "win32":
+            self._proactor = _PortProactor(self)
+            # Ctrl-C: the console handler's byte on the self-pipe wakes the wait,
+            # and the loop then raises KeyboardInterrupt (as ProactorEventLoop does).
+            self._wakeup_set = False
+            if threading.current_thread() is threading.main_thread():
+                try:
+                    signal.set_wakeup_fd(self._csock.fileno())
+                    self._wakeup_set = True
+                except (ValueError, OSError):
+                    pass
 
     # ---- servers: engine listeners with pre-posted accepts -----------------
 
@@ -203,6 +248,34 @@ class EventLoop(LoopCore, _Base):
             super().add_signal_handler(sig, callback, *args)
             signal.set_wakeup_fd(self._csock.fileno(), warn_on_full_buffer=False)
 
+    # ---- pipes and subprocesses on Windows: asyncio's proactor classes ------
+
+    if sys.platform == "win32":
+
+        def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+            return proactor_events._ProactorReadPipeTransport(self, pipe, protocol, waiter, extra)
+
+        def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+            return proactor_events._ProactorWritePipeTransport(self, pipe, protocol, waiter, extra)
+
+        async def _make_subprocess_transport(self, protocol, args, shell, stdin, stdout,
+                                             stderr, bufsize, extra=None, **kwargs):
+            """asyncio's Windows subprocess transport: overlapped pipes and the
+            exit through a wait posted to the loop's port."""
+            waiter = self.create_future()
+            transp = windows_events._WindowsSubprocessTransport(
+                self, protocol, args, shell, stdin, stdout, stderr, bufsize,
+                waiter=waiter, extra=extra, **kwargs)
+            try:
+                await waiter
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                transp.close()
+                await transp._wait()
+                raise
+            return transp
+
     # ---- closing ----------------------------------------------------------
 
     def close(self):
@@ -210,6 +283,10 @@ class EventLoop(LoopCore, _Base):
             raise RuntimeError("Cannot close a running event loop")
         if self.is_closed():
             return
+        if sys.platform == "win32" and self._wakeup_set:
+            self._wakeup_set = False
+            if threading.current_thread() is threading.main_thread():
+                signal.set_wakeup_fd(-1)
         try:
             _Base.close(self)
         finally:

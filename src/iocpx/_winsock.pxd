@@ -131,7 +131,7 @@ cdef extern from "<windows.h>" nogil:
     DWORD ERROR_PORT_UNREACHABLE, ERROR_NOT_FOUND, ERROR_INVALID_HANDLE
     DWORD ERROR_INVALID_PARAMETER, ERROR_BROKEN_PIPE, ERROR_NOT_ENOUGH_MEMORY
     DWORD ERROR_TOO_MANY_OPEN_FILES, ERROR_ACCESS_DENIED, ERROR_ABANDONED_WAIT_0
-    DWORD ERROR_NO_SYSTEM_RESOURCES
+    DWORD ERROR_NO_SYSTEM_RESOURCES, ERROR_HANDLE_EOF, ERROR_NO_DATA, ERROR_PIPE_NOT_CONNECTED
 
     HANDLE CreateIoCompletionPort(HANDLE file, HANDLE port, ULONG_PTR key, DWORD threads)
     BOOL GetQueuedCompletionStatusEx(HANDLE port, OVERLAPPED_ENTRY* entries, ULONG count,
@@ -140,6 +140,9 @@ cdef extern from "<windows.h>" nogil:
     BOOL CancelIoEx(HANDLE file, OVERLAPPED* ov)
     BOOL SetFileCompletionNotificationModes(HANDLE file, UCHAR flags)
     BOOL CloseHandle(HANDLE h)
+    BOOL ReadFile(HANDLE file, void* buf, DWORD n, DWORD* got, OVERLAPPED* ov)
+    BOOL WriteFile(HANDLE file, const void* buf, DWORD n, DWORD* put, OVERLAPPED* ov)
+    BOOL GetOverlappedResult(HANDLE file, OVERLAPPED* ov, DWORD* transferred, BOOL wait)
     DWORD GetLastError()
     DWORD FormatMessageW(DWORD flags, const void* source, DWORD msgid, DWORD langid,
                          wchar_t* buf, DWORD size, void* args)
@@ -335,3 +338,54 @@ cdef extern from * nogil:
     DWORD iocpx_afd_status_error(NTSTATUS st)
     NTSTATUS IOCPX_STATUS_PENDING
     NTSTATUS IOCPX_STATUS_CANCELLED
+
+
+# Waiting for a process (or any waitable object) through the port: the asyncio
+# loop's subprocess exit on Windows (iocp/pipes.pxi). RegisterWaitForSingleObject
+# runs iocpx_wait_fired on a thread-pool thread once the object is signalled;
+# it posts the wait's OVERLAPPED to the port. A cancel and the firing race for
+# `claimed` (InterlockedCompareExchange): whichever wins posts the one packet
+# (nbytes 1: signalled, 0: cancelled), so the context completes exactly once.
+cdef extern from * nogil:
+    """
+    typedef struct {
+        HANDLE wait;            /* RegisterWaitForSingleObject's handle, or NULL */
+        HANDLE port;
+        OVERLAPPED* ov;         /* the IoCtx's (its first member) */
+        volatile LONG claimed;
+    } iocpx_wait_t;
+    static VOID CALLBACK iocpx_wait_fired(PVOID arg, BOOLEAN timed_out) {
+        iocpx_wait_t* w = (iocpx_wait_t*)arg;
+        (void)timed_out;
+        if (InterlockedCompareExchange(&w->claimed, 1, 0) == 0)
+            PostQueuedCompletionStatus(w->port, 1, 2 /* KEY_POST */, w->ov);
+    }
+    static BOOL iocpx_wait_register(iocpx_wait_t* w, HANDLE obj) {
+        return RegisterWaitForSingleObject(&w->wait, obj, iocpx_wait_fired, w, INFINITE,
+                                           WT_EXECUTEONLYONCE);
+    }
+    /* 1 if the cancel won (no firing will post): the caller posts the packet. Blocks
+       until a running callback has returned. */
+    static int iocpx_wait_cancel(iocpx_wait_t* w) {
+        if (InterlockedCompareExchange(&w->claimed, 1, 0) != 0)
+            return 0;
+        if (w->wait != NULL) {
+            UnregisterWaitEx(w->wait, INVALID_HANDLE_VALUE);
+            w->wait = NULL;
+        }
+        return 1;
+    }
+    static void iocpx_wait_release(iocpx_wait_t* w) {     /* after its packet arrived */
+        if (w->wait != NULL) {
+            UnregisterWaitEx(w->wait, NULL);     /* the callback has run: does not block */
+            w->wait = NULL;
+        }
+    }
+    """
+    ctypedef struct iocpx_wait_t:
+        HANDLE wait
+        HANDLE port
+        OVERLAPPED* ov
+    bint iocpx_wait_register(iocpx_wait_t* w, HANDLE obj)
+    int iocpx_wait_cancel(iocpx_wait_t* w)
+    void iocpx_wait_release(iocpx_wait_t* w)

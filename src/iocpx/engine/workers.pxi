@@ -307,11 +307,15 @@ cdef void handle_event(Engine eng, Event* ev, int k) noexcept:
             dgram_on_send(<Endpoint>ev.io.owner, ev)
         elif op == OP_POLL:
             poll_on_done(<PollReg>ev.io.owner, ev)          # loop/selector.pxi
+        elif op == OP_READ or op == OP_WRITE or op == OP_WAIT:
+            ovop_on_done(<OvOp>ev.io.owner, ev)             # loop/overlapped.pxi
         elif op == OP_CANCEL or op == OP_NOP:
             if ev.io.owner == NULL:
                 io_free(ev.io)          # a wake-up (timers, close)
             elif type(<object>ev.io.owner) is PollReg:
                 poll_on_done(<PollReg>ev.io.owner, ev)
+            elif type(<object>ev.io.owner) is OvOp:
+                ovop_on_done(<OvOp>ev.io.owner, ev)
             elif type(<object>ev.io.owner) is Connection:
                 conn_on_aux(<Connection>ev.io.owner, ev)
             elif type(<object>ev.io.owner) is Endpoint:

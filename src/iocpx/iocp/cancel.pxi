@@ -17,6 +17,8 @@ cdef int cancel_op(IocpBackend be, IoCtx* io, IoCtx* target) except -1:
     be._check_open()
     if target.op == OP_POLL:
         poll_cancel(be, target)         # poll.pxi: polls are the AFD helper's, not the socket's
+    elif target.op == OP_READ or target.op == OP_WRITE or target.op == OP_WAIT:
+        handle_cancel(be, target)       # pipes.pxi: a pipe or a wait, not a socket
     else:
         CancelIoEx(iocpx_sock_handle(<SOCKET>target.fd), <OVERLAPPED*>&target.ovl)
     return be._post(io, 0)

@@ -45,7 +45,8 @@ cdef int win_errno(DWORD e) noexcept nogil:
         return -E_MFILE
     if e == <DWORD>WSAENOBUFS or e == ERROR_NOT_ENOUGH_MEMORY or e == ERROR_NO_SYSTEM_RESOURCES:
         return -E_NOBUFS
-    if e == <DWORD>WSAESHUTDOWN or e == ERROR_BROKEN_PIPE:
+    if e == <DWORD>WSAESHUTDOWN or e == ERROR_BROKEN_PIPE or e == ERROR_NO_DATA \
+            or e == ERROR_PIPE_NOT_CONNECTED:
         return -E_PIPE
     if e == <DWORD>WSAENOTCONN:
         return -E_NOTCONN

@@ -56,6 +56,14 @@ cdef int wait_events(IocpBackend be, Event* out, int maxev, long timeout_ms) noe
                 nbytes = entries[i].dwNumberOfBytesTransferred
                 if entries[i].lpCompletionKey == KEY_POLL:
                     poll_finish(be, io, entries[i].Internal, &out[n])    # poll.pxi
+                elif io.op == OP_READ or io.op == OP_WRITE:               # pipes.pxi
+                    if entries[i].Internal == 0:
+                        handle_finish(io, 1, nbytes, 0, &out[n])
+                    elif GetOverlappedResult(<HANDLE><size_t>io.aux.handle,
+                                             <OVERLAPPED*>&io.ovl, &nbytes, False):
+                        handle_finish(io, 1, nbytes, 0, &out[n])
+                    else:
+                        handle_finish(io, 0, nbytes, GetLastError(), &out[n])
                 elif entries[i].lpCompletionKey == KEY_POST or entries[i].Internal == 0:
                     finish(be, io, 1, nbytes, 0, &out[n])
                 else:       # the Winsock code for the NTSTATUS in Internal
@@ -96,6 +104,8 @@ cdef void finish(IocpBackend be, IoCtx* io, int ok, DWORD nbytes, DWORD err, Eve
         dgram_finish_recv(io, ok, nbytes, err, ev)      # datagram.pxi
     elif op == OP_CONNECT:
         connect_finish(io, ok, err, ev)                 # connect.pxi
+    elif op == OP_WAIT:
+        handle_finish(io, ok, nbytes, err, ev)          # pipes.pxi (a posted packet)
     elif op == OP_SENDFILE and not ok and nbytes > 0:
         ev.res = <int32_t>nbytes        # what went out before the error: the engine counts it
                                         # (FileJob.offset) and its next piece meets the error

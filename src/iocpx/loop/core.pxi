@@ -308,6 +308,7 @@ cdef class LoopCore:
         self.eng.loop = self
         self.slow_callback_duration = 0.1
         self.serving = {}
+        self.ovops = set()
 
     # ---- transports and servers (loop/stream.pxi, loop/server.pxi) ---------
 
@@ -437,4 +438,5 @@ cdef class LoopCore:
         self.closing = 1
         rq_clear(self)
         if self.eng is not None:
+            ovops_cancel_all(self)
             engine_close_loop(self.eng, timeout)
