@@ -92,6 +92,7 @@ cdef class Listener:
     cdef double last_warn           # when an accept failure was last logged
     # -- what each accepted connection gets (conn_setup, engine/connection.pxi)
     cdef object on_accept, on_recv, on_close, on_drain
+    cdef object get_buffer, on_recv_into   # the receive-into path (engine/receive.pxi)
     cdef Py_ssize_t max_send
     cdef int64_t idle_ticks
     cdef bint nodelay
@@ -187,6 +188,7 @@ cdef class Connection:
     cdef object sendq               # deque of bytes / FileJob not yet handed to the kernel, or None
     cdef readonly Py_ssize_t send_buffered  # bytes queued or in flight, not yet sent
     cdef object on_accept, on_recv, on_close, on_connect, on_drain
+    cdef object get_buffer, on_recv_into   # the receive-into path, in place of on_recv
     cdef object close_exc
     cdef readonly int64_t id
     cdef object _peer, _local

@@ -54,6 +54,8 @@ OnAccept: TypeAlias = Callable[[Connection, bytes], Any]
 OnRecv: TypeAlias = Callable[[Connection, bytes], Any]
 OnClose: TypeAlias = Callable[[Connection, Optional[BaseException]], Any]
 OnConnect: TypeAlias = Callable[[Connection], Any]
+GetBuffer: TypeAlias = Callable[[Connection, int], Union[bytearray, memoryview]]   # (conn, sizehint)
+OnRecvInto: TypeAlias = Callable[[Connection, int], Any]                            # (conn, nbytes)
 SockArg: TypeAlias = Union[socket.socket, int]
 
 class Endpoint:
@@ -92,6 +94,8 @@ class Engine:
     def listen(self, address: Optional[ListenAddress] = None, *,
                on_accept: Optional[OnAccept] = None,
                on_recv: Optional[OnRecv] = None, on_close: Optional[OnClose] = None,
+               get_buffer: Optional[GetBuffer] = None,
+               on_recv_into: Optional[OnRecvInto] = None,
                accepts: Optional[int] = None, first_data: bool = False,
                first_data_timeout: Optional[float] = 10.0, buffer_size: int = 4096,
                backlog: Optional[int] = None, nodelay: bool = True,
@@ -101,7 +105,8 @@ class Engine:
                ssl: Optional[ssl.SSLContext] = None,
                ssl_handshake_timeout: float = 60.0) -> Listener: ...
     def adopt(self, sock: SockArg, *, on_recv: Optional[OnRecv] = None,
-              on_close: Optional[OnClose] = None, on_drain: Optional[OnConnect] = None,
+              on_close: Optional[OnClose] = None, get_buffer: Optional[GetBuffer] = None,
+              on_recv_into: Optional[OnRecvInto] = None, on_drain: Optional[OnConnect] = None,
               nodelay: bool = True, buffer_size: int = 4096, max_send_buffer: int = 4194304,
               idle_timeout: Optional[float] = None) -> Connection: ...
     def datagram(self, local_address: Optional[Tuple[Optional[str], int]] = None,
@@ -117,6 +122,8 @@ class Engine:
     def connect(self, address: Union[Tuple[str, int], str, bytes, os.PathLike[str]], *,
                 on_connect: Optional[OnConnect] = None,
                 on_recv: Optional[OnRecv] = None, on_close: Optional[OnClose] = None,
+                get_buffer: Optional[GetBuffer] = None,
+                on_recv_into: Optional[OnRecvInto] = None,
                 nodelay: bool = True, buffer_size: int = 4096,
                 on_drain: Optional[OnConnect] = None, max_send_buffer: int = 4194304,
                 idle_timeout: Optional[float] = None,

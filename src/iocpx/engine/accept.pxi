@@ -120,6 +120,8 @@ cdef void listener_on_accept(Listener lst, Event* ev) except *:
         eng.n_msgs_in += 1
     cdef Connection conn = Connection._new(eng, res, lst.group, lst.on_recv, lst.on_close,
                                            lst.on_drain, lst.max_send, lst.idle_ticks, lst.nodelay)
+    conn.get_buffer = lst.get_buffer
+    conn.on_recv_into = lst.on_recv_into
     memcpy(&conn.peer_addr, &io.addr, sizeof(iocpx_addr_t))
     conn.have_peer = 1
     listener_rearm(lst, io)             # the slot is free again: re-post it first

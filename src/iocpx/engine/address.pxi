@@ -52,6 +52,17 @@ cdef object _check_callback(object fn, str name):
     return fn
 
 
+cdef int _check_recv_into(object on_recv, object get_buffer, object on_recv_into) except -1:
+    """The receive-into callbacks: both or neither, and not with on_recv."""
+    _check_callback(get_buffer, "get_buffer")
+    _check_callback(on_recv_into, "on_recv_into")
+    if (get_buffer is None) != (on_recv_into is None):
+        raise ValueError("get_buffer= and on_recv_into= go together: pass both, or neither")
+    if get_buffer is not None and on_recv is not None:
+        raise ValueError("pass on_recv=, or get_buffer= with on_recv_into=, not both")
+    return 0
+
+
 cdef Py_ssize_t _check_max_send(object n) except -1:
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"max_send_buffer must be an int, not {type(n).__name__}")

@@ -372,6 +372,7 @@ cdef class Connection:
         cb = self.on_close
         exc = self.close_exc
         self.on_accept = self.on_recv = self.on_close = self.on_connect = self.on_drain = None
+        self.get_buffer = self.on_recv_into = None
         self.close_exc = None
         self.reported = 1
         if exc is not None:

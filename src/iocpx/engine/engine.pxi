@@ -127,7 +127,7 @@ cdef class Engine:
     # ---- public API -------------------------------------------------------
 
     def listen(self, address=None, *, on_accept=None, on_recv=None, on_close=None,
-               accepts=None, first_data=False, first_data_timeout=10.0,
+               get_buffer=None, on_recv_into=None, accepts=None, first_data=False, first_data_timeout=10.0,
                buffer_size=4096, backlog=None, nodelay=True, on_drain=None,
                max_send_buffer=DEFAULT_MAX_SEND, idle_timeout=None, reuse_port=False,
                sock=None, unlink_existing=False, ssl=None, ssl_handshake_timeout=60.0):
@@ -149,24 +149,41 @@ cdef class Engine:
         ssl=an ssl.SSLContext (server side) serves TLS: on_accept runs once
         the handshake is done (with first_data=True, with the first decrypted
         bytes); a handshake not done within ssl_handshake_timeout seconds, or
-        failing, closes the connection unseen."""
-        return listener_open(self, address, on_accept, on_recv, on_close, accepts,
-                             first_data, first_data_timeout, buffer_size, backlog, nodelay,
-                             on_drain, max_send_buffer, idle_timeout, reuse_port, sock,
-                             unlink_existing, ssl, ssl_handshake_timeout)
+        failing, closes the connection unseen.
 
-    def adopt(self, sock, *, on_recv=None, on_close=None, on_drain=None, nodelay=True,
-              buffer_size=4096, max_send_buffer=DEFAULT_MAX_SEND, idle_timeout=None):
+        get_buffer= and on_recv_into=, in place of on_recv=, receive into the
+        application's buffers: get_buffer(conn, sizehint) returns a writable
+        buffer (bytearray, memoryview...), the bytes are copied into it and
+        on_recv_into(conn, nbytes) says how many landed (as asyncio's
+        BufferedProtocol). No bytes object is made for them; on_accept still
+        gets first data as bytes."""
+        _check_recv_into(on_recv, get_buffer, on_recv_into)
+        cdef Listener lst = listener_open(
+            self, address, on_accept, on_recv, on_close, accepts, first_data,
+            first_data_timeout, buffer_size, backlog, nodelay, on_drain, max_send_buffer,
+            idle_timeout, reuse_port, sock, unlink_existing, ssl, ssl_handshake_timeout)
+        lst.get_buffer = get_buffer         # (set before any accept can be dispatched:
+        lst.on_recv_into = on_recv_into     # that needs the GIL, held here throughout)
+        return lst
+
+    def adopt(self, sock, *, on_recv=None, on_close=None, get_buffer=None, on_recv_into=None,
+              on_drain=None, nodelay=True, buffer_size=4096, max_send_buffer=DEFAULT_MAX_SEND,
+              idle_timeout=None):
         """Take over a connected stream socket made elsewhere (a socket.socket
         or a descriptor; TCP or Unix) and return its Connection, reading at
         once. The engine owns the descriptor from then on, as after
         sock.detach(): do not close it yourself, close the Connection.
-        A closed or listening socket is a ValueError."""
-        return conn_adopt(self, sock, on_recv, on_close, on_drain, nodelay, buffer_size,
-                          max_send_buffer, idle_timeout)
+        A closed or listening socket is a ValueError. get_buffer= and
+        on_recv_into=: as for listen()."""
+        _check_recv_into(on_recv, get_buffer, on_recv_into)
+        cdef Connection c = conn_adopt(self, sock, on_recv, on_close, on_drain, nodelay,
+                                       buffer_size, max_send_buffer, idle_timeout)
+        c.get_buffer = get_buffer
+        c.on_recv_into = on_recv_into
+        return c
 
     def connect(self, address, *, on_connect=None, on_recv=None, on_close=None,
-                nodelay=True, buffer_size=4096, on_drain=None,
+                get_buffer=None, on_recv_into=None, nodelay=True, buffer_size=4096, on_drain=None,
                 max_send_buffer=DEFAULT_MAX_SEND, idle_timeout=None, local_address=None,
                 ssl=None, server_hostname=None, ssl_handshake_timeout=60.0):
         """Start connecting to address; returns the Connection at once.
@@ -176,10 +193,16 @@ cdef class Engine:
         Unix socket path (local_address then a path too, or None). ssl=an
         ssl.SSLContext (client side; True: ssl.create_default_context())
         speaks TLS: on_connect runs after the handshake; server_hostname
-        (default: the host of address) is checked as the context says."""
-        return conn_open_connect(self, address, on_connect, on_recv, on_close, nodelay,
-                                 buffer_size, on_drain, max_send_buffer, idle_timeout,
-                                 local_address, ssl, server_hostname, ssl_handshake_timeout)
+        (default: the host of address) is checked as the context says.
+        get_buffer= and on_recv_into=: as for listen()."""
+        _check_recv_into(on_recv, get_buffer, on_recv_into)
+        cdef Connection c = conn_open_connect(
+            self, address, on_connect, on_recv, on_close, nodelay, buffer_size, on_drain,
+            max_send_buffer, idle_timeout, local_address, ssl, server_hostname,
+            ssl_handshake_timeout)
+        c.get_buffer = get_buffer
+        c.on_recv_into = on_recv_into
+        return c
 
     def datagram(self, local_address=None, remote_address=None, *, on_datagram, on_close=None,
                  on_error=None, buffer_size=65536, reuse_port=False, broadcast=False,

@@ -43,6 +43,16 @@ cdef void conn_on_recv(Connection c, Event* evs, int k) except *:
         eng.n_msgs_in += k - 1
         stream_on_events(c, evs, k)
         delivered = 1
+    elif c.get_buffer is not None and evs[0].res > 0 and evs[0].data != NULL \
+            and c.state == C_OPEN and not c.paused and not c.held and c.tls is None \
+            and not c.first_pending:
+        # the receive-into path: from the receive buffers into the application's
+        for i in range(k):
+            total += evs[i].res
+        res = total
+        eng.n_msgs_in += k - 1
+        conn_into_events(c, evs, k)
+        delivered = 1
     elif k == 1:
         data = eng.be.recv_bytes(ev)    # the buffer goes back to the kernel here
         res = ev.res
@@ -97,8 +107,68 @@ cdef inline void conn_deliver(Connection c, object data) noexcept:
         tls_on_data(c, data)
     elif c.first_pending:
         conn_surface(c, data)
+    elif c.get_buffer is not None:
+        conn_into_bytes(c, data)
     elif c.on_recv is not None:
         c._call(c.on_recv, data)
+
+
+# ---- the receive-into path: get_buffer(conn, sizehint) + on_recv_into(conn, n) ----
+
+cdef Py_ssize_t conn_into(Connection c, const char* ptr, Py_ssize_t n, bint whole) except -2:
+    """Copy n bytes at ptr into the application's buffers: get_buffer(conn,
+    sizehint), the copy, on_recv_into(conn, nbytes), as many rounds as it
+    takes. Stops early when reading was paused meanwhile (unless whole: TLS
+    plaintext goes out in one piece, as on_recv gets it) or the connection is
+    ending; returns the bytes delivered, or -1 when a callback failed (the
+    connection is then aborted with that exception)."""
+    cdef Py_ssize_t off = 0, got
+    while off < n:
+        if c.state != C_OPEN or (c.paused and not whole):
+            break
+        try:
+            buf = c.get_buffer(c, n - off)
+            got = iocpx_copy_into(buf, ptr + off, n - off)
+            if got <= 0:
+                raise ValueError("get_buffer() returned an empty buffer")
+        except BaseException as e:
+            log.error("iocpx: get_buffer raised; closing connection %d", c.id, exc_info=e)
+            c._abort(e)
+            return -1
+        buf = None                      # the application's again
+        off += got
+        if c._call(c.on_recv_into, got) < 0:
+            return -1
+    return off
+
+
+cdef void conn_into_events(Connection c, Event* evs, int k) except *:
+    """Receive events on the receive-into path: each one's bytes copied from
+    the receive buffer, which goes straight back; what a pause leaves is held,
+    in order (c.held), for when reading resumes."""
+    cdef Backend be = c.eng.be
+    cdef int i
+    cdef Py_ssize_t n, got = 0
+    cdef bint failed = 0
+    for i in range(k):
+        n = evs[i].res
+        if not failed:
+            got = conn_into(c, <const char*>evs[i].data, n, False) if not c.held else 0
+            if got < 0:
+                failed = 1              # aborted: the rest is dropped with the connection
+            elif got < n and c.state == C_OPEN:
+                conn_hold(c, PyBytes_FromStringAndSize(<const char*>evs[i].data + got, n - got))
+        be.recv_release(&evs[i])
+
+
+cdef void conn_into_bytes(Connection c, object data) except *:
+    """Bytes (from a backend without in-place receive buffers, held ones, TLS
+    plaintext) on the receive-into path; a remainder a pause leaves goes back
+    to the front of what is held."""
+    cdef Py_ssize_t n = iocpx_bytes_len(data)
+    cdef Py_ssize_t got = conn_into(c, iocpx_bytes_ptr(data), n, c.tls is not None)
+    if 0 <= got < n and c.state == C_OPEN:
+        conn_hold_front(c, data[got:])
 
 
 cdef void conn_hold(Connection c, object data) except *:

@@ -206,6 +206,8 @@ cdef void _tls_advance(Connection c, TlsState t, object data) noexcept:
     if plain and c.state == C_OPEN:
         if c.first_pending:
             conn_surface(c, plain)
+        elif c.get_buffer is not None:
+            conn_into_bytes(c, plain)
         elif c.on_recv is not None:
             c._call(c.on_recv, plain)
     if eof and c.state == C_OPEN:   # the peer's close_notify: an orderly end
