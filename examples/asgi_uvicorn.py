@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     args = ap.parse_args()
-    uvicorn.run(app, host=args.host, port=args.port, loop="iocpx:new_event_loop", ws="websockets")
+    uvicorn.run(app, host=args.host, port=args.port, loop="iocpx:new_event_loop")
 
 
 if __name__ == "__main__":

@@ -183,17 +183,24 @@ def test_uvicorn_starlette_http(backend, http_impl):
     run(backend, main())
 
 
-def test_uvicorn_starlette_websocket(backend):
-    """uvicorn's WebSocket protocol with Starlette's WebSocket route, the websockets client on
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")    # uvicorn's "websockets" (legacy)
+@pytest.mark.filterwarnings("ignore:The `websockets` implementation is deprecated")
+@pytest.mark.parametrize("ws_impl", ["websockets-sansio", "websockets", "wsproto"])
+def test_uvicorn_starlette_websocket(backend, ws_impl):
+    """uvicorn's WebSocket protocols with Starlette's WebSocket route, the websockets client on
     the same loop: text, 1 MiB binary, 200 messages in a row, 20 clients at once."""
     pytest.importorskip("starlette")
     pytest.importorskip("uvicorn")
     pytest.importorskip("websockets")
+    pytest.importorskip(ws_impl.split("-")[0])
+    import uvicorn.config
+    if ws_impl not in uvicorn.config.WS_PROTOCOLS:
+        pytest.skip(f"this uvicorn has no --ws {ws_impl}")
     from websockets.asyncio.client import connect
     import asgi_uvicorn
 
     async def main():
-        server, task, port = await _uvicorn_serving(asgi_uvicorn.app, ws="websockets",
+        server, task, port = await _uvicorn_serving(asgi_uvicorn.app, ws=ws_impl,
                                                     ws_max_size=16 * MiB)
         uri = f"ws://127.0.0.1:{port}/ws"
         try:
@@ -348,7 +355,9 @@ def test_redis_asyncio(backend, redis_server):
     import redis.asyncio as redis
 
     async def main():
-        r = redis.Redis(host="127.0.0.1", port=redis_server.port, max_connections=50)
+        pool = redis.BlockingConnectionPool(host="127.0.0.1", port=redis_server.port,
+                                            max_connections=50, timeout=30)
+        r = redis.Redis(connection_pool=pool)
         try:
             assert await r.ping()
             big = pattern(MiB)
@@ -385,7 +394,7 @@ def test_redis_asyncio(backend, redis_server):
             assert await waiter == (b"q", b"item")
         finally:
             await r.aclose()
-            await r.connection_pool.disconnect()
+            await pool.disconnect()
     run(backend, main())
 
 
@@ -506,14 +515,12 @@ def test_psycopg_async(backend, postgres):
 
             async with await psycopg.AsyncConnection.connect(postgres.dsn, autocommit=True) as other:
                 await conn.execute("LISTEN news")
-                gen = conn.notifies(timeout=10)
+                gen = conn.notifies(timeout=10, stop_after=5)
                 for i in range(5):
                     await other.execute("SELECT pg_notify('news', %s)", (f"n{i}",))
                 got = []
                 async for n in gen:
                     got.append(n.payload)
-                    if len(got) == 5:
-                        break
                 assert got == [f"n{i}" for i in range(5)]
 
         async def one(i):
@@ -532,11 +539,11 @@ def test_pyzmq_asyncio(backend):
     """zmq.asyncio PUSH/PULL and REQ/REP over TCP: 2000 messages in order, a 1 MiB message, and
     multipart round trips. ZMQ's descriptor is edge-triggered, so this checks that the loop's
     readers see every wake-up."""
-    zmq = pytest.importorskip("zmq")
-    import zmq.asyncio
+    zmq_asyncio = pytest.importorskip("zmq.asyncio")
+    import zmq
 
     async def main():
-        ctx = zmq.asyncio.Context()
+        ctx = zmq_asyncio.Context()
         socks = []
         try:
             def sock(kind):
