@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import iocpx
@@ -159,9 +160,11 @@ class PostgresServer:
     listening on a free loopback port (and a Unix socket in that directory). As root it runs as
     the postgres user (runuser), as PostgreSQL refuses to run as root."""
 
-    def __init__(self, tmpdir):
+    def __init__(self):
         self.bindir = _postgres_bindir()
-        self.dir = os.path.join(str(tmpdir), "pg")
+        # a directory of its own under the system's temporary directory, which the postgres
+        # user can reach (pytest's tmp_path is private to root)
+        self.dir = tempfile.mkdtemp(prefix="iocpx-pg-")
         self.data = os.path.join(self.dir, "data")
         self.log = os.path.join(self.dir, "postgres.log")
         self.port = free_port()
@@ -182,24 +185,25 @@ class PostgresServer:
             raise RuntimeError(f"{args[0]} failed ({r.returncode}):\n{read_log(self.log)}")
 
     def __enter__(self):
-        os.makedirs(self.dir)
+        open(self.log, "ab").close()
         if os.geteuid() == 0:
             import pwd
             pw = pwd.getpwnam("postgres")
-            d = self.dir
-            while d != "/":       # the postgres user must reach its directory
-                os.chmod(d, os.stat(d).st_mode | 0o711)
-                d = os.path.dirname(d)
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
-        open(self.log, "ab").close()
-        if os.geteuid() == 0:
             os.chown(self.log, pw.pw_uid, pw.pw_gid)
+        try:
+            self._start()
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def _start(self):
         self._run("initdb", "-D", self.data, "-U", self.user, "--auth=trust", "-E", "UTF8",
                   "--no-sync")
         self._run("pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60", "-o",
                   f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off",
                   "start")
-        return self
 
     def __exit__(self, *exc):
         try:
@@ -208,6 +212,19 @@ class PostgresServer:
             pid = self.postmaster_pid()
             if pid:
                 os.kill(pid, signal.SIGQUIT)
+        self._remove()
+
+    def _remove(self):
+        pid = self.postmaster_pid()
+        if pid:                   # still running: stop it by its PID before removing its files
+            try:
+                os.kill(pid, signal.SIGQUIT)
+                for _ in range(100):
+                    os.kill(pid, 0)
+                    time.sleep(0.1)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def postmaster_pid(self):
         try:

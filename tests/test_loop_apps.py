@@ -231,8 +231,10 @@ def test_uvicorn_command_line(backend, how, tmp_path):
     in a child process, IOCPX_BACKEND choosing the backend, driven by http.client and curl;
     SIGINT stops it cleanly, after the application's shutdown."""
     pytest.importorskip("starlette")
-    pytest.importorskip("uvicorn")
+    uvicorn = pytest.importorskip("uvicorn")
     pytest.importorskip("websockets")
+    if not hasattr(uvicorn.Config, "get_loop_factory"):
+        pytest.skip("this uvicorn (before 0.36) takes no --loop module:factory")
     port = free_port()
     if how == "uvicorn-cli":
         args = ["-m", "uvicorn", "asgi_uvicorn:app", "--app-dir", EXAMPLES, "--host", "127.0.0.1",
@@ -342,6 +344,7 @@ def test_aiohttp_run_app(backend, tmp_path):
 
 @pytest.fixture
 def redis_server(tmp_path):
+    pytest.importorskip("redis")
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server not installed (apt-get install redis-server)")
     with loop_apps.RedisServer(tmp_path) as srv:
@@ -473,11 +476,12 @@ def test_websockets_example(backend):
 # ---- psycopg 3 (async: add_reader / add_writer) ---------------------------------------
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
+def postgres():
+    pytest.importorskip("psycopg")
     why = loop_apps.postgres_missing()
     if why:
         pytest.skip(why)
-    with loop_apps.PostgresServer(tmp_path_factory.mktemp("pg")) as srv:
+    with loop_apps.PostgresServer() as srv:
         yield srv
 
 
