@@ -587,3 +587,220 @@ def test_pyzmq_asyncio(backend):
                 s.close()
             ctx.term()
     run(backend, main())
+
+
+# ---- TLS, sendfile, flow control, many connections ------------------------------------
+
+def _tls_contexts(pki):
+    import ssl
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(str(pki["dir"] / "server.pem"))
+    client = ssl.create_default_context(cafile=str(pki["dir"] / "ca.pem"))
+    return server, client
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_aiohttp_files_and_tls(backend, tls, pki, tmp_path):
+    """aiohttp's FileResponse (loop.sendfile on a plain transport, the read-and-write fallback
+    under TLS) whole and by Range, 1 MiB both ways and a 1 MiB WebSocket message, over TLS
+    (asyncio's SSLProtocol on the loop's transports) as well."""
+    aiohttp = pytest.importorskip("aiohttp")
+    from aiohttp import web
+    import aiohttp_app
+    server_ctx, client_ctx = _tls_contexts(pki) if tls else (None, None)
+    data = pattern(3 * MiB + 5)
+    (tmp_path / "f.bin").write_bytes(data)
+
+    async def file(request):
+        return web.FileResponse(tmp_path / "f.bin")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sendfiles = []
+        real_sendfile = loop.sendfile
+
+        async def sendfile(transport, file, offset=0, count=None, **kw):
+            sendfiles.append(count)
+            return await real_sendfile(transport, file, offset, count, **kw)
+        loop.sendfile = sendfile                   # counted: aiohttp is to use it
+        app = aiohttp_app.make_app()
+        app.router.add_get("/file", file)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+        await site.start()
+        base = f"{'https' if tls else 'http'}://127.0.0.1:{runner.addresses[0][1]}"
+        try:
+            conn = aiohttp.TCPConnector(ssl=client_ctx if tls else False)
+            async with aiohttp.ClientSession(connector=conn) as s:
+                async with s.get(base + "/file") as r:
+                    assert r.status == 200 and await r.read() == data
+                async with s.get(base + "/file", headers={"Range": "bytes=1000-1999999"}) as r:
+                    assert r.status == 206 and await r.read() == data[1000:2000000]
+                body = pattern(MiB, 9)
+                async with s.post(base + "/echo", data=body) as r:
+                    assert await r.read() == body
+
+                async def one(i):
+                    async with s.get(base + "/file", headers={"Range": f"bytes={i * 1000}-{i * 9000}"}) as r:
+                        return await r.read() == data[i * 1000:i * 9000 + 1]
+                assert all(await asyncio.gather(*(one(i) for i in range(1, 60))))
+                async with s.ws_connect(base + "/ws", max_msg_size=0) as ws:
+                    await ws.send_bytes(body)
+                    assert await ws.receive_bytes() == body
+            assert len(sendfiles) == 61 and sendfiles[:2] == [len(data), 1999000], sendfiles[:3]
+        finally:
+            del loop.sendfile
+            await runner.cleanup()
+    run(backend, main())
+
+
+def test_uvicorn_tls(backend, pki):
+    """uvicorn with a certificate (ssl_certfile/ssl_keyfile) serving Starlette: HTTPS with 1 MiB
+    both ways, and WSS through the websockets client."""
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    aiohttp = pytest.importorskip("aiohttp")
+    pytest.importorskip("websockets")
+    from websockets.asyncio.client import connect
+    import asgi_uvicorn
+    _, client_ctx = _tls_contexts(pki)
+
+    async def main():
+        server, task, port = await _uvicorn_serving(
+            asgi_uvicorn.app, ssl_certfile=str(pki["dir"] / "server-cert.pem"),
+            ssl_keyfile=str(pki["dir"] / "server-key.pem"), ws_max_size=16 * MiB)
+        try:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ctx)) as s:
+                async with s.get(f"https://127.0.0.1:{port}/bytes/{MiB}") as r:
+                    assert await r.read() == example_pattern(MiB)
+                body = pattern(MiB, 5)
+
+                async def one(i):
+                    async with s.post(f"https://127.0.0.1:{port}/echo", data=body[:i * 9973]) as r:
+                        return await r.read() == body[:i * 9973]
+                assert all(await asyncio.gather(*(one(i) for i in range(1, 40))))
+            async with connect(f"wss://127.0.0.1:{port}/ws", ssl=client_ctx, max_size=None) as ws:
+                await ws.send(body)
+                assert await ws.recv() == body
+        finally:
+            await _uvicorn_stop(server, task)
+    run(backend, main())
+
+
+def test_aiohttp_slow_reader_and_early_close(backend):
+    """Write flow control and a peer that leaves: a 16 MiB streamed response read by a raw
+    stream client that pauses (the server's writes wait in drain()), then clients that close
+    in the middle of such responses; the handlers see the disconnect and nothing is left."""
+    pytest.importorskip("aiohttp")
+    from aiohttp import web
+    chunk = pattern(65536)
+    ended = []
+
+    async def stream(request):
+        resp = web.StreamResponse()
+        resp.content_length = 256 * len(chunk)
+        await resp.prepare(request)
+        try:
+            for _ in range(256):
+                await resp.write(chunk)
+        except (ConnectionResetError, asyncio.CancelledError):
+            ended.append("disconnect")
+            raise
+        ended.append("complete")
+        return resp
+
+    async def main():
+        app = web.Application()
+        app.router.add_get("/stream", stream)
+        runner = web.AppRunner(app, handler_cancellation=True)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=65536)
+            writer.write(b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            got = 0
+            while got < 256 * len(chunk):
+                piece = await reader.read(100000)
+                assert piece == (chunk * 3)[got % len(chunk):got % len(chunk) + len(piece)]
+                got += len(piece)
+                if got % 7 == 0:
+                    await asyncio.sleep(0.001)
+            assert await reader.read() == b""
+            writer.close()
+            await writer.wait_closed()
+
+            async def leave_early():
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+                await reader.readexactly(500000)
+                writer.transport.abort()
+            await asyncio.gather(*(leave_early() for _ in range(10)))
+            for _ in range(500):
+                if len(ended) == 11:
+                    break
+                await asyncio.sleep(0.01)
+            assert ended.count("complete") == 1 and ended.count("disconnect") == 10, ended
+        finally:
+            await runner.cleanup()
+    run(backend, main())
+
+
+def test_many_connections(backend):
+    """400 clients connected at once to an aiohttp server, each making a request on a
+    connection of its own (the accept path under load), then closing."""
+    aiohttp = pytest.importorskip("aiohttp")
+    from aiohttp import web
+    import aiohttp_app
+
+    async def main():
+        runner = web.AppRunner(aiohttp_app.make_app())
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            conn = aiohttp.TCPConnector(limit=0, force_close=True)
+            async with aiohttp.ClientSession(connector=conn) as s:
+                async def one(i):
+                    async with s.post(f"http://127.0.0.1:{port}/echo", data=pattern(i, i)) as r:
+                        return await r.read() == pattern(i, i)
+                assert all(await asyncio.gather(*(one(i) for i in range(400))))
+        finally:
+            await runner.cleanup()
+    run(backend, main())
+
+
+def test_redis_unix_socket(backend, tmp_path):
+    """redis.asyncio over a Unix socket (create_unix_connection)."""
+    pytest.importorskip("redis")
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed (apt-get install redis-server)")
+    import redis.asyncio as redis
+    path = str(tmp_path / "redis.sock")
+    port = free_port()
+    log = str(tmp_path / "redis.log")
+    proc = loop_apps.start(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                            "--unixsocket", path, "--dir", str(tmp_path), "--save", "",
+                            "--appendonly", "no"], log)
+    try:
+        loop_apps.wait_port(port, proc, log)
+
+        async def main():
+            r = redis.Redis(unix_socket_path=path)
+            try:
+                big = pattern(2 * MiB)
+                await r.set("big", big)
+                assert await r.get("big") == big
+                assert await asyncio.gather(*(r.echo(pattern(i, i)) for i in range(100))) == \
+                    [pattern(i, i) for i in range(100)]
+            finally:
+                await r.aclose()
+                await r.connection_pool.disconnect()
+        run(backend, main())
+    finally:
+        loop_apps.stop(proc)
