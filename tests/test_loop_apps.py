@@ -225,7 +225,7 @@ def test_uvicorn_starlette_websocket(backend, ws_impl):
     run(backend, main())
 
 
-@pytest.mark.parametrize("how", ["uvicorn-cli", "uvicorn.run"])
+@pytest.mark.parametrize("how", ["uvicorn-cli", "uvicorn-workers", "uvicorn.run"])
 def test_uvicorn_command_line(backend, how, tmp_path):
     """`uvicorn asgi_uvicorn:app --loop iocpx:new_event_loop` (and the example's uvicorn.run)
     in a child process, IOCPX_BACKEND choosing the backend, driven by http.client and curl;
@@ -236,17 +236,22 @@ def test_uvicorn_command_line(backend, how, tmp_path):
     if not hasattr(uvicorn.Config, "get_loop_factory"):
         pytest.skip("this uvicorn (before 0.36) takes no --loop module:factory")
     port = free_port()
-    if how == "uvicorn-cli":
+    if how.startswith("uvicorn-"):
         args = ["-m", "uvicorn", "asgi_uvicorn:app", "--app-dir", EXAMPLES, "--host", "127.0.0.1",
                 "--port", str(port), "--loop", "iocpx:new_event_loop"]
+        if how == "uvicorn-workers":            # worker processes, each with a loop of its own
+            args += ["--workers", "2"]
     else:
         args = [os.path.join(EXAMPLES, "asgi_uvicorn.py"), "--port", str(port)]
     proc, log = loop_apps.python_program(args, backend, tmp_path, port)
     try:
+        for _ in range(4 if how == "uvicorn-workers" else 1):
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            c.request("GET", "/loop")
+            r = c.getresponse()
+            assert json.loads(r.read()) == {"loop": "iocpx._loop.EventLoop", "backend": backend}
+            c.close()
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        c.request("GET", "/loop")
-        r = c.getresponse()
-        assert json.loads(r.read()) == {"loop": "iocpx._loop.EventLoop", "backend": backend}
         c.request("GET", f"/bytes/{MiB}")
         assert c.getresponse().read() == example_pattern(MiB)
         body = pattern(2 * MiB)
