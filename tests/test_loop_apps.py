@@ -23,8 +23,12 @@ import pytest
 import loop_apps
 from loop_apps import EXAMPLES, free_port, run
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or not loop_apps.BACKENDS,
-                                reason="the application tests run on Linux's io_uring and epoll")
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux") or not loop_apps.BACKENDS,
+                       reason="the application tests run on Linux's io_uring and epoll"),
+    # aiohttp's advice in debug mode (python -X dev) about bytes bodies of 1 MiB
+    pytest.mark.filterwarnings("ignore:Sending a large body directly:ResourceWarning"),
+]
 
 if EXAMPLES not in sys.path:
     sys.path.insert(0, EXAMPLES)
