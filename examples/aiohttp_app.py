@@ -22,7 +22,8 @@ import iocpx
 
 def pattern(n: int) -> bytes:
     """n bytes that differ from one position to the next (a shifted or cut body shows)."""
-    return bytes(i * 7 % 251 for i in range(n))
+    period = bytes(i * 7 % 251 for i in range(251))              # i * 7 % 251 repeats every 251
+    return (period * (n // 251 + 1))[:n]
 
 
 async def hello(request: web.Request) -> web.Response:

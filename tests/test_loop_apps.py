@@ -9,6 +9,7 @@ byte: 1 MiB bodies and messages both ways, and many requests at once. Where a pa
 server binary is missing the test is skipped, saying which (`pip install ".[apps]"`, and
 apt-get install redis-server postgresql); CI installs them all."""
 import asyncio
+import functools
 import hashlib
 import http.client
 import json
@@ -52,8 +53,9 @@ def pattern(n, seed=0):
     return bytes(out[:n])
 
 
+@functools.lru_cache(maxsize=None)
 def example_pattern(n):
-    """What the examples' GET /bytes/N returns."""
+    """What the examples' GET /bytes/N returns (byte i is i * 7 % 251)."""
     return bytes(i * 7 % 251 for i in range(n))
 
 
@@ -224,6 +226,48 @@ def test_uvicorn_starlette_websocket(backend, ws_impl):
                     await ws.send(pattern(50000, i))
                     return await ws.recv() == pattern(50000, i)
             assert all(await asyncio.gather(*(one(i) for i in range(20))))
+        finally:
+            await _uvicorn_stop(server, task)
+    run(backend, main())
+
+
+def test_uvicorn_unix_socket_httpx(backend, tmp_path):
+    """uvicorn on a Unix socket (uds=, the loop's create_unix_server), fetched by httpx (anyio's
+    asyncio backend) and by aiohttp's UnixConnector; then httpx over TCP: 200 requests at once
+    and a 5 MiB streamed body."""
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    httpx = pytest.importorskip("httpx")
+    aiohttp = pytest.importorskip("aiohttp")
+    import asgi_uvicorn
+    uds = str(tmp_path / "uvicorn.sock")
+    body = pattern(MiB, 11)
+
+    async def main():
+        server, task, _ = await _uvicorn_serving(asgi_uvicorn.app, uds=uds)
+        try:
+            async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=uds)) as c:
+                r = await c.get("http://x/loop")
+                assert r.json() == {"loop": "iocpx._loop.EventLoop", "backend": backend}
+                assert (await c.post("http://x/echo", content=body)).content == body
+                rs = await asyncio.gather(*(c.get(f"http://x/bytes/{i * 100}") for i in range(100)))
+                assert [r.content for r in rs] == [example_pattern(i * 100) for i in range(100)]
+            async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=uds)) as s:
+                async with s.post("http://x/echo", data=body) as r:
+                    assert await r.read() == body
+        finally:
+            await _uvicorn_stop(server, task)
+        server, task, port = await _uvicorn_serving(asgi_uvicorn.app)
+        try:
+            async with httpx.AsyncClient() as c:
+                rs = await asyncio.gather(*(c.post(f"http://127.0.0.1:{port}/echo",
+                                                   content=body[:i * 5000]) for i in range(200)))
+                assert all(r.content == body[:i * 5000] for i, r in enumerate(rs))
+                got = bytearray()
+                async with c.stream("GET", f"http://127.0.0.1:{port}/bytes/{5 * MiB}") as r:
+                    async for chunk in r.aiter_bytes():
+                        got += chunk
+                assert bytes(got) == example_pattern(5 * MiB)
         finally:
             await _uvicorn_stop(server, task)
     run(backend, main())
