@@ -857,3 +857,60 @@ def test_redis_unix_socket(backend, tmp_path):
         run(backend, main())
     finally:
         loop_apps.stop(proc)
+
+
+def test_shutdown_with_live_connections(backend):
+    """Servers shut down while clients are still connected, as on asyncio's loop: uvicorn with a
+    keep-alive connection and a WebSocket open (the WebSocket closes with 1012, service
+    restart), aiohttp's runner.cleanup() with the same, websockets' server.close()."""
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    aiohttp = pytest.importorskip("aiohttp")
+    pytest.importorskip("websockets")
+    from aiohttp import WSMsgType, web
+    from websockets.asyncio.client import connect
+    from websockets.asyncio.server import serve
+    from websockets.exceptions import ConnectionClosed
+    import aiohttp_app
+    import asgi_uvicorn
+
+    async def main():
+        server, task, port = await _uvicorn_serving(asgi_uvicorn.app, timeout_graceful_shutdown=5)
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{port}/") as r:
+                await r.read()                          # the connection stays, kept alive
+            async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
+                await ws.send("x")
+                assert await ws.recv() == "x"
+                await _uvicorn_stop(server, task)
+                with pytest.raises(ConnectionClosed) as e:
+                    await ws.recv()
+                assert e.value.rcvd.code == 1012
+
+        runner = web.AppRunner(aiohttp_app.make_app(), shutdown_timeout=0.5)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        async with aiohttp.ClientSession() as s:
+            async with s.get(base + "/") as r:
+                await r.read()
+            async with s.ws_connect(base + "/ws") as ws:
+                await ws.send_str("x")
+                assert (await ws.receive()).data == "x"
+                await runner.cleanup()
+                assert (await ws.receive()).type in (WSMsgType.CLOSE, WSMsgType.CLOSING,
+                                                     WSMsgType.CLOSED)
+
+        async def echo(ws):
+            async for m in ws:
+                await ws.send(m)
+        wserver = await serve(echo, "127.0.0.1", 0)
+        uri = f"ws://127.0.0.1:{wserver.sockets[0].getsockname()[1]}"
+        clients = [await connect(uri) for _ in range(5)]
+        wserver.close()
+        await wserver.wait_closed()
+        for c in clients:
+            with pytest.raises(ConnectionClosed):
+                await c.recv()
+            await c.close()
+    run(backend, main())
