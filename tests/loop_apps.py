@@ -180,7 +180,7 @@ class PostgresServer:
     def _run(self, *args):
         with open(self.log, "ab") as out:
             r = subprocess.run(self._cmd(*args), stdin=subprocess.DEVNULL, stdout=out,
-                               stderr=subprocess.STDOUT, timeout=120)
+                               stderr=subprocess.STDOUT, timeout=120, cwd=self.dir)
         if r.returncode:
             raise RuntimeError(f"{args[0]} failed ({r.returncode}):\n{read_log(self.log)}")
 
