@@ -470,7 +470,8 @@ def test_redis_example(backend, redis_server):
 
 def test_websockets(backend):
     """websockets' asyncio server and client: text, 1 MiB binary, a fragmented message, 500
-    messages in a row, ping/pong, 30 clients at once, and the close code."""
+    messages in a row, ping/pong, 30 clients at once with 100 kB each, 150 clients at once with
+    20 messages each, and the close handshake."""
     pytest.importorskip("websockets")
     from websockets.asyncio.client import connect
     from websockets.asyncio.server import serve
@@ -505,6 +506,14 @@ def test_websockets(backend):
                     await ws.close()
                     return ok
             assert all(await asyncio.gather(*(one(i) for i in range(30))))
+
+            async def chatty(k):
+                async with connect(uri) as ws:
+                    for i in range(20):
+                        await ws.send(b"%d-%d" % (k, i) * 50)
+                    return [await ws.recv() for _ in range(20)] == [b"%d-%d" % (k, i) * 50
+                                                                     for i in range(20)]
+            assert all(await asyncio.gather(*(chatty(k) for k in range(150))))
 
             async with connect(uri) as ws:
                 await ws.send("x")
@@ -913,4 +922,48 @@ def test_shutdown_with_live_connections(backend):
             with pytest.raises(ConnectionClosed):
                 await c.recv()
             await c.close()
+    run(backend, main())
+
+
+def test_uvicorn_streaming_and_slow_client(backend):
+    """Starlette's StreamingResponse of 20000 small chunks (as many small writes), and a 16 MiB
+    body read 100 kB at a time with pauses by aiohttp's client, whose transport is paused and
+    resumed as its buffer fills and drains (pause_reading/resume_reading) while uvicorn waits
+    on the write side (pause_writing/resume_writing)."""
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    aiohttp = pytest.importorskip("aiohttp")
+    from starlette.applications import Starlette
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Mount, Route
+    import asgi_uvicorn
+
+    async def chunks(request):
+        async def gen():
+            for i in range(20000):
+                yield b"%08d\n" % i
+        return StreamingResponse(gen())
+
+    app = Starlette(routes=[Route("/chunks", chunks), Mount("/", asgi_uvicorn.app)])
+    n = 16 * MiB
+
+    async def main():
+        server, task, port = await _uvicorn_serving(app)
+        try:
+            async with aiohttp.ClientSession(read_bufsize=2 ** 16) as s:
+                async with s.get(f"http://127.0.0.1:{port}/chunks") as r:
+                    assert await r.read() == b"".join(b"%08d\n" % i for i in range(20000))
+                async with s.get(f"http://127.0.0.1:{port}/bytes/{n}") as r:
+                    got = bytearray()
+                    while True:
+                        piece = await r.content.read(100000)
+                        if not piece:
+                            break
+                        got += piece
+                        if len(got) % 3 == 0:
+                            await asyncio.sleep(0.001)
+                assert bytes(got) == asgi_uvicorn.pattern(n)
+                assert got[:1000] == example_pattern(1000)
+        finally:
+            await _uvicorn_stop(server, task)
     run(backend, main())
