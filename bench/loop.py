@@ -40,6 +40,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -149,11 +150,50 @@ def in_process(row, peer, a):
     return r
 
 
+def http_check(srv):
+    """One keep-alive GET by hand (real_clients.check sends Connection: close and reads to
+    EOF, which rloop 0.5's transports never give): None, or what is wrong."""
+    try:
+        with socket.create_connection((srv.host, srv.port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = b""
+            while not got.endswith(P.HELLO):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            return None if got.startswith(b"HTTP/1.1 200") and got.endswith(P.HELLO) \
+                else f"HTTP check: got {got[:200]!r}"
+    except OSError as exc:
+        return f"check request failed: {exc}"
+
+
+def http_measure(tools, row, peer, a):
+    """real_clients.measure's wrk part with the keep-alive check: warm up 1 s, measure one run."""
+    if not tools.get("wrk"):
+        return {"error": "wrk is not installed (apt-get install wrk)"}
+    srv = H.start(peer, "-http")
+    H.drain_stdout(srv.proc)
+    try:
+        why = http_check(srv)
+        if why:
+            return {"error": why}
+        row = dict(row, workload="http")
+        warm = H.measure_run(srv, R.wrk(tools, row, 1), 40, R.parse_wrk)
+        if "error" in warm:
+            return {"error": "warm-up run: " + warm["error"]}
+        return H.measure_run(srv, R.wrk(tools, row, a.duration), a.duration + 40, R.parse_wrk)
+    finally:
+        srv.stop()
+
+
 def measure(row, peer, a, tools):
     g = row["group"]
     if g in ("echo", "streams", "buffered"):
         return echo.measure(row, peer, a, tag=f"-{g}")
-    if g in ("http", "resp"):
+    if g == "http":
+        return http_measure(tools, row, peer, a)
+    if g == "resp":
         return R.measure(tools, dict(row, workload=g), peer, a)
     if g == "idle":
         return idle.hold(row, peer)
