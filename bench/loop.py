@@ -116,7 +116,8 @@ KEY = {"echo": "cpu_us_per_rt", "streams": "cpu_us_per_rt", "buffered": "cpu_us_
 
 
 def show(r):
-    k = KEY[r.get("group", "echo")]
+    k = next((x for x in ("cpu_us_per_rt", "cpu_us_per_req", "cpu_us_per_op", "kib_per_conn")
+              if x in r), "cpu_us_per_rt")
     extra = ""
     if "rt_per_s" in r:
         extra = f", {r['rt_per_s']:,.0f} rt/s, other {r['other_cpu_pct']:.0f}%"
