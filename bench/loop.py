@@ -440,8 +440,8 @@ def charts(rep, results):
     peers = list(dict.fromkeys((r["peer"], r["label"]) for r in main_rows))
     if names:
         rep.bars("cpu", "asyncio loops: server CPU per request / round trip (lower is better)",
-                 [n.replace(" x ", "\n").replace(" wrk", "\nwrk").replace(" -t", "\n-t")
-                  for n in names],
+                 [n.replace(" x ", "\n").replace(" wrk", "\nwrk").replace(
+                     "RESP redis-benchmark -t get ", "RESP\n") for n in names],
                  [(lbl, [(lambda v: v if isinstance(v, float) else None)(
                      value_of(results, n, pid)) for n in names]) for pid, lbl in peers],
                  "server CPU us", log=True, size=(16, 6))
