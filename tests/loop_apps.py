@@ -20,7 +20,7 @@ SRC = os.path.join(ROOT, "src")
 EXAMPLES = os.path.join(ROOT, "examples")
 
 # The loop's Linux backends available here; the applications are run on each.
-BACKENDS = [b for b in iocpx.available_backends() if b in ("io_uring", "epoll")]
+BACKENDS = [b for b in iocpx.available_backends() if b in ("io_uring", "epoll", "iocp")]
 
 
 def free_port(host="127.0.0.1"):

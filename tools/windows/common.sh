@@ -91,7 +91,7 @@ PYEOF
 # pip evaluates environment markers for the host, not for --python-version: the
 # backports pytest needs below 3.11 (exceptiongroup, tomli, typing_extensions)
 # and colorama (its win32-only dependency) are named explicitly.
-TEST_WHEELS="pytest hypothesis pytest-timeout colorama exceptiongroup tomli typing_extensions"
+TEST_WHEELS="pytest hypothesis pytest-timeout colorama exceptiongroup tomli typing_extensions aiohttp websockets uvicorn starlette"
 test_libs() {
     local ver="$1" v; v="$(nodot "$1")"
     local dl="$CACHE/wheels-cp$v" dir="$BUILD/testlibs/cp$v"
