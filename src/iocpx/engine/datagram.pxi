@@ -505,7 +505,8 @@ cdef object dgram_addr_of(Endpoint ep, sockaddr* sa, int salen):
     if klen == 0:
         return None
     if ep.cache == NULL:
-        ep.cache = <AddrCache*>calloc(1, sizeof(AddrCache))     # freed by dgram_cache_free
+        ep.cache = (NULL if IOCPX_FAULT(IOCPX_F_ALLOC_DGRAM_CACHE)
+                    else <AddrCache*>calloc(1, sizeof(AddrCache)))     # freed by dgram_cache_free
         if ep.cache == NULL:
             raise MemoryError()
     h = <int>(_bytes_hash(<char*>sa, klen) & (ADDR_SLOTS - 1))

@@ -24,7 +24,11 @@ cdef int accept_ready(EpollBackend be, int fd, FdState* st, Event* out, int room
     while st.acc_head != NULL and n < room:
         io = st.acc_head
         io.addrlen = sizeof(io.addr)
-        s = accept4(fd, &io.addr.sa, &io.addrlen, SOCK_NONBLOCK | SOCK_CLOEXEC)
+        if IOCPX_FAULT(IOCPX_F_SYS_ACCEPT):
+            s = -1
+            iocpx_set_errno(ENOBUFS)
+        else:
+            s = accept4(fd, &io.addr.sa, &io.addrlen, SOCK_NONBLOCK | SOCK_CLOEXEC)
         if s < 0:
             if errno == EAGAIN or errno == EWOULDBLOCK:
                 break

@@ -25,7 +25,10 @@ cdef int recv_ready(EpollBackend be, int fd, FdState* st, Event* out) noexcept n
     there yet, or out of memory: EPOLLIN stays and it is tried again)."""
     cdef IoCtx* io = st.recv
     cdef void* buf = NULL
-    cdef long r = recv_heap(fd, be.sizes[io.group], &buf)
+    cdef long r
+    if IOCPX_FAULT(IOCPX_F_SYS_RECV):
+        return 0                # readiness that was not (EAGAIN): EPOLLIN stays
+    r = recv_heap(fd, be.sizes[io.group], &buf)
     if r > 0:
         io.aux.unread += 1
         ev_set(out, io, <int>r, EV_MORE, buf)
