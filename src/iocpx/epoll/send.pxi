@@ -9,7 +9,7 @@ cdef int send_submit(EpollBackend be, IoCtx* io) except -1:
     try:
         if IOCPX_FAULT(IOCPX_F_SYS_SEND_EAGAIN):
             n = -1
-            errno = EAGAIN
+            iocpx_set_errno(EAGAIN)
         else:
             n = send(io.fd, io.buf, io.len // 2 if io.len > 1 and IOCPX_FAULT(IOCPX_F_SYS_SEND_SHORT)
                      else io.len, MSG_NOSIGNAL | MSG_DONTWAIT)
