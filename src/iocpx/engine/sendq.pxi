@@ -34,7 +34,7 @@ cdef int conn_send(Connection c, object data) except -1:
             c.sendq = deque()           # made on first need: idle connections carry none
         c.sendq.append(data)
         if c.send_io == NULL and c.state != C_CONNECTING:
-            conn_send_next(c)
+            conn_send_safe(c)           # queued: a failure ends the connection, not this call
     c.eng._kick()
     return 0
 
