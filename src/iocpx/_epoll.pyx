@@ -47,7 +47,7 @@ from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy, i
                          IOCPX_F_SYS_EPOLL_CTL, IOCPX_F_ALLOC_DG_SCRATCH, IOCPX_F_ALLOC_DG_HEAD,
                          IOCPX_F_SYS_SENDTO, IOCPX_F_SYS_ACCEPT, IOCPX_F_SYS_RECV,
                          IOCPX_F_SYS_SEND_EAGAIN, IOCPX_F_SYS_SEND_SHORT, IOCPX_F_ALLOC_SENDFILE,
-                         IOCPX_F_SYS_SENDFILE, iocpx_set_errno)
+                         IOCPX_F_SYS_SENDFILE, iocpx_set_errno, iocpx_sleep_ms)
 from iocpx._backend cimport (Backend, IoCtx, Event, EventQueue, ev_set, evq_push, evq_take,
                              evq_free, recv_heap, oserror, io_target, EV_MORE, OP_SEND, READ_MIN,
                              OP_RECVFROM, OP_SENDTO, Datagram, DG_TRUNC, faults_table)
@@ -187,11 +187,15 @@ cdef class EpollBackend(Backend):
         return 0
 
     cdef int _ready(self, IoCtx* io, int res, uint32_t flags) noexcept nogil:
-        """Queue a completion made outside wait(); wakes a sleeping leader."""
+        """Queue a completion made outside wait(); wakes a sleeping leader.
+        Never drops it: a completion lost to a failed allocation would leave its
+        context alive and its owner waiting forever (the cancels of a close
+        among them), so out of memory it waits for memory, as the engine's
+        run queue does (mu stays held: the caller is mid-update of its state)."""
         cdef Event ev
         ev_set(&ev, io, res, flags, NULL)
-        if evq_push(&self.ready, &ev) < 0:
-            return -1
+        while evq_push(&self.ready, &ev) < 0:
+            iocpx_sleep_ms(1)
         self._wake()
         return 0
 
