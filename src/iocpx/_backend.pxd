@@ -184,6 +184,7 @@ cdef inline long recv_heap(int fd, uint32_t size, void** data) noexcept nogil:
     return r
 
 cdef IoCtx* io_alloc(uint8_t op, object owner, SchedNode* sched) except NULL
+cdef IoCtx* io_alloc_wait(uint8_t op, object owner, SchedNode* sched) except NULL
 cdef void io_free(IoCtx* io) noexcept
 cdef void io_set_obj(IoCtx* io, object obj) noexcept
 cdef int64_t io_live() noexcept nogil

@@ -14,7 +14,7 @@ from iocpx._sys cimport (IOCPX_ADD_I64, IOCPX_LOAD_I64, iocpx_sock_send_now, ioc
                          iocpx_faults_arm, iocpx_faults_random, iocpx_faults_calls,
                          iocpx_faults_hits, IOCPX_FAULT, IOCPX_F_COUNT, IOCPX_FAULTS_BUILT,
                          IOCPX_F_ALLOC_IOCTX, IOCPX_F_ALLOC_EVQ, IOCPX_F_SYS_SEND_SHORT,
-                         IOCPX_F_SYS_SEND_EAGAIN)
+                         IOCPX_F_SYS_SEND_EAGAIN, iocpx_sleep_ms)
 
 cdef int64_t _live_io = 0   # per-I/O contexts allocated and not yet freed (all engines)
 
@@ -37,6 +37,19 @@ cdef IoCtx* io_alloc(uint8_t op, object owner, SchedNode* sched) except NULL:
     io.sched = sched
     IOCPX_ADD_I64(&_live_io, 1)
     return io
+
+
+cdef IoCtx* io_alloc_wait(uint8_t op, object owner, SchedNode* sched) except NULL:
+    """io_alloc for a context that must exist: a cancel, a close's wake-up, an
+    exit packet. Without it an operation would never end (its owner never
+    closes, Engine.close() waits forever), so out of memory it waits for
+    memory, the GIL released, as the engine's run queue does."""
+    while True:
+        try:
+            return io_alloc(op, owner, sched)
+        except MemoryError:
+            with nogil:
+                iocpx_sleep_ms(1)
 
 
 cdef void io_set_obj(IoCtx* io, object obj) noexcept:

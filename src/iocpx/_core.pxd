@@ -201,6 +201,7 @@ cdef class Connection:
     cdef Connection _new(Engine eng, int fd, uint16_t group, object on_recv, object on_close,
                          object on_drain, Py_ssize_t max_send, int64_t idle_ticks, bint nodelay)
     cdef IoCtx* _new_io(self, uint8_t op) except NULL
+    cdef IoCtx* _new_io_wait(self, uint8_t op) except NULL
     cdef void _io_done(self, IoCtx* io) noexcept
     cdef int _call(self, fn, arg) noexcept
     cdef void _abort(self, object exc) noexcept

@@ -641,9 +641,12 @@ cdef void dgram_cancel(Endpoint ep) noexcept:
         return
     ep.cancel_sent = 1
     try:
-        io = ep_new_io(ep, OP_CANCEL)
+        io = io_alloc_wait(OP_CANCEL, ep, &ep.sched)    # without it the endpoint never ends
     except BaseException:
         return
+    io.fd = ep.fd
+    ep.inflight += 1
+    ep.eng.inflight += 1
     try:
         ep.eng.be.submit_cancel_fd(io, ep.fd)
     except BaseException:

@@ -302,7 +302,7 @@ cdef class Engine:
                 iocpx_mutex_unlock(&self.mu)
         cdef IoCtx* io
         for _ in self._threads:         # the model's exit packets, one per worker
-            io = io_alloc(OP_EXIT, None, NULL)
+            io = io_alloc_wait(OP_EXIT, None, NULL)     # close must finish: waits for memory
             try:
                 self.be.submit_post(io)
             except BaseException:
