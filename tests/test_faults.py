@@ -116,7 +116,9 @@ def _reader(sock, got, expect, slow=False):
 def workload(backend, payload_file, run):
     file_data = open(payload_file, "rb").read()
     pressure = bytes(i % 251 for i in range(PRESSURE))
-    eng = iocpx.Engine(workers=2, backend=backend)
+    eng = run.call(iocpx.Engine, workers=2, backend=backend)
+    if eng is None:
+        return None                     # a clean MemoryError/OSError from Engine()
     socks, threads = [], []
     try:
         rec = run.rec
