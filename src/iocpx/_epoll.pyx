@@ -221,13 +221,20 @@ cdef class EpollBackend(Backend):
 
     cdef int _arm_out(self, IoCtx* io, bint is_connect) except -1:
         cdef FdState* st = self._state(io.fd)
+        cdef int r
         if st == NULL:
             raise MemoryError()
         if is_connect:
             st.conn = io
         else:
             st.send = io
-        self._interest(io.fd, st)
+        r = self._interest(io.fd, st)
+        if r < 0:                   # epoll refused (ENOMEM): the op ends with that error
+            if is_connect:
+                st.conn = NULL
+            else:
+                st.send = NULL
+            self._ready(io, r, 0)
         return 0
 
     # ---- sockets and posted completions (GIL held, any thread) ------------

@@ -6,13 +6,22 @@
 
 cdef int accept_submit(EpollBackend be, IoCtx* io) except -1:
     cdef FdState* st = be._locked_state(io.fd)
+    cdef IoCtx* prev = st.acc_tail
+    cdef int r
     io.aux.next_accept = NULL
     if st.acc_tail != NULL:
         st.acc_tail.aux.next_accept = io
     else:
         st.acc_head = io
     st.acc_tail = io
-    be._interest(io.fd, st)
+    r = be._interest(io.fd, st)
+    if r < 0:                   # epoll refused (ENOMEM): unqueue it, it ends with that error
+        st.acc_tail = prev
+        if prev != NULL:
+            prev.aux.next_accept = NULL
+        else:
+            st.acc_head = NULL
+        be._ready(io, r, 0)
     iocpx_mutex_unlock(&be.mu)
     return 0
 
