@@ -190,8 +190,10 @@ def workload(backend, payload_file, run):
             def on_connect(conn):
                 rec.connect(conn)
                 _sent(run, conn, b"ping")
-            run.call(eng.connect, lst.address, on_connect=on_connect, on_recv=lambda c, d: None,
-                     on_close=rec.on_close)
+            conn = run.call(eng.connect, lst.address, on_connect=on_connect,
+                            on_recv=lambda c, d: None, on_close=rec.on_close)
+            if conn is not None:
+                rec.expect(conn)        # connect() returned it: on_close is owed
 
         slow_got = bytearray()
         if lst2 is not None:
