@@ -222,7 +222,7 @@ cdef void engine_wake(Engine eng) noexcept:
     """Make the leader's wait return now: post a no-op completion."""
     cdef IoCtx* io
     try:
-        io = io_alloc(OP_NOP, None, NULL)
+        io = io_alloc_wait(OP_NOP, None, NULL)  # a lost wake-up delays the timers it is for
     except BaseException:
         return
     try:
