@@ -41,12 +41,18 @@ CLIENT = textwrap.dedent("""
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
                 bad += 1
     async def steady(deadline):
-        r, w = await asyncio.open_connection("127.0.0.1", port)
-        while time.monotonic() < deadline:
-            w.write(b"x" * 512)
-            await r.readexactly(512)
-            await asyncio.sleep(0.01)
-        w.close()
+        global bad
+        while time.monotonic() < deadline:      # reconnects after a failure (--faults)
+            try:
+                r, w = await asyncio.open_connection("127.0.0.1", port)
+                while time.monotonic() < deadline:
+                    w.write(b"x" * 512)
+                    await asyncio.wait_for(r.readexactly(512), 30)
+                    await asyncio.sleep(0.01)
+                w.close()
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+                bad += 1
+                await asyncio.sleep(0.1)
     async def main():
         deadline = time.monotonic() + seconds
         await asyncio.gather(*[churn(deadline) for _ in range(conc)],
