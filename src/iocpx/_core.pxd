@@ -34,7 +34,7 @@ cdef class Engine:
     cdef int rescue                 # the home worker is stuck in a callback: helpers take over
     cdef uint64_t progress          # events and timers dispatched so far (stall detection)
     cdef int exiting                # exit packets were posted: every worker leaves
-    cdef int64_t n_rescues          # times a helper took over from a stuck worker
+    cdef int64_t n_rescues          # times a helper took over from a stuck worker (atomic)
     cdef long home_tid              # the home worker's thread id (0 until it runs)
     cdef int home_dispatching       # the home worker is running events
 

@@ -260,7 +260,7 @@ cdef class Engine:
             "tls_handshakes": self.n_tls_handshakes,
             "tls_handshake_timeouts": self.n_tls_timeouts,
             "tls_handshake_errors": self.n_tls_errors,
-            "rescues": self.n_rescues,
+            "rescues": IOCPX_LOAD_I64(&self.n_rescues),     # the watcher adds to it (nogil)
             "internal_errors": self.n_errors,
             "receive_pools": self.be.pools() if hasattr(self.be, "pools") else None,
             "closing": self.state == E_CLOSING,
