@@ -269,13 +269,23 @@ cdef class IoUringBackend(Backend):
             return r
 
     cdef int flush(self) except -1:
-        cdef int r
+        """Submit what is queued (GIL held, any thread). A sleeping leader does
+        not see SQEs left in the ring, so when the kernel refuses them for now
+        (EAGAIN, EBUSY: a completion backlog the leader is reaping) they are
+        tried again for up to a second rather than left there: an exit packet
+        or a wake-up left in the ring is a worker that never wakes."""
+        cdef int r, tries = 0
         if self.ring_fd < 0:
             return 0
-        r = self._submit_pending()
-        if r < 0:
-            raise oserror(-r, "io_uring_enter")
-        return 0
+        while True:
+            r = self._submit_pending()
+            if r < 0:
+                raise oserror(-r, "io_uring_enter")
+            if IOCPX_LOAD_ACQ_U32(self.sq_ktail) == IOCPX_LOAD_ACQ_U32(self.sq_khead) or tries >= 1000:
+                return 0
+            tries += 1
+            with nogil:
+                iocpx_sleep_ms(1)
 
     cdef int submit_post(self, IoCtx* io) except -1:
         cdef io_uring_sqe* sqe = self._sqe()
