@@ -1,7 +1,10 @@
 """Build the iocpx extension modules; sources and libraries are chosen per platform.
 
 Environment switches:
-  IOCPX_DEBUG_BUILD=1   -O0 -g, for sanitizer/valgrind runs
+  IOCPX_DEBUG_BUILD=1   -O0 -g, for sanitizer/valgrind runs; compiles in the
+                        failure points (IOCPX_FAULTS=1) unless IOCPX_FAULTS=0
+  IOCPX_FAULTS=1        the failure points (iocpx._faults, docs/robustness.md)
+                        in any build; never in a release build
   IOCPX_LIMITED_API=1   stable ABI: Py_LIMITED_API=3.9 + CYTHON_LIMITED_API, one
                         cp39-abi3 wheel for every CPython >= 3.9 (the Windows
                         release wheels are built this way, see tools/build-windows.sh)
@@ -20,9 +23,12 @@ from setuptools.command.build_ext import build_ext
 here = os.path.dirname(os.path.abspath(__file__))
 debug = os.environ.get("IOCPX_DEBUG_BUILD") == "1"
 limited = os.environ.get("IOCPX_LIMITED_API") == "1"
+faults = os.environ.get("IOCPX_FAULTS", "1" if debug else "0") == "1"
 LIMITED_HEX = "0x03090000"          # the oldest CPython supported: 3.9
 
 define_macros = []
+if faults:
+    define_macros.append(("IOCPX_FAULTS", "1"))
 if limited:
     define_macros += [("Py_LIMITED_API", LIMITED_HEX), ("CYTHON_LIMITED_API", "1")]
 

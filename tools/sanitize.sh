@@ -1,27 +1,75 @@
 #!/usr/bin/env bash
-# Runs the test suite against an AddressSanitizer build of iocpx.
-# Needs: gcc with libasan (Debian's gcc has it), the test requirements.
-# Usage: tools/sanitize.sh [pytest args...]      e.g. tools/sanitize.sh -x tests/test_echo.py
-# The extension is built -O0 -g -fsanitize=address in a scratch copy of the
-# tree; CPython itself is not instrumented, so libasan is preloaded and Python's
-# allocator is switched to malloc (PYTHONMALLOC=malloc) so that Python objects
-# are checked too. Leak detection is off: CPython keeps memory until exit by design.
+# Runs tests against a sanitizer build of iocpx.
+# Needs: gcc with libasan/libubsan/libtsan (Debian's gcc has them), the test requirements.
+# Usage: tools/sanitize.sh [--asan | --tsan] [--faults] [--] [pytest args...]
+#   --asan (the default)  AddressSanitizer + UndefinedBehaviorSanitizer; stops at the first report
+#   --tsan                ThreadSanitizer; every report is logged, counted, and fails the run
+#   --faults              also compile in the failure points (IOCPX_FAULTS=1, docs/robustness.md)
+#   e.g. tools/sanitize.sh --tsan -- tests/test_echo.py -k io_uring
+# The extension is built -O0 -g with the sanitizer in a scratch copy of the tree
+# (/tmp/iocpx-asan or /tmp/iocpx-tsan; IOCPX_SANITIZE_DIR overrides;
+# IOCPX_SANITIZE_REUSE=1 reuses that build and only runs the tests); CPython
+# itself is not instrumented, so the runtime is preloaded and Python's allocator
+# is switched to malloc (PYTHONMALLOC=malloc) so that Python objects are checked
+# too. ASan's leak detection is off: CPython keeps memory until exit by design.
+# Under TSan the io_uring backend's kernel-boundary annotations (IOCPX_TSAN_* in
+# src/iocpx/_sys.h) are on; tools/tsan.supp silences CPython internals only.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
-work="${IOCPX_ASAN_DIR:-/tmp/iocpx-asan}"
-rm -rf "$work"
-mkdir -p "$work"
-cp -r "$here/setup.py" "$here/pyproject.toml" "$here/src" "$here/tests" "$work/"
-cd "$work"
-IOCPX_DEBUG_BUILD=1 CFLAGS="-fsanitize=address -fno-omit-frame-pointer" LDFLAGS="-fsanitize=address" \
-    python setup.py build_ext --inplace > build.log 2>&1 || { tail -30 build.log; exit 1; }
-libasan="$(gcc -print-file-name=libasan.so)"
-echo "ASan build in $work; preloading $libasan"
+mode=asan
+faults=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --asan) mode=asan; shift ;;
+        --tsan) mode=tsan; shift ;;
+        --faults) faults=1; shift ;;
+        --) shift; break ;;
+        *) break ;;
+    esac
+done
+work="${IOCPX_SANITIZE_DIR:-${IOCPX_ASAN_DIR:-/tmp/iocpx-$mode}}"
+if [ "$mode" = tsan ]; then
+    cflags="-fsanitize=thread -fno-omit-frame-pointer"
+    runtime="$(gcc -print-file-name=libtsan.so)"
+else
+    cflags="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+    runtime="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
+fi
+# the interpreter itself: a launcher script in front of it (pyenv's shims) crashes
+# under a preloaded sanitizer runtime
+py="$(python -c 'import sys; print(sys.executable)')"
+if [ "${IOCPX_SANITIZE_REUSE:-0}" = 1 ] && [ -f "$work/build.log" ]; then
+    cd "$work"          # the build of an earlier run (only the tests are run again)
+else
+    rm -rf "$work"
+    mkdir -p "$work"
+    cp -r "$here/setup.py" "$here/pyproject.toml" "$here/src" "$here/tests" "$work/"
+    cd "$work"
+    IOCPX_DEBUG_BUILD=1 IOCPX_FAULTS=$faults CFLAGS="$cflags" LDFLAGS="${cflags%% *}" \
+        "$py" setup.py build_ext --inplace -j2 > build.log 2>&1 || { tail -30 build.log; exit 1; }
+fi
+echo "$mode build in $work; preloading $runtime"
 set +e
-LD_PRELOAD="$libasan" ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1" \
-    PYTHONMALLOC=malloc PYTHONPATH="$work/src" \
-    python -m pytest -q -p no:cacheprovider "${@:-tests}"
-rc=$?
+if [ "$mode" = tsan ]; then
+    # Reports go to the process's stderr, copied to tsan.log: pytest captures at the
+    # sys level only (--capture=sys), so they are not swallowed with a passing
+    # test's output, and no log file appears among the descriptors tests compare.
+    LD_PRELOAD="$runtime" \
+        TSAN_OPTIONS="suppressions=$here/tools/tsan.supp:halt_on_error=0:exitcode=0:report_signal_unsafe=0:history_size=4" \
+        PYTHONMALLOC=malloc PYTHONPATH="$work/src" \
+        "$py" -m pytest -q -p no:cacheprovider --capture=sys "${@:-tests}" 2> >(tee "$work/tsan.log" >&2)
+    rc=$?
+    sleep 1     # the tee
+    reports=$(grep -c "^WARNING: ThreadSanitizer" "$work/tsan.log" || true)
+    echo "sanitize: ThreadSanitizer reports: $reports (in $work/tsan.log)"
+    [ "$reports" -eq 0 ] || { [ $rc -ne 0 ] || rc=66; }
+else
+    LD_PRELOAD="$runtime" ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1" \
+        UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+        PYTHONMALLOC=malloc PYTHONPATH="$work/src" \
+        "$py" -m pytest -q -p no:cacheprovider "${@:-tests}"
+    rc=$?
+fi
 set -e
-if [ $rc -eq 0 ]; then echo "sanitize: clean (AddressSanitizer reported nothing)"; else echo "sanitize: FAILED (rc=$rc)"; fi
+if [ $rc -eq 0 ]; then echo "sanitize: clean ($mode reported nothing)"; else echo "sanitize: FAILED (rc=$rc)"; fi
 exit $rc

@@ -5,7 +5,8 @@
 from cpython.ref cimport PyObject
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, int64_t
 from libc.stdlib cimport malloc, realloc, free
-from iocpx._sys cimport iocpx_ovl_t, iocpx_addr_t, socklen_t, iocpx_sock_recv, sockaddr, IOCPX_AF_UNIX
+from iocpx._sys cimport (iocpx_ovl_t, iocpx_addr_t, socklen_t, iocpx_sock_recv, sockaddr,
+                         IOCPX_AF_UNIX, iocpx_faults_t)
 
 # Operation types: one enum for every backend.
 cpdef enum OpType:
@@ -189,6 +190,7 @@ cdef inline long recv_heap(int fd, uint32_t size, void** data) noexcept nogil:
     return r
 
 cdef IoCtx* io_alloc(uint8_t op, object owner, SchedNode* sched) except NULL
+cdef IoCtx* io_alloc_wait(uint8_t op, object owner, SchedNode* sched) except NULL
 cdef void io_free(IoCtx* io) noexcept
 cdef void io_set_obj(IoCtx* io, object obj) noexcept
 cdef int64_t io_live() noexcept nogil
@@ -254,3 +256,7 @@ cdef class Backend:
     cdef int dgram_view(self, Event* ev, Datagram* out) except -1  # 1: a datagram, 0: none
     cdef void dgram_done(self, Event* ev) noexcept      # the view's buffer goes back
     cdef void release(self) noexcept
+
+# The failure-point table every module attaches to at import (_sys.h; NULL-free, all zero
+# and unused outside an IOCPX_FAULTS=1 build).
+cdef iocpx_faults_t* faults_table() noexcept nogil

@@ -9,7 +9,12 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy
-from iocpx._sys cimport IOCPX_ADD_I64, IOCPX_LOAD_I64, iocpx_sock_send_now, iocpx_last_error
+from iocpx._sys cimport (IOCPX_ADD_I64, IOCPX_LOAD_I64, iocpx_sock_send_now, iocpx_last_error,
+                         iocpx_faults_t, iocpx_fault_names, iocpx_faults_attach, iocpx_faults_reset,
+                         iocpx_faults_arm, iocpx_faults_random, iocpx_faults_calls,
+                         iocpx_faults_hits, IOCPX_FAULT, IOCPX_F_COUNT, IOCPX_FAULTS_BUILT,
+                         IOCPX_F_ALLOC_IOCTX, IOCPX_F_ALLOC_EVQ, IOCPX_F_SYS_SEND_SHORT,
+                         IOCPX_F_SYS_SEND_EAGAIN, iocpx_sleep_ms)
 
 cdef int64_t _live_io = 0   # per-I/O contexts allocated and not yet freed (all engines)
 
@@ -21,7 +26,7 @@ cdef int E_NOSYS = _errno.ENOSYS
 cdef IoCtx* io_alloc(uint8_t op, object owner, SchedNode* sched) except NULL:
     """Allocate a zeroed context holding a strong ref to owner. The caller
     frees it with io_free, on submit failure or at its final completion."""
-    cdef IoCtx* io = <IoCtx*>calloc(1, sizeof(IoCtx))
+    cdef IoCtx* io = NULL if IOCPX_FAULT(IOCPX_F_ALLOC_IOCTX) else <IoCtx*>calloc(1, sizeof(IoCtx))
     if io == NULL:
         raise MemoryError()
     io.op = op
@@ -32,6 +37,19 @@ cdef IoCtx* io_alloc(uint8_t op, object owner, SchedNode* sched) except NULL:
     io.sched = sched
     IOCPX_ADD_I64(&_live_io, 1)
     return io
+
+
+cdef IoCtx* io_alloc_wait(uint8_t op, object owner, SchedNode* sched) except NULL:
+    """io_alloc for a context that must exist: a cancel, a close's wake-up, an
+    exit packet. Without it an operation would never end (its owner never
+    closes, Engine.close() waits forever), so out of memory it waits for
+    memory, the GIL released, as the engine's run queue does."""
+    while True:
+        try:
+            return io_alloc(op, owner, sched)
+        except MemoryError:
+            with nogil:
+                iocpx_sleep_ms(1)
 
 
 cdef void io_set_obj(IoCtx* io, object obj) noexcept:
@@ -65,7 +83,7 @@ def live_io():
 cdef int evq_grow(EventQueue* q) noexcept nogil:
     """Double the ring (first push: 64 slots), keeping the order."""
     cdef int cap = q.cap * 2 if q.cap else 64
-    cdef Event* ev = <Event*>malloc(cap * sizeof(Event))
+    cdef Event* ev = NULL if IOCPX_FAULT(IOCPX_F_ALLOC_EVQ) else <Event*>malloc(cap * sizeof(Event))
     cdef int i
     if ev == NULL:
         return -1
@@ -110,7 +128,12 @@ cdef class Backend:
     cdef Py_ssize_t try_send(self, int fd, const char* buf, Py_ssize_t n) noexcept:
         """Send what fits now, without waiting: the bytes sent, or -errno
         (-EAGAIN: nothing fits). Used for sends of at least sync_send bytes."""
-        cdef long r = iocpx_sock_send_now(fd, buf, n)
+        cdef long r
+        if IOCPX_FAULT(IOCPX_F_SYS_SEND_EAGAIN):
+            return -E_AGAIN
+        if n > 1 and IOCPX_FAULT(IOCPX_F_SYS_SEND_SHORT):
+            n //= 2
+        r = iocpx_sock_send_now(fd, buf, n)
         if r < 0:
             return -iocpx_last_error()
         return r
@@ -302,3 +325,42 @@ cdef object _shim(bytes name, object base, int nslots):
 
 TransportBase = _shim(b"iocpx._backend.TransportBase", _aio_transports._FlowControlMixin, 5)
 DatagramTransportBase = _shim(b"iocpx._backend.DatagramTransportBase", _asyncio.DatagramTransport, 1)
+
+
+# ---- failure points (IOCPX_FAULTS=1 builds; iocpx._faults is the interface) ----
+
+cdef iocpx_faults_t _faults_table    # the one table; every module attaches to it at import
+iocpx_faults_attach(&_faults_table)
+
+
+cdef iocpx_faults_t* faults_table() noexcept nogil:
+    return &_faults_table
+
+
+def _faults_built():
+    """Whether this build has the failure points compiled in."""
+    return bool(IOCPX_FAULTS_BUILT)
+
+
+def _faults_names():
+    return [iocpx_fault_names[i].decode() for i in range(IOCPX_F_COUNT)]
+
+
+def _faults_reset():
+    iocpx_faults_reset(&_faults_table)
+
+
+def _faults_arm(int point, long long nth):
+    if not 0 <= point < IOCPX_F_COUNT:
+        raise ValueError(point)
+    iocpx_faults_arm(&_faults_table, point, nth)
+
+
+def _faults_random(int point, unsigned long long seed, unsigned long long rate):
+    if not 0 <= point < IOCPX_F_COUNT:
+        raise ValueError(point)
+    iocpx_faults_random(&_faults_table, point, seed, rate)
+
+
+def _faults_counts(int point):
+    return iocpx_faults_calls(&_faults_table, point), iocpx_faults_hits(&_faults_table, point)

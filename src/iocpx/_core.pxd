@@ -34,7 +34,7 @@ cdef class Engine:
     cdef int rescue                 # the home worker is stuck in a callback: helpers take over
     cdef uint64_t progress          # events and timers dispatched so far (stall detection)
     cdef int exiting                # exit packets were posted: every worker leaves
-    cdef int64_t n_rescues          # times a helper took over from a stuck worker
+    cdef int64_t n_rescues          # times a helper took over from a stuck worker (atomic)
     cdef long home_tid              # the home worker's thread id (0 until it runs)
     cdef int home_dispatching       # the home worker is running events
 
@@ -203,6 +203,7 @@ cdef class Connection:
     cdef Connection _new(Engine eng, int fd, uint16_t group, object on_recv, object on_close,
                          object on_drain, Py_ssize_t max_send, int64_t idle_ticks, bint nodelay)
     cdef IoCtx* _new_io(self, uint8_t op) except NULL
+    cdef IoCtx* _new_io_wait(self, uint8_t op) except NULL
     cdef void _io_done(self, IoCtx* io) noexcept
     cdef int _call(self, fn, arg) noexcept
     cdef void _abort(self, object exc) noexcept

@@ -93,6 +93,9 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from iocpx._sys cimport *
 from iocpx._backend cimport *
 
+# failure points (IOCPX_FAULTS=1 builds): the engine's calls use _backend's table
+iocpx_faults_attach(faults_table())
+
 log = logging.getLogger("iocpx")
 
 

@@ -35,17 +35,22 @@ name as in the other backends' folders:
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.errno cimport (errno, EAGAIN, EINTR, EINPROGRESS, ENOENT, EEXIST, EBADF, ECONNRESET,
-                         ECONNABORTED, EPIPE)
+                         ECONNABORTED, EPIPE, ENOMEM, ENOBUFS)
 from libc.string cimport memset, memcpy
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from posix.unistd cimport close as c_close, read as c_read, write as c_write
 
 from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy, iocpx_mutex_lock,
                          iocpx_mutex_unlock, sockaddr, socklen_t, iocpx_addr_t, IOCPX_DG_CTRL,
-                         iocpx_cmsg_drops)
+                         iocpx_cmsg_drops,
+                         IOCPX_FAULT, iocpx_faults_attach, IOCPX_F_SYS_SOCKET, IOCPX_F_ALLOC_FDTABLE,
+                         IOCPX_F_SYS_EPOLL_CTL, IOCPX_F_ALLOC_DG_SCRATCH, IOCPX_F_ALLOC_DG_HEAD,
+                         IOCPX_F_SYS_SENDTO, IOCPX_F_SYS_ACCEPT, IOCPX_F_SYS_RECV,
+                         IOCPX_F_SYS_SEND_EAGAIN, IOCPX_F_SYS_SEND_SHORT, IOCPX_F_ALLOC_SENDFILE,
+                         IOCPX_F_SYS_SENDFILE, iocpx_set_errno, iocpx_sleep_ms)
 from iocpx._backend cimport (Backend, IoCtx, Event, EventQueue, ev_set, evq_push, evq_take,
                              evq_free, recv_heap, oserror, io_target, EV_MORE, OP_SEND, READ_MIN,
-                             OP_RECVFROM, OP_SENDTO, Datagram, DG_TRUNC)
+                             OP_RECVFROM, OP_SENDTO, Datagram, DG_TRUNC, faults_table)
 from iocpx._linux cimport (ECANCELED, EWOULDBLOCK, fcntl, F_GETFL, F_SETFL, O_NONBLOCK,
                            c_socket, accept4, connect, recv, send, sendto, recvmmsg, getsockopt,
                            iovec, msghdr, mmsghdr, SOCK_STREAM, SOCK_NONBLOCK, SOCK_CLOEXEC,
@@ -53,6 +58,9 @@ from iocpx._linux cimport (ECANCELED, EWOULDBLOCK, fcntl, F_GETFL, F_SETFL, O_NO
                            c_sendfile, epoll_event, epoll_create1, epoll_ctl, epoll_wait,
                            EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CTL_DEL, EPOLLIN,
                            EPOLLOUT, EPOLLERR, EPOLLHUP, eventfd, EFD_CLOEXEC, EFD_NONBLOCK)
+
+# failure points (IOCPX_FAULTS=1 builds): this module's calls use _backend's table
+iocpx_faults_attach(faults_table())
 
 cdef enum:
     MAX_UNREAD = 8          # data events of one receive waiting for dispatch
@@ -132,7 +140,7 @@ cdef class EpollBackend(Backend):
             n = self.nfds * 2 if self.nfds else 1024
             while n <= fd:
                 n *= 2
-            t = <FdState*>realloc(self.fds, n * sizeof(FdState))
+            t = NULL if IOCPX_FAULT(IOCPX_F_ALLOC_FDTABLE) else <FdState*>realloc(self.fds, n * sizeof(FdState))
             if t == NULL:
                 return NULL
             memset(t + self.nfds, 0, (n - self.nfds) * sizeof(FdState))
@@ -159,6 +167,9 @@ cdef class EpollBackend(Backend):
         ev.data.u64 = <uint64_t>fd
         if want == 0:
             epoll_ctl(self.ep, EPOLL_CTL_DEL, fd, &ev)
+        elif IOCPX_FAULT(IOCPX_F_SYS_EPOLL_CTL):
+            iocpx_set_errno(ENOMEM)
+            r = -1
         elif st.mask == 0:
             r = epoll_ctl(self.ep, EPOLL_CTL_ADD, fd, &ev)
             if r < 0 and errno == EEXIST:
@@ -176,11 +187,15 @@ cdef class EpollBackend(Backend):
         return 0
 
     cdef int _ready(self, IoCtx* io, int res, uint32_t flags) noexcept nogil:
-        """Queue a completion made outside wait(); wakes a sleeping leader."""
+        """Queue a completion made outside wait(); wakes a sleeping leader.
+        Never drops it: a completion lost to a failed allocation would leave its
+        context alive and its owner waiting forever (the cancels of a close
+        among them), so out of memory it waits for memory, as the engine's
+        run queue does (mu stays held: the caller is mid-update of its state)."""
         cdef Event ev
         ev_set(&ev, io, res, flags, NULL)
-        if evq_push(&self.ready, &ev) < 0:
-            return -1
+        while evq_push(&self.ready, &ev) < 0:
+            iocpx_sleep_ms(1)
         self._wake()
         return 0
 
@@ -206,19 +221,29 @@ cdef class EpollBackend(Backend):
 
     cdef int _arm_out(self, IoCtx* io, bint is_connect) except -1:
         cdef FdState* st = self._state(io.fd)
+        cdef int r
         if st == NULL:
             raise MemoryError()
         if is_connect:
             st.conn = io
         else:
             st.send = io
-        self._interest(io.fd, st)
+        r = self._interest(io.fd, st)
+        if r < 0:                   # epoll refused (ENOMEM): the op ends with that error
+            if is_connect:
+                st.conn = NULL
+            else:
+                st.send = NULL
+            self._ready(io, r, 0)
         return 0
 
     # ---- sockets and posted completions (GIL held, any thread) ------------
 
     cdef int socket_open(self, int family) except -1:
-        cdef int fd = c_socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+        cdef int fd
+        if IOCPX_FAULT(IOCPX_F_SYS_SOCKET):
+            raise oserror(ENOBUFS, "socket")
+        fd = c_socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
         if fd < 0:
             raise oserror(errno, "socket")
         return fd

@@ -29,6 +29,23 @@ cdef enum:
 # piece starts (written by the leader when it harvests), and refs[bid] counts
 # the pieces not yet copied out plus REF_DONE once the kernel has finished
 # with it: the last copy gives the buffer back to the ring.
+#
+# Who touches what (two threads at once: the leader harvesting without the
+# GIL, pool_piece; a dispatcher with the GIL, pool_release_piece,
+# pool_starved, pool_grow):
+#   out, refs[bid]  both sides, atomics only: IOCPX_ADD_I32 to change them,
+#                   IOCPX_LOAD_I32 (relaxed) to read them; never a plain access
+#                   while the buffer may be out (the plain `refs[bid] = 0` in
+#                   pool_release_piece runs when the buffer is in nobody's hands)
+#   addr[bid], off[bid]  written by one side while the other cannot reach that
+#                   buffer: addr by pool_grow before it provides the buffer,
+#                   off by the leader while the kernel holds it and by the last
+#                   release before it goes back. The hand-over is the ring's
+#                   tail (store-release) and, back, a CQE: through the kernel,
+#                   so IOCPX_TSAN_RELEASE(g) / IOCPX_TSAN_ACQUIRE(g) show it to
+#                   ThreadSanitizer
+#   nbufs, tail, starved_ns, nchunks, chunks  dispatch side only (GIL)
+#   ring, size, entries, mask, inc  set before the first receive is submitted
 cdef struct BufGroup:
     io_uring_buf* ring      # owned: mmap'd ring the kernel takes buffers from
     size_t ring_sz

@@ -60,15 +60,23 @@ from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy, i
                          iocpx_mutex_unlock, iocpx_sleep_ms, iocpx_pipe_open, sockaddr,
                          IOCPX_DG_CTRL, iocpx_cmsg_drops, iocpx_now_ns,
                          IOCPX_LOAD_ACQ_U32, IOCPX_STORE_REL_U32, IOCPX_STORE_REL_U16,
-                         IOCPX_ADD_I32)
+                         IOCPX_ADD_I32, IOCPX_LOAD_I32, IOCPX_TSAN_RELEASE, IOCPX_TSAN_ACQUIRE,
+                         IOCPX_FAULT, iocpx_faults_attach, IOCPX_F_SYS_SOCKET,
+                         IOCPX_F_SYS_URING_SQ_FULL, IOCPX_F_SYS_URING_SUBMIT, IOCPX_F_SYS_URING_WAIT,
+                         IOCPX_F_ALLOC_POOL, IOCPX_F_ALLOC_POOL_CHUNK, IOCPX_F_ALLOC_DG_MSG,
+                         IOCPX_F_ALLOC_SENDFILE, iocpx_set_errno)
 from iocpx._backend cimport (Backend, IoCtx, Event, ev_set, oserror, io_target, EV_BUFFER,
-                             EV_BUFFER_SHIFT, MAX_GROUPS, OP_SENDFILE, Datagram, DG_TRUNC, DG_NOBUF)
+                             EV_BUFFER_SHIFT, MAX_GROUPS, OP_SENDFILE, Datagram, DG_TRUNC, DG_NOBUF, faults_table)
 from iocpx._linux cimport (ECANCELED, syscall, __NR_io_uring_setup, __NR_io_uring_enter,
                            __NR_io_uring_register, mmap, munmap, MAP_FAILED, PROT_READ,
                            PROT_WRITE, MAP_SHARED, MAP_POPULATE, MAP_PRIVATE, MAP_ANONYMOUS,
                            c_socket, SOCK_STREAM, SOCK_CLOEXEC, MSG_NOSIGNAL, MSG_WAITALL,
                            MSG_TRUNC, SPLICE_F_MOVE, iovec, msghdr)
 from iocpx._io_uring_abi cimport *
+
+# failure points (IOCPX_FAULTS=1 builds): this module's calls use _backend's table
+iocpx_faults_attach(faults_table())
+
 
 cdef inline int sys_enter(int fd, unsigned to_submit, unsigned min_complete,
                           unsigned flags, void* arg, size_t argsz) noexcept nogil:
@@ -181,7 +189,10 @@ cdef class IoUringBackend(Backend):
     # ---- sockets ------------------------------------------------------------
 
     cdef int socket_open(self, int family) except -1:
-        cdef int fd = c_socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0)
+        cdef int fd
+        if IOCPX_FAULT(IOCPX_F_SYS_SOCKET):
+            raise oserror(ENOBUFS, "socket")
+        fd = c_socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0)
         if fd < 0:
             raise oserror(errno, "socket")
         return fd
@@ -212,6 +223,8 @@ cdef class IoUringBackend(Backend):
     cdef io_uring_sqe* _slot(self) noexcept nogil:
         """A zeroed free slot or NULL; sq_mu held."""
         cdef io_uring_sqe* sqe
+        if IOCPX_FAULT(IOCPX_F_SYS_URING_SQ_FULL):
+            return NULL
         if self.sq_tail - IOCPX_LOAD_ACQ_U32(self.sq_khead) >= self.sq_entries:
             return NULL
         sqe = &self.sqes[self.sq_tail & self.sq_mask]
@@ -234,6 +247,7 @@ cdef class IoUringBackend(Backend):
 
     cdef void _push(self, io_uring_sqe* sqe, IoCtx* io) noexcept nogil:
         sqe.user_data = <uint64_t><size_t>io
+        IOCPX_TSAN_RELEASE(io)      # the harvest's IOCPX_TSAN_ACQUIRE(io): the edge goes through the kernel
         self.sq_tail += 1
         IOCPX_STORE_REL_U32(self.sq_ktail, self.sq_tail)
         iocpx_mutex_unlock(&self.sq_mu)
@@ -246,7 +260,8 @@ cdef class IoUringBackend(Backend):
             pending = IOCPX_LOAD_ACQ_U32(self.sq_ktail) - IOCPX_LOAD_ACQ_U32(self.sq_khead)
             if pending == 0:
                 return 0
-            r = sys_enter(self.ring_fd, pending, 0, 0, NULL, 0)
+            r = (-EAGAIN if IOCPX_FAULT(IOCPX_F_SYS_URING_SUBMIT)
+                 else sys_enter(self.ring_fd, pending, 0, 0, NULL, 0))
             if r >= 0 or r == -EINTR:
                 continue
             if r == -EAGAIN or r == -EBUSY:
@@ -254,13 +269,23 @@ cdef class IoUringBackend(Backend):
             return r
 
     cdef int flush(self) except -1:
-        cdef int r
+        """Submit what is queued (GIL held, any thread). A sleeping leader does
+        not see SQEs left in the ring, so when the kernel refuses them for now
+        (EAGAIN, EBUSY: a completion backlog the leader is reaping) they are
+        tried again for up to a second rather than left there: an exit packet
+        or a wake-up left in the ring is a worker that never wakes."""
+        cdef int r, tries = 0
         if self.ring_fd < 0:
             return 0
-        r = self._submit_pending()
-        if r < 0:
-            raise oserror(-r, "io_uring_enter")
-        return 0
+        while True:
+            r = self._submit_pending()
+            if r < 0:
+                raise oserror(-r, "io_uring_enter")
+            if IOCPX_LOAD_ACQ_U32(self.sq_ktail) == IOCPX_LOAD_ACQ_U32(self.sq_khead) or tries >= 1000:
+                return 0
+            tries += 1
+            with nogil:
+                iocpx_sleep_ms(1)
 
     cdef int submit_post(self, IoCtx* io) except -1:
         cdef io_uring_sqe* sqe = self._sqe()

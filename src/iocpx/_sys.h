@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <errno.h>
 
 #ifdef _WIN32
 #  include "_sys_win.h"
@@ -172,6 +173,7 @@ static __forceinline void iocpx_store_rel_u16(uint16_t *p, uint16_t v) {
 #  define IOCPX_ADD_I64(p, v)        (_InterlockedExchangeAdd64((volatile __int64 *)(p), (v)) + (v))
 #  define IOCPX_ADD_I32(p, v)        (_InterlockedExchangeAdd((volatile long *)(p), (v)) + (v))
 #  define IOCPX_LOAD_I64(p)          (*(volatile int64_t *)(p))
+#  define IOCPX_LOAD_I32(p)          (*(volatile int32_t *)(p))
 #else
 #  define IOCPX_LOAD_ACQ_U32(p)      __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #  define IOCPX_STORE_REL_U32(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELEASE)
@@ -179,6 +181,32 @@ static __forceinline void iocpx_store_rel_u16(uint16_t *p, uint16_t v) {
 #  define IOCPX_ADD_I64(p, v)        __atomic_add_fetch((p), (v), __ATOMIC_RELAXED)
 #  define IOCPX_ADD_I32(p, v)        __atomic_add_fetch((p), (v), __ATOMIC_ACQ_REL)
 #  define IOCPX_LOAD_I64(p)          __atomic_load_n((p), __ATOMIC_RELAXED)
+#  define IOCPX_LOAD_I32(p)          __atomic_load_n((p), __ATOMIC_RELAXED)
+#endif
+
+/* ThreadSanitizer at the kernel boundary. A context one thread fills and
+ * submits to io_uring comes back to another thread through the kernel (its
+ * CQE's user_data), and so does a receive buffer provided to the ring: the
+ * happens-before edge goes through memory the kernel writes, which TSan cannot
+ * see. IOCPX_TSAN_RELEASE(p) before the hand-over to the kernel and
+ * IOCPX_TSAN_ACQUIRE(p) where it comes back draw that edge for TSan. Any TSan
+ * build gets them (GCC defines __SANITIZE_THREAD__, Clang has
+ * __has_feature(thread_sanitizer)); every other build compiles them to nothing. */
+#if defined(__SANITIZE_THREAD__)
+#  define IOCPX_TSAN 1
+#elif defined(__has_feature)
+#  if __has_feature(thread_sanitizer)
+#    define IOCPX_TSAN 1
+#  endif
+#endif
+#ifdef IOCPX_TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#  define IOCPX_TSAN_RELEASE(p) __tsan_release((void *)(p))
+#  define IOCPX_TSAN_ACQUIRE(p) __tsan_acquire((void *)(p))
+#else
+#  define IOCPX_TSAN_RELEASE(p) ((void)0)
+#  define IOCPX_TSAN_ACQUIRE(p) ((void)0)
 #endif
 
 /* A bytes object's buffer and size: the macros where the full C API is there,
@@ -197,5 +225,107 @@ static __forceinline void iocpx_store_rel_u16(uint16_t *p, uint16_t v) {
 static IOCPX_TLS void *iocpx_tls_engine = NULL;
 static inline void *iocpx_tls_get(void) { return iocpx_tls_engine; }
 static inline void iocpx_tls_set(void *e) { iocpx_tls_engine = e; }
+
+
+/* ---- failure points (docs/robustness.md) ----
+ * Each allocation and system call of the engine and the backends that can
+ * fail is a named point. In a build with IOCPX_FAULTS=1 (setup.py:
+ * IOCPX_FAULTS=1 or IOCPX_DEBUG_BUILD=1) IOCPX_FAULT(IOCPX_F_x) asks the one
+ * table (in _backend, attached by every module at import) whether this call
+ * of the point must fail; the call site then fails the way the real call
+ * would (NULL, -1 with errno, a short count). Elsewhere IOCPX_FAULT(id) is 0
+ * and the compiler drops the failure branch: release builds pay nothing. */
+#define IOCPX_FAULT_POINTS(X) \
+    X(ALLOC_IOCTX,        "alloc.ioctx")        /* io_alloc: a per-I/O context (MemoryError) */ \
+    X(ALLOC_EVQ,          "alloc.evq")          /* evq_grow: an event queue's ring */ \
+    X(ALLOC_TIMERS,       "alloc.timers")       /* the timer heap's growth */ \
+    X(ALLOC_DGRAM_CACHE,  "alloc.dgram_cache")  /* a datagram endpoint's address cache */ \
+    X(ALLOC_FDTABLE,      "alloc.fdtable")      /* epoll: the descriptor table's growth */ \
+    X(ALLOC_DG_SCRATCH,   "alloc.dg_scratch")   /* epoll: recvmmsg scratch blocks */ \
+    X(ALLOC_DG_HEAD,      "alloc.dg_head")      /* epoll: a received datagram's block */ \
+    X(ALLOC_SENDFILE,     "alloc.sendfile")     /* sendfile state (epoll FileSend, io_uring SpliceState) */ \
+    X(ALLOC_POOL,         "alloc.pool")         /* io_uring: a receive pool's ring and tables */ \
+    X(ALLOC_POOL_CHUNK,   "alloc.pool_chunk")   /* io_uring: a receive pool's next chunk of buffers */ \
+    X(ALLOC_DG_MSG,       "alloc.dg_msg")       /* io_uring: a datagram's msghdr (receive or send) */ \
+    X(SYS_SOCKET,         "sys.socket")         /* socket() for connect (ENOBUFS) */ \
+    X(SYS_ACCEPT,         "sys.accept4")        /* epoll: accept4 (ENOBUFS) */ \
+    X(SYS_EPOLL_CTL,      "sys.epoll_ctl")      /* epoll: interest change (ENOMEM) */ \
+    X(SYS_RECV,           "sys.recv")           /* epoll: recv (EAGAIN: readiness that was not) */ \
+    X(SYS_SEND_SHORT,     "sys.send.short")     /* send now: half of it goes (a short write) */ \
+    X(SYS_SEND_EAGAIN,    "sys.send.eagain")    /* send now: nothing fits (EAGAIN) */ \
+    X(SYS_SENDFILE,       "sys.sendfile")       /* epoll: sendfile(2) (EAGAIN) */ \
+    X(SYS_SENDTO,         "sys.sendto")         /* epoll: a datagram's sendto (ENOBUFS) */ \
+    X(SYS_URING_SUBMIT,   "sys.io_uring_enter.submit") /* io_uring: submit-only enter (EAGAIN) */ \
+    X(SYS_URING_WAIT,     "sys.io_uring_enter.wait")   /* io_uring: the leader's waiting enter (EINTR) */ \
+    X(SYS_URING_SQ_FULL,  "sys.io_uring.sq_full")      /* io_uring: no free SQE slot at first try */
+
+#define IOCPX_FAULT_ENUM(id, name) IOCPX_F_##id,
+enum { IOCPX_FAULT_POINTS(IOCPX_FAULT_ENUM) IOCPX_F_COUNT };
+
+typedef struct {
+    int64_t calls[IOCPX_F_COUNT];   /* calls of each point since it was armed or reset */
+    int64_t hits[IOCPX_F_COUNT];    /* calls made to fail */
+    int64_t nth[IOCPX_F_COUNT];     /* fail this call (1-based) once; 0: not armed */
+    uint8_t rand_on[IOCPX_F_COUNT]; /* points failing at random */
+    uint64_t rate;                  /* random failures per 2^32 calls */
+    uint64_t draws;                 /* random draws so far (with seed: the sequence) */
+    uint64_t seed;
+} iocpx_faults_t;
+
+#define IOCPX_FAULT_NAME(id, name) name,
+static const char *const iocpx_fault_names[IOCPX_F_COUNT] = { IOCPX_FAULT_POINTS(IOCPX_FAULT_NAME) };
+
+/* The control (_backend's Python functions; iocpx._faults wraps them). */
+static inline void iocpx_faults_reset(iocpx_faults_t *t) { memset(t, 0, sizeof(*t)); }
+static inline void iocpx_faults_arm(iocpx_faults_t *t, int id, int64_t nth) {
+    t->calls[id] = 0; t->hits[id] = 0; t->nth[id] = nth;
+}
+static inline void iocpx_faults_random(iocpx_faults_t *t, int id, uint64_t seed, uint64_t rate) {
+    t->seed = seed; t->rate = rate; t->draws = 0; t->rand_on[id] = 1;
+}
+static inline int64_t iocpx_faults_calls(iocpx_faults_t *t, int id) {
+    return __atomic_load_n(&t->calls[id], __ATOMIC_RELAXED);
+}
+static inline int64_t iocpx_faults_hits(iocpx_faults_t *t, int id) {
+    return __atomic_load_n(&t->hits[id], __ATOMIC_RELAXED);
+}
+
+/* A failure point's call site fails as the call would: errno = e, -1. */
+static inline int iocpx_set_errno(int e) { errno = e; return -1; }
+
+#if defined(IOCPX_FAULTS) && IOCPX_FAULTS
+static iocpx_faults_t *iocpx_faults = NULL;     /* per module: the table in _backend */
+static inline void iocpx_faults_attach(iocpx_faults_t *t) { iocpx_faults = t; }
+static inline uint64_t iocpx_fault_mix(uint64_t z) {     /* splitmix64 */
+    z += 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+static inline int iocpx_fault(int id) {
+    iocpx_faults_t *t = iocpx_faults;
+    int64_t n;
+    if (t == NULL) return 0;
+    n = __atomic_add_fetch(&t->calls[id], 1, __ATOMIC_RELAXED);
+    if (n == __atomic_load_n(&t->nth[id], __ATOMIC_RELAXED)) {
+        __atomic_add_fetch(&t->hits[id], 1, __ATOMIC_RELAXED);
+        return 1;
+    }
+    if (__atomic_load_n(&t->rand_on[id], __ATOMIC_RELAXED)) {
+        uint64_t d = __atomic_fetch_add(&t->draws, 1, __ATOMIC_RELAXED);
+        if ((iocpx_fault_mix(t->seed + d) & 0xffffffffULL) < t->rate) {
+            __atomic_add_fetch(&t->hits[id], 1, __ATOMIC_RELAXED);
+            return 1;
+        }
+    }
+    return 0;
+}
+#  define IOCPX_FAULTS_BUILT 1
+#  define IOCPX_FAULT(id) iocpx_fault(id)
+#else
+#  define IOCPX_FAULTS_BUILT 0
+#  define iocpx_faults_attach(t) ((void)(t))
+#  define IOCPX_FAULT(id) 0
+#endif
 
 #endif

@@ -27,6 +27,9 @@ cdef extern from "_sys.h" nogil:
     int64_t IOCPX_ADD_I64(int64_t* p, int64_t v)
     int32_t IOCPX_ADD_I32(int32_t* p, int32_t v)
     int64_t IOCPX_LOAD_I64(int64_t* p)
+    int32_t IOCPX_LOAD_I32(int32_t* p)
+    void IOCPX_TSAN_RELEASE(void* p)    # ThreadSanitizer: hand-over to the kernel (else nothing)
+    void IOCPX_TSAN_ACQUIRE(void* p)    # ThreadSanitizer: back from the kernel (else nothing)
     void* iocpx_tls_get()
     long iocpx_thread_id()
     int iocpx_thread_runnable(long tid)
@@ -80,3 +83,43 @@ cdef extern from "_sys.h":
     int iocpx_dgram_rxq_ovfl(int s) nogil
     int64_t iocpx_cmsg_drops(void* ctrl, size_t len) nogil
     int64_t iocpx_sock_drops(int s) nogil
+
+# Failure points (_sys.h: IOCPX_FAULT_POINTS; docs/robustness.md). IOCPX_FAULT(id)
+# is 0 outside an IOCPX_FAULTS=1 build.
+cdef extern from "_sys.h" nogil:
+    enum:
+        IOCPX_F_ALLOC_IOCTX
+        IOCPX_F_ALLOC_EVQ
+        IOCPX_F_ALLOC_TIMERS
+        IOCPX_F_ALLOC_DGRAM_CACHE
+        IOCPX_F_ALLOC_FDTABLE
+        IOCPX_F_ALLOC_DG_SCRATCH
+        IOCPX_F_ALLOC_DG_HEAD
+        IOCPX_F_ALLOC_SENDFILE
+        IOCPX_F_ALLOC_POOL
+        IOCPX_F_ALLOC_POOL_CHUNK
+        IOCPX_F_ALLOC_DG_MSG
+        IOCPX_F_SYS_SOCKET
+        IOCPX_F_SYS_ACCEPT
+        IOCPX_F_SYS_EPOLL_CTL
+        IOCPX_F_SYS_RECV
+        IOCPX_F_SYS_SEND_SHORT
+        IOCPX_F_SYS_SEND_EAGAIN
+        IOCPX_F_SYS_SENDFILE
+        IOCPX_F_SYS_SENDTO
+        IOCPX_F_SYS_URING_SUBMIT
+        IOCPX_F_SYS_URING_WAIT
+        IOCPX_F_SYS_URING_SQ_FULL
+        IOCPX_F_COUNT
+        IOCPX_FAULTS_BUILT
+    ctypedef struct iocpx_faults_t:
+        pass
+    const char* const* iocpx_fault_names
+    bint IOCPX_FAULT(int id)
+    int iocpx_set_errno(int e)
+    void iocpx_faults_attach(iocpx_faults_t* t)
+    void iocpx_faults_reset(iocpx_faults_t* t)
+    void iocpx_faults_arm(iocpx_faults_t* t, int id, int64_t nth)
+    void iocpx_faults_random(iocpx_faults_t* t, int id, uint64_t seed, uint64_t rate)
+    int64_t iocpx_faults_calls(iocpx_faults_t* t, int id)
+    int64_t iocpx_faults_hits(iocpx_faults_t* t, int id)

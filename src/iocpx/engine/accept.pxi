@@ -172,10 +172,12 @@ cdef void conn_surface(Connection c, object data) noexcept:
     if c.first_pending and c.nodelay and c.tls is None and c.fd >= 0:
         iocpx_sock_nodelay(c.fd, 1)     # not set while it waited: silent ones never need it
     c.first_pending = 0
-    c.surfaced = 1
     if c.silent is not None:
         silent_remove(c)
-    if c.state <= C_CLOSING and c.on_accept is not None:
+    if c.state > C_CLOSING:
+        return                          # it failed on the way (arming its receive): it closes unseen
+    c.surfaced = 1
+    if c.on_accept is not None:
         c._call(c.on_accept, data)
 
 

@@ -139,7 +139,7 @@ cdef class CompletionPort:
         if self.closed:
             return
         self.closed = 1
-        cdef IoCtx* io = io_alloc(OP_NOP, None, NULL)
+        cdef IoCtx* io = io_alloc_wait(OP_NOP, None, NULL)   # a get() waiting must wake
         try:
             self.be.submit_post(io)     # wakes a get() that waits in the kernel
         except BaseException:

@@ -253,6 +253,15 @@ cdef class Connection:
         self.eng.inflight += 1
         return io
 
+    cdef IoCtx* _new_io_wait(self, uint8_t op) except NULL:
+        """_new_io for a context that must exist (a cancel, a wake-up): waits
+        for memory rather than fail (io_alloc_wait)."""
+        cdef IoCtx* io = io_alloc_wait(op, self, &self.sched)
+        io.fd = self.fd
+        self.inflight += 1
+        self.eng.inflight += 1
+        return io
+
     cdef void _io_done(self, IoCtx* io) noexcept:
         io_free(io)
         self.inflight -= 1
@@ -316,7 +325,7 @@ cdef class Connection:
 
     cdef int _post_nop(self) except -1:
         """A completion of our own, with no I/O (it ends in conn_on_aux)."""
-        cdef IoCtx* io = self._new_io(OP_NOP)
+        cdef IoCtx* io = self._new_io_wait(OP_NOP)
         try:
             self.eng.be.submit_post(io)
         except BaseException:
@@ -326,7 +335,7 @@ cdef class Connection:
 
     cdef int _cancel(self, IoCtx* target) except -1:
         """Cancel one op of ours (NULL: every op on the socket)."""
-        cdef IoCtx* io = self._new_io(OP_CANCEL)
+        cdef IoCtx* io = self._new_io_wait(OP_CANCEL)
         try:
             if target == NULL:
                 self.eng.be.submit_cancel_fd(io, self.fd)

@@ -505,7 +505,8 @@ cdef object dgram_addr_of(Endpoint ep, sockaddr* sa, int salen):
     if klen == 0:
         return None
     if ep.cache == NULL:
-        ep.cache = <AddrCache*>calloc(1, sizeof(AddrCache))     # freed by dgram_cache_free
+        ep.cache = (NULL if IOCPX_FAULT(IOCPX_F_ALLOC_DGRAM_CACHE)
+                    else <AddrCache*>calloc(1, sizeof(AddrCache)))     # freed by dgram_cache_free
         if ep.cache == NULL:
             raise MemoryError()
     h = <int>(_bytes_hash(<char*>sa, klen) & (ADDR_SLOTS - 1))
@@ -640,9 +641,12 @@ cdef void dgram_cancel(Endpoint ep) noexcept:
         return
     ep.cancel_sent = 1
     try:
-        io = ep_new_io(ep, OP_CANCEL)
+        io = io_alloc_wait(OP_CANCEL, ep, &ep.sched)    # without it the endpoint never ends
     except BaseException:
         return
+    io.fd = ep.fd
+    ep.inflight += 1
+    ep.eng.inflight += 1
     try:
         ep.eng.be.submit_cancel_fd(io, ep.fd)
     except BaseException:

@@ -283,7 +283,7 @@ cdef class Engine:
             "tls_handshakes": self.n_tls_handshakes,
             "tls_handshake_timeouts": self.n_tls_timeouts,
             "tls_handshake_errors": self.n_tls_errors,
-            "rescues": self.n_rescues,
+            "rescues": IOCPX_LOAD_I64(&self.n_rescues),     # the watcher adds to it (nogil)
             "internal_errors": self.n_errors,
             "receive_pools": self.be.pools() if hasattr(self.be, "pools") else None,
             "closing": self.state == E_CLOSING,
@@ -325,7 +325,7 @@ cdef class Engine:
                 iocpx_mutex_unlock(&self.mu)
         cdef IoCtx* io
         for _ in self._threads:         # the model's exit packets, one per worker
-            io = io_alloc(OP_EXIT, None, NULL)
+            io = io_alloc_wait(OP_EXIT, None, NULL)     # close must finish: waits for memory
             try:
                 self.be.submit_post(io)
             except BaseException:

@@ -154,7 +154,7 @@ cdef int listener_close_async(Listener lst) except -1:
     if lst.guard_timer is not None:     # (the first-data deadlines go on: the connections
         (<Timer>lst.guard_timer).cancel()   # it accepted outlive the listener)
     lst.guard_timer = None
-    cdef IoCtx* io = io_alloc(OP_CANCEL, lst, NULL)
+    cdef IoCtx* io = io_alloc_wait(OP_CANCEL, lst, NULL)     # else the listener never closes
     try:
         lst.eng.be.submit_cancel_fd(io, lst.fd)
     except BaseException:

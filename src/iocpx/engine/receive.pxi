@@ -184,7 +184,7 @@ cdef void conn_post_held(Connection c) except *:
     cdef IoCtx* io
     if c.held_posted:
         return
-    io = c._new_io(OP_NOP)
+    io = c._new_io_wait(OP_NOP)         # else the held bytes wait, unseen, for another resume
     try:
         c.eng.be.submit_post(io)
     except BaseException:

@@ -66,7 +66,7 @@ cdef object conn_sendfile(Connection c, object file, object offset, object count
         c.sendq = deque()
     c.sendq.append(job)
     if c.send_io == NULL and c.state != C_CONNECTING:
-        conn_send_next(c)
+        conn_send_safe(c)               # queued: a failure ends the connection, not this call
     c.eng._kick()
     return job if want_job else count
 

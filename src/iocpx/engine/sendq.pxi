@@ -34,7 +34,7 @@ cdef int conn_send(Connection c, object data) except -1:
             c.sendq = deque()           # made on first need: idle connections carry none
         c.sendq.append(data)
         if c.send_io == NULL and c.state != C_CONNECTING:
-            conn_send_next(c)
+            conn_send_safe(c)           # queued: a failure ends the connection, not this call
     c.eng._kick()
     return 0
 
@@ -117,7 +117,11 @@ cdef int conn_submit_bytes(Connection c, object item, Py_ssize_t n) except -1:
             sent = 0
         elif sent > 0:
             conn_count_sent(c, sent)
-    io = c._new_io(OP_SEND)
+    try:
+        io = c._new_io(OP_SEND)
+    except BaseException as e:          # the bytes are reserved: end the connection, not this call
+        c._abort(e)
+        return 0
     io_set_obj(io, item)                # the kernel reads item's buffer until completion
     io.buf = iocpx_bytes_ptr(item) + sent
     io.len = n - sent

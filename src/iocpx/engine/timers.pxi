@@ -101,7 +101,7 @@ cdef int timers_push(Engine eng, Timer t) except -1:
     iocpx_mutex_lock(&eng.mu)       # with the GIL: never wait for the GIL holding mu
     if eng.heap_len == eng.heap_cap:
         cap = eng.heap_cap * 2 if eng.heap_cap else 64
-        h = <TimerSlot*>realloc(eng.heap, cap * sizeof(TimerSlot))
+        h = NULL if IOCPX_FAULT(IOCPX_F_ALLOC_TIMERS) else <TimerSlot*>realloc(eng.heap, cap * sizeof(TimerSlot))
         if h == NULL:
             iocpx_mutex_unlock(&eng.mu)
             raise MemoryError()
@@ -222,7 +222,7 @@ cdef void engine_wake(Engine eng) noexcept:
     """Make the leader's wait return now: post a no-op completion."""
     cdef IoCtx* io
     try:
-        io = io_alloc(OP_NOP, None, NULL)
+        io = io_alloc_wait(OP_NOP, None, NULL)  # a lost wake-up delays the timers it is for
     except BaseException:
         return
     try:

@@ -162,7 +162,7 @@ cdef void workers_watch(Engine eng) noexcept nogil:
                     and iocpx_thread_runnable(eng.home_tid):
                 continue
             eng.rescue = 1
-            eng.n_rescues += 1
+            IOCPX_ADD_I64(&eng.n_rescues, 1)    # stats() reads it without mu
             break
     eng.watcher = 0
     iocpx_cond_signal(&eng.standby_cv)      # another helper becomes the watcher

@@ -6,13 +6,22 @@
 
 cdef int accept_submit(EpollBackend be, IoCtx* io) except -1:
     cdef FdState* st = be._locked_state(io.fd)
+    cdef IoCtx* prev = st.acc_tail
+    cdef int r
     io.aux.next_accept = NULL
     if st.acc_tail != NULL:
         st.acc_tail.aux.next_accept = io
     else:
         st.acc_head = io
     st.acc_tail = io
-    be._interest(io.fd, st)
+    r = be._interest(io.fd, st)
+    if r < 0:                   # epoll refused (ENOMEM): unqueue it, it ends with that error
+        st.acc_tail = prev
+        if prev != NULL:
+            prev.aux.next_accept = NULL
+        else:
+            st.acc_head = NULL
+        be._ready(io, r, 0)
     iocpx_mutex_unlock(&be.mu)
     return 0
 
@@ -24,7 +33,11 @@ cdef int accept_ready(EpollBackend be, int fd, FdState* st, Event* out, int room
     while st.acc_head != NULL and n < room:
         io = st.acc_head
         io.addrlen = sizeof(io.addr)
-        s = accept4(fd, &io.addr.sa, &io.addrlen, SOCK_NONBLOCK | SOCK_CLOEXEC)
+        if IOCPX_FAULT(IOCPX_F_SYS_ACCEPT):
+            s = -1
+            iocpx_set_errno(ENOBUFS)
+        else:
+            s = accept4(fd, &io.addr.sa, &io.addrlen, SOCK_NONBLOCK | SOCK_CLOEXEC)
         if s < 0:
             if errno == EAGAIN or errno == EWOULDBLOCK:
                 break

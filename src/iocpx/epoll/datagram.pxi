@@ -44,6 +44,8 @@ cdef DgScratch* dg_scratch(EpollBackend be, size_t size) noexcept nogil:
     """The scratch area with slots of at least size bytes; NULL when out of memory."""
     cdef DgScratch* s = <DgScratch*>be.dg
     cdef char* b
+    if IOCPX_FAULT(IOCPX_F_ALLOC_DG_SCRATCH):
+        return NULL
     if s == NULL:
         s = <DgScratch*>calloc(1, sizeof(DgScratch))
         if s == NULL:
@@ -107,7 +109,8 @@ cdef int dgram_read(EpollBackend be, int fd, FdState* st, Event* out, int room) 
         for i in range(r):
             m = &s.msgs[i].msg_hdr
             len = s.msgs[i].msg_len
-            h = <DgHead*>malloc(sizeof(DgHead) + len)    # freed by dgram_done
+            h = (NULL if IOCPX_FAULT(IOCPX_F_ALLOC_DG_HEAD)
+                 else <DgHead*>malloc(sizeof(DgHead) + len))    # freed by dgram_done
             if h == NULL:
                 continue            # out of memory: this one is lost
             h.namelen = <int32_t>(m.msg_namelen if m.msg_namelen <= sizeof(iocpx_addr_t)
@@ -140,8 +143,12 @@ cdef int dgram_view_epoll(Event* ev, Datagram* out) noexcept:
 cdef bint dgram_send_now(IoCtx* io, int* res) noexcept nogil:
     """sendto() an OP_SENDTO's datagram: False if it would block (wait for
     EPOLLOUT), else True with res set (bytes sent or -errno)."""
-    cdef ssize_t r = sendto(io.fd, io.buf, <size_t>io.len, MSG_DONTWAIT | MSG_NOSIGNAL,
-                            &io.addr.sa if io.addrlen else NULL, io.addrlen)
+    cdef ssize_t r
+    if IOCPX_FAULT(IOCPX_F_SYS_SENDTO):
+        res[0] = -ENOBUFS
+        return True
+    r = sendto(io.fd, io.buf, <size_t>io.len, MSG_DONTWAIT | MSG_NOSIGNAL,
+               &io.addr.sa if io.addrlen else NULL, io.addrlen)
     if r < 0:
         if errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR:
             return False
@@ -166,7 +173,10 @@ cdef int dgram_submit_send(EpollBackend be, IoCtx* io) except -1:
 
 cdef Py_ssize_t dgram_try_send(int fd, const char* buf, Py_ssize_t n, sockaddr* to, int tolen) noexcept:
     """sendto() at once (the engine's try_sendto): bytes sent, or -errno."""
-    cdef ssize_t r = sendto(fd, buf, <size_t>n, MSG_DONTWAIT | MSG_NOSIGNAL,
+    cdef ssize_t r
+    if IOCPX_FAULT(IOCPX_F_SYS_SENDTO):
+        return -ENOBUFS
+    r = sendto(fd, buf, <size_t>n, MSG_DONTWAIT | MSG_NOSIGNAL,
                             to if tolen > 0 else NULL, <socklen_t>tolen)
     if r < 0:
         return -errno

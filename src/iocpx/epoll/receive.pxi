@@ -8,6 +8,7 @@
 
 cdef int recv_submit(EpollBackend be, IoCtx* io) except -1:
     cdef FdState* st = be._locked_state(io.fd)
+    cdef int r
     io.aux.unread = 0           # data events not yet consumed by recv_bytes
     if st.pending_err:          # reset right after the connect: say so, as io_uring would
         be._ready(io, -st.pending_err, 0)
@@ -15,7 +16,10 @@ cdef int recv_submit(EpollBackend be, IoCtx* io) except -1:
         iocpx_mutex_unlock(&be.mu)
         return 0
     st.recv = io
-    be._interest(io.fd, st)
+    r = be._interest(io.fd, st)
+    if r < 0:                   # epoll refused (ENOMEM): the receive ends with that error
+        st.recv = NULL
+        be._ready(io, r, 0)
     iocpx_mutex_unlock(&be.mu)
     return 0
 
@@ -25,7 +29,10 @@ cdef int recv_ready(EpollBackend be, int fd, FdState* st, Event* out) noexcept n
     there yet, or out of memory: EPOLLIN stays and it is tried again)."""
     cdef IoCtx* io = st.recv
     cdef void* buf = NULL
-    cdef long r = recv_heap(fd, be.sizes[io.group], &buf)
+    cdef long r
+    if IOCPX_FAULT(IOCPX_F_SYS_RECV):
+        return 0                # readiness that was not (EAGAIN): EPOLLIN stays
+    r = recv_heap(fd, be.sizes[io.group], &buf)
     if r > 0:
         io.aux.unread += 1
         ev_set(out, io, <int>r, EV_MORE, buf)

@@ -7,7 +7,12 @@ cdef int send_submit(EpollBackend be, IoCtx* io) except -1:
     cdef ssize_t n
     iocpx_mutex_lock(&be.mu)
     try:
-        n = send(io.fd, io.buf, io.len, MSG_NOSIGNAL | MSG_DONTWAIT)
+        if IOCPX_FAULT(IOCPX_F_SYS_SEND_EAGAIN):
+            n = -1
+            iocpx_set_errno(EAGAIN)
+        else:
+            n = send(io.fd, io.buf, io.len // 2 if io.len > 1 and IOCPX_FAULT(IOCPX_F_SYS_SEND_SHORT)
+                     else io.len, MSG_NOSIGNAL | MSG_DONTWAIT)
         if n >= 0:
             be._ready_or_raise(io, <int>n)
         elif errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR:
@@ -35,7 +40,10 @@ cdef int send_ready(EpollBackend be, FdState* st, Event* out) noexcept nogil:
         if sendfile_try(be, io):
             st.send = NULL
         return 0                # its result went to the ready list
-    r = send(io.fd, io.buf, io.len, MSG_NOSIGNAL | MSG_DONTWAIT)
+    if IOCPX_FAULT(IOCPX_F_SYS_SEND_EAGAIN):
+        return 0
+    r = send(io.fd, io.buf, io.len // 2 if io.len > 1 and IOCPX_FAULT(IOCPX_F_SYS_SEND_SHORT)
+             else io.len, MSG_NOSIGNAL | MSG_DONTWAIT)
     if r < 0 and (errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR):
         return 0
     st.send = NULL

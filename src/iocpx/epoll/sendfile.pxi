@@ -11,7 +11,7 @@ cdef struct FileSend:       # IoCtx.extra of a sendfile op (freed by io_free)
 cdef int sendfile_submit(EpollBackend be, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1:
     cdef FileSend* fs
     if io.extra == NULL:
-        io.extra = malloc(sizeof(FileSend))   # freed by io_free
+        io.extra = NULL if IOCPX_FAULT(IOCPX_F_ALLOC_SENDFILE) else malloc(sizeof(FileSend))   # freed by io_free
         if io.extra == NULL:
             raise MemoryError()
     fs = <FileSend*>io.extra
@@ -31,7 +31,10 @@ cdef int sendfile_try(EpollBackend be, IoCtx* io) noexcept nogil:
     """1 when the op completed (queued as ready), 0 when it must wait."""
     cdef FileSend* fs = <FileSend*>io.extra
     cdef long off = fs.offset
-    cdef ssize_t n = c_sendfile(io.fd, fs.file_fd, &off, fs.nbytes)
+    cdef ssize_t n
+    if IOCPX_FAULT(IOCPX_F_SYS_SENDFILE):
+        return 0                # EAGAIN: wait for EPOLLOUT
+    n = c_sendfile(io.fd, fs.file_fd, &off, fs.nbytes)
     if n >= 0:
         be._ready(io, <int>n, 0)
         return 1

@@ -9,6 +9,7 @@ cdef inline char* pool_piece(BufGroup* g, io_uring_cqe* c) noexcept nogil:
     cdef uint16_t bid = <uint16_t>(c.flags >> EV_BUFFER_SHIFT)
     cdef char* p = g.addr[bid]
     cdef int32_t add = 1 + REF_DONE
+    IOCPX_TSAN_ACQUIRE(g)           # addr/off of this buffer: written before it went to the ring
     if not g.inc or g.off[bid] == 0:
         IOCPX_ADD_I32(&g.out, 1)    # the first piece of a buffer: it left the ring
     if g.inc:
@@ -34,6 +35,7 @@ cdef void pool_release_piece(BufGroup* g, uint16_t bid) noexcept:
     slot.len = g.size
     slot.bid = bid
     g.tail += 1
+    IOCPX_TSAN_RELEASE(g)           # pool_piece's acquire: the buffer comes back through the kernel
     IOCPX_STORE_REL_U16(&g.ring[0].resv, g.tail)   # the ring's tail overlays bufs[0].resv
 
 cdef int pool_new(IoUringBackend be, uint32_t size, bint inc) except -2:
@@ -54,8 +56,12 @@ cdef int pool_new(IoUringBackend be, uint32_t size, bint inc) except -2:
     g.mask = <uint16_t>(entries - 1)
     g.inc = inc
     g.ring_sz = entries * sizeof(io_uring_buf)
-    g.ring = <io_uring_buf*>mmap(NULL, g.ring_sz, PROT_READ | PROT_WRITE,
-                                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    if IOCPX_FAULT(IOCPX_F_ALLOC_POOL):
+        g.ring = <io_uring_buf*>MAP_FAILED
+        iocpx_set_errno(ENOMEM)
+    else:
+        g.ring = <io_uring_buf*>mmap(NULL, g.ring_sz, PROT_READ | PROT_WRITE,
+                                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
     if <void*>g.ring == MAP_FAILED:
         g.ring = NULL
         raise oserror(errno, "mmap buffer ring")
@@ -111,7 +117,7 @@ cdef int pool_starved(BufGroup* g) except -1:
     pool than with the kernel holding the data until buffers come back).
     1: grown, 0: not now, 2: at its limit."""
     cdef uint64_t now = iocpx_now_ns()
-    if (g.out >= <int32_t>g.nbufs - (g.nbufs // 8)
+    if (IOCPX_LOAD_I32(&g.out) >= <int32_t>g.nbufs - (g.nbufs // 8)   # the leader adds to out
             or (now - g.starved_ns >= STARVED_GAP_NS
                 and <uint64_t>g.nbufs * g.size < STARVED_SOFT_MAX)):
         g.starved_ns = now
@@ -129,6 +135,8 @@ cdef int pool_grow(BufGroup* g) except -1:
         n = 1
     if g.nbufs + n > g.entries or g.nchunks >= 128:
         return 0
+    if IOCPX_FAULT(IOCPX_F_ALLOC_POOL_CHUNK):
+        raise oserror(ENOMEM, "mmap receive buffers")
     mem = <char*>mmap(NULL, POOL_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
     if <void*>mem == MAP_FAILED:
         raise oserror(errno, "mmap receive buffers")
@@ -143,6 +151,7 @@ cdef int pool_grow(BufGroup* g) except -1:
         slot.bid = <uint16_t>bid
         g.tail += 1
     g.nbufs += n
+    IOCPX_TSAN_RELEASE(g)           # pool_piece's acquire: addr[] reaches the leader through the kernel
     IOCPX_STORE_REL_U16(&g.ring[0].resv, g.tail)
     return 1
 

@@ -40,7 +40,7 @@ cdef int dgram_submit_recv(IoUringBackend be, IoCtx* io) except -1:
     cdef msghdr* msg = <msghdr*>io.extra
     cdef io_uring_sqe* sqe
     if msg == NULL:
-        msg = <msghdr*>calloc(1, sizeof(msghdr))      # freed by io_free
+        msg = NULL if IOCPX_FAULT(IOCPX_F_ALLOC_DG_MSG) else <msghdr*>calloc(1, sizeof(msghdr))      # freed by io_free
         if msg == NULL:
             raise MemoryError()
         io.extra = msg
@@ -63,7 +63,7 @@ cdef int dgram_submit_send(IoUringBackend be, IoCtx* io) except -1:
     cdef DgramSend* st = <DgramSend*>io.extra
     cdef io_uring_sqe* sqe
     if st == NULL:
-        st = <DgramSend*>malloc(sizeof(DgramSend))     # freed by io_free
+        st = NULL if IOCPX_FAULT(IOCPX_F_ALLOC_DG_MSG) else <DgramSend*>malloc(sizeof(DgramSend))     # freed by io_free
         if st == NULL:
             raise MemoryError()
         io.extra = st

@@ -8,7 +8,8 @@
 
 cdef int sendfile_submit(IoUringBackend be, IoCtx* io, int file_fd, int64_t offset, uint32_t nbytes) except -1:
     """OP_SENDFILE: take a pipe and submit the first step (splice_submit)."""
-    cdef SpliceState* st = <SpliceState*>calloc(1, sizeof(SpliceState))   # freed by io_free
+    cdef SpliceState* st = (NULL if IOCPX_FAULT(IOCPX_F_ALLOC_SENDFILE)
+                            else <SpliceState*>calloc(1, sizeof(SpliceState)))   # freed by io_free
     cdef int fds[2]
     if st == NULL:
         raise MemoryError()

@@ -36,6 +36,8 @@ cdef int wait_events(IoUringBackend be, Event* out, int maxev, long timeout_ms) 
                           &arg, sizeof(arg))
         else:
             r = sys_enter(be.ring_fd, pending, 1, IORING_ENTER_GETEVENTS, NULL, 0)
+        if IOCPX_FAULT(IOCPX_F_SYS_URING_WAIT):
+            r = -EINTR              # a signal: the wait ends early, whatever it did
         if r < 0:
             if r == -ETIME:
                 return harvest(be, out, maxev)
@@ -59,6 +61,7 @@ cdef inline int harvest(IoUringBackend be, Event* out, int maxev) noexcept nogil
         c = &be.cqes[head & be.cq_mask]
         head += 1
         io = <IoCtx*><size_t>c.user_data
+        IOCPX_TSAN_ACQUIRE(io)      # filled by the thread that submitted it (_push)
         if c.flags & EV_BUFFER:
             ev_set(&out[n], io, c.res, c.flags, pool_piece(&be.groups[io.group], c))
         elif io.op == OP_SENDFILE and io.extra != NULL:

@@ -56,7 +56,7 @@ cdef int poll_cancel(EngineSelector sel, PollReg reg) except -1:
         return 0
     reg.io = NULL
     reg.armed = 0
-    cdef IoCtx* io = io_alloc(OP_CANCEL, reg, NULL)
+    cdef IoCtx* io = io_alloc_wait(OP_CANCEL, reg, NULL)    # a cancel must exist
     try:
         eng.be.submit_cancel_op(io, target)
     except BaseException:
