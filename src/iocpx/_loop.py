@@ -84,6 +84,20 @@ else:
     _HAVE_PIDFD = _pidfd_works()
 
 
+async def _subprocess_started(transp, waiter):
+    """A subprocess transport once its pipes are connected (waiter); one that
+    fails to start is closed and its process waited for, as asyncio does."""
+    try:
+        await waiter
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException:
+        transp.close()
+        await transp._wait()
+        raise
+    return transp
+
+
 class EventLoop(LoopCore, _Base):
     """An asyncio event loop on the iocpx engine (io_uring, epoll or iocp).
 
@@ -191,15 +205,7 @@ class EventLoop(LoopCore, _Base):
                 self, protocol, args, shell, stdin, stdout, stderr, bufsize,
                 waiter=waiter, extra=extra, **kwargs)
             self._watch_child(transp.get_pid(), transp)
-            try:
-                await waiter
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException:
-                transp.close()
-                await transp._wait()
-                raise
-            return transp
+            return await _subprocess_started(transp, waiter)
 
         def _watch_child(self, pid, transp):
             try:
@@ -266,15 +272,7 @@ class EventLoop(LoopCore, _Base):
             transp = windows_events._WindowsSubprocessTransport(
                 self, protocol, args, shell, stdin, stdout, stderr, bufsize,
                 waiter=waiter, extra=extra, **kwargs)
-            try:
-                await waiter
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException:
-                transp.close()
-                await transp._wait()
-                raise
-            return transp
+            return await _subprocess_started(transp, waiter)
 
     # ---- closing ----------------------------------------------------------
 

@@ -79,13 +79,13 @@ cdef bint conn_sendfile_next(Connection c, FileJob job) except -1:
         return False
     n = job.remaining if job.remaining < SENDFILE_CHUNK else SENDFILE_CHUNK
     io = c._new_io(OP_SENDFILE)
-    try:
+    io_set_obj(io, job)                 # its completion advances job.offset, even after an
+    try:                                # abort has dropped the queue (loop.sendfile seeks)
         c.eng.be.submit_sendfile(io, job.fd, job.offset, <uint32_t>n)
     except BaseException:
         c._io_done(io)
         raise
-    io_set_obj(io, job)                 # its completion advances job.offset, even after
-    c.send_io = io                      # an abort has dropped the queue (loop.sendfile seeks)
+    c.send_io = io
     return True
 
 
