@@ -16,7 +16,9 @@ import time
 import iocpx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SRC = os.path.join(ROOT, "src")
+# where the iocpx under test comes from: the checkout's src/ (an in-place build) or
+# site-packages (pip install): a child Python must import that same one
+SRC = os.path.dirname(os.path.dirname(os.path.abspath(iocpx.__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 
 # The loop's Linux backends available here; the applications are run on each.
