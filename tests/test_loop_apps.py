@@ -217,9 +217,11 @@ def test_uvicorn_starlette_websocket(backend, ws_impl):
                 big = pattern(MiB)
                 await ws.send(big)
                 assert await ws.recv() == big
-                for i in range(200):
+                # (no empty message: uvicorn 0.39's websockets-sansio, the last for Python
+                # 3.9, drops an empty binary message on asyncio's own loop too)
+                for i in range(1, 201):
                     await ws.send(pattern(i, i))
-                for i in range(200):
+                for i in range(1, 201):
                     assert await ws.recv() == pattern(i, i)
 
             async def one(i):
