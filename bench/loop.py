@@ -156,15 +156,7 @@ def http_check(srv):
     EOF, which rloop 0.5's transports never give): None, or what is wrong."""
     try:
         with socket.create_connection((srv.host, srv.port), timeout=5) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            got = b""
-            while not got.endswith(P.HELLO):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                got += chunk
-            return None if got.startswith(b"HTTP/1.1 200") and got.endswith(P.HELLO) \
-                else f"HTTP check: got {got[:200]!r}"
+            return R.http_get_check(s, keep_alive=True)
     except OSError as exc:
         return f"check request failed: {exc}"
 

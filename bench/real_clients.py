@@ -124,17 +124,24 @@ def check(srv, workload):
                 return None if got == want else f"RESP check: got {got!r}"
             if workload == "https":
                 return None                 # wrk's own warm-up run checks it
-            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            got = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                got += chunk
-            return None if got.startswith(b"HTTP/1.1 200") and got.endswith(P.HELLO) \
-                else f"HTTP check: got {got[:200]!r}"
+            return http_get_check(s)
     except OSError as exc:
         return f"check request failed: {exc}"
+
+
+def http_get_check(s, keep_alive=False):
+    """One GET / on the connected socket s; None when the reply is 200 with the hello body,
+    else what is wrong. keep_alive: read until the body is in, not to the server's EOF."""
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + (b"" if keep_alive else b"Connection: close\r\n")
+              + b"\r\n")
+    got = b""
+    while not (keep_alive and got.endswith(P.HELLO)):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return None if got.startswith(b"HTTP/1.1 200") and got.endswith(P.HELLO) \
+        else f"HTTP check: got {got[:200]!r}"
 
 
 def measure(tools, row, peer, a):

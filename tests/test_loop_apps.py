@@ -625,9 +625,12 @@ def test_pyzmq_asyncio(backend):
                 s.setsockopt(zmq.LINGER, 0)
                 socks.append(s)
                 return s
-            pull, push = sock(zmq.PULL), sock(zmq.PUSH)
-            port = pull.bind_to_random_port("tcp://127.0.0.1")
-            push.connect(f"tcp://127.0.0.1:{port}")
+
+            def pair(bound, connecting):
+                a, b = sock(bound), sock(connecting)
+                b.connect(f"tcp://127.0.0.1:{a.bind_to_random_port('tcp://127.0.0.1')}")
+                return a, b
+            pull, push = pair(zmq.PULL, zmq.PUSH)
 
             async def send_all():
                 for i in range(2000):
@@ -639,9 +642,7 @@ def test_pyzmq_asyncio(backend):
             assert await pull.recv() == pattern(MiB)
             await sender
 
-            rep, req = sock(zmq.REP), sock(zmq.REQ)
-            port = rep.bind_to_random_port("tcp://127.0.0.1")
-            req.connect(f"tcp://127.0.0.1:{port}")
+            rep, req = pair(zmq.REP, zmq.REQ)
 
             async def serve():
                 for _ in range(200):
