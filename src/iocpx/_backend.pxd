@@ -5,8 +5,10 @@
 from cpython.ref cimport PyObject
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, int64_t
 from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy
 from iocpx._sys cimport (iocpx_ovl_t, iocpx_addr_t, socklen_t, iocpx_sock_recv, sockaddr,
-                         IOCPX_AF_UNIX, iocpx_faults_t)
+                         IOCPX_AF_UNIX, iocpx_faults_t, iocpx_mutex_t, iocpx_mutex_lock,
+                         iocpx_mutex_unlock, IOCPX_FAULT, IOCPX_F_ALLOC_RECV_BLOCK)
 
 # Operation types: one enum for every backend.
 cpdef enum OpType:
@@ -45,6 +47,8 @@ cdef enum:
     EV_BUFFER = 1           # a provided receive buffer was used: its id in the high 16 bits
     EV_MORE = 2             # the (multishot) op stays armed: more completions follow
     EV_BUFFER_SHIFT = 16
+    EV_BLOCK = 0x80         # (epoll, iocp) ev.data is a READ_MIN block of the backend's
+                            # BlockCache: consuming the event gives it back there
 
 cdef struct Event:
     IoCtx* io           # the context the completion belongs to
@@ -127,7 +131,8 @@ cdef struct IoCtx:
     SchedNode* sched    # borrowed from owner; NULL when the owner is not serialized
     PyObject* obj       # strong ref to what the kernel reads (send data) or a posted object
     char* buf           # points into obj (not owned)
-    Py_ssize_t len      # bytes left at buf; OP_ACCEPT: first-data bytes wanted with the accept
+    Py_ssize_t len      # bytes left at buf; OP_ACCEPT: first-data bytes wanted with the accept;
+                        # epoll OP_RECV: its last read filled a whole block (large messages)
     IoAux aux           # op- and backend-specific, see IoAux
     iocpx_addr_t addr   # accept: peer address written by the kernel; connect: target
                         # (sa_family AF_UNIX: the target is in extra, see io_target)
@@ -163,24 +168,131 @@ cdef inline sockaddr* io_target(IoCtx* io) noexcept nogil:
 
 cdef enum:
     READ_MIN = 65536        # a heap-buffer receive reads up to this much, whatever buffer_size
+    BLOCK_CACHE = 128       # READ_MIN blocks a backend keeps for its next reads (8 MiB):
+                            # one wait's worth of 64 KiB reads (epoll reads 128 at most)
+    BLOCK_KEEP = 4          # ... and what it keeps once it has been idle BLOCK_IDLE_MS
+    BLOCK_IDLE_MS = 1000
 
-cdef inline long recv_heap(int fd, uint32_t size, void** data) noexcept nogil:
+# The READ_MIN blocks of the heap-buffer receive, kept between reads. Each
+# read used to malloc its own 64 KiB and the consumer freed it; glibc then
+# trimmed the heap (or an arena, with MADV_DONTNEED), and the next recv()
+# page-faulted its way into fresh pages: at 64 KiB messages the faults cost
+# more than the copy. A block here stays mapped and warm. Its own mutex: the
+# reader (the leader, no GIL) and the consumers (workers, GIL) are different
+# threads. The blocks are plain malloc blocks, so a free() of one is correct.
+# Idle memory stays small: while the cache holds more than BLOCK_KEEP, the
+# backend's wait sleeps at most BLOCK_IDLE_MS, and a wait that slept that
+# long for nothing gives the rest back (block_trim).
+cdef struct BlockCache:
+    iocpx_mutex_t mu
+    int n
+    void* blocks[BLOCK_CACHE]
+
+cdef inline void* block_get(BlockCache* bc) noexcept nogil:
+    """A READ_MIN block, from the cache or malloc; NULL when out of memory."""
+    cdef void* b = NULL
+    iocpx_mutex_lock(&bc.mu)
+    if bc.n > 0:
+        bc.n -= 1
+        b = bc.blocks[bc.n]
+    iocpx_mutex_unlock(&bc.mu)
+    if b == NULL and not IOCPX_FAULT(IOCPX_F_ALLOC_RECV_BLOCK):
+        b = malloc(READ_MIN)
+    return b
+
+cdef inline int block_get_n(BlockCache* bc, void** out, int n) noexcept nogil:
+    """n READ_MIN blocks at out (one lock round); returns how many it got
+    (fewer only when out of memory)."""
+    cdef int i = 0
+    iocpx_mutex_lock(&bc.mu)
+    while i < n and bc.n > 0:
+        bc.n -= 1
+        out[i] = bc.blocks[bc.n]
+        i += 1
+    iocpx_mutex_unlock(&bc.mu)
+    while i < n:
+        out[i] = NULL if IOCPX_FAULT(IOCPX_F_ALLOC_RECV_BLOCK) else malloc(READ_MIN)
+        if out[i] == NULL:
+            break
+        i += 1
+    return i
+
+cdef inline void block_put(BlockCache* bc, void* b) noexcept nogil:
+    """Give a READ_MIN block back: kept if the cache has room, else freed."""
+    iocpx_mutex_lock(&bc.mu)
+    if bc.n < BLOCK_CACHE:
+        bc.blocks[bc.n] = b
+        bc.n += 1
+        b = NULL
+    iocpx_mutex_unlock(&bc.mu)
+    free(b)
+
+cdef inline void block_trim(BlockCache* bc) noexcept nogil:
+    """The backend has been idle: free the cached blocks beyond BLOCK_KEEP."""
+    cdef void* spare[BLOCK_CACHE]
+    cdef int i, k = 0
+    iocpx_mutex_lock(&bc.mu)
+    while bc.n > BLOCK_KEEP:
+        bc.n -= 1
+        spare[k] = bc.blocks[bc.n]
+        k += 1
+    iocpx_mutex_unlock(&bc.mu)
+    for i in range(k):
+        free(spare[i])
+
+cdef inline long block_wait_ms(BlockCache* bc, long timeout_ms) noexcept nogil:
+    """The timeout a backend's wait sleeps with: at most BLOCK_IDLE_MS while
+    the cache holds more than BLOCK_KEEP blocks (no lock: a hint)."""
+    if bc.n > BLOCK_KEEP and (timeout_ms < 0 or timeout_ms > BLOCK_IDLE_MS):
+        return BLOCK_IDLE_MS
+    return timeout_ms
+
+cdef inline void* block_data(BlockCache* bc, void* block, long r, uint32_t* flags) noexcept nogil:
+    """A cache block that received r > 0 bytes, as an event's data: the block
+    itself (EV_BLOCK in *flags), or, when r is under half of it, a malloc'd
+    copy of its own size, the block going back to the cache, so that an unread
+    small message pins no 64 KiB."""
+    cdef void* small
+    if r < READ_MIN // 2:
+        small = malloc(r)
+        if small != NULL:
+            memcpy(small, block, r)
+            block_put(bc, block)
+            return small
+    flags[0] |= EV_BLOCK
+    return block
+
+cdef inline long recv_heap(BlockCache* bc, int fd, uint32_t size, void** data,
+                           uint32_t* flags) noexcept nogil:
     """The heap-buffer receive of the epoll and iocp backends: read what the
-    socket has into a malloc'd block of max(size, READ_MIN) bytes (shrunk when
-    the read used less than half). Returns n > 0 with *data set (it travels in
-    Event.data and is freed by Backend.recv_bytes/recv_copy), 0 at EOF, -1 on
-    an error (read iocpx_last_error() next), -2 when out of memory."""
+    socket has into a block of max(size, READ_MIN) bytes. Returns n > 0 with
+    *data set (it travels in Event.data and is given back by
+    Backend.recv_bytes/recv_copy/recv_release; EV_BLOCK in *flags when it is a
+    cache block), 0 at EOF, -1 on an error (read iocpx_last_error() next), -2
+    when out of memory. A read that used less than half of its block moves
+    to a block of its own size (block_data; realloc for larger buffer sizes)."""
     cdef char* buf
     cdef void* small
     cdef long r
-    if size < READ_MIN:
+    cdef bint cached = size <= READ_MIN
+    if cached:
         size = READ_MIN         # one read takes what is there (a 64 KiB message at once)
-    buf = <char*>malloc(size)
+        buf = <char*>block_get(bc)
+    elif IOCPX_FAULT(IOCPX_F_ALLOC_RECV_BLOCK):
+        buf = NULL
+    else:
+        buf = <char*>malloc(size)
     if buf == NULL:
         return -2
     r = iocpx_sock_recv(fd, buf, size)
     if r <= 0:
-        free(buf)
+        if cached:
+            block_put(bc, buf)
+        else:
+            free(buf)
+        return r
+    if cached:
+        data[0] = block_data(bc, buf, r, flags)
         return r
     if r < size // 2:
         small = realloc(buf, r)
@@ -214,6 +326,7 @@ cdef class Backend:
     cdef readonly str name
     cdef uint32_t sizes[MAX_GROUPS]     # receive size of each buffer group (default buffer_group)
     cdef int ngroups
+    cdef BlockCache blocks              # READ_MIN blocks of the heap-buffer receive (recv_heap)
     cdef readonly Py_ssize_t sync_send  # sends of at least this many bytes are tried at once
                                         # with try_send() (-1: never); what fits costs no completion
     cdef readonly bint accept_with_data # an accept can wait for the client's first bytes (AcceptEx)
@@ -242,6 +355,7 @@ cdef class Backend:
     cdef Py_ssize_t recv_copy(self, Event* ev, char* dst) except -1   # copy ev's data to dst, give the buffer back
     cdef void recv_consumed(self, Event* ev) noexcept   # hook: a heap receive buffer was consumed
     cdef void recv_release(self, Event* ev) noexcept    # give a receive event's buffer back uncopied
+    cdef void _block_done(self, Event* ev) noexcept     # a heap receive block back (cache or free)
                                                         # (its ev.res bytes at ev.data were read in place)
     cdef object accept_data(self, Event* ev)    # first data an accept carried (AcceptEx), or None
     cdef int accept_silent(self, int listen_fd) except -1   # pending first-data accepts holding a silent client

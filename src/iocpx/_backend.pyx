@@ -9,7 +9,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy
-from iocpx._sys cimport (IOCPX_ADD_I64, IOCPX_LOAD_I64, iocpx_sock_send_now, iocpx_last_error,
+from iocpx._sys cimport (iocpx_mutex_init, iocpx_mutex_destroy, IOCPX_ADD_I64, IOCPX_LOAD_I64, iocpx_sock_send_now, iocpx_last_error,
                          iocpx_faults_t, iocpx_fault_names, iocpx_faults_attach, iocpx_faults_reset,
                          iocpx_faults_arm, iocpx_faults_random, iocpx_faults_calls,
                          iocpx_faults_hits, IOCPX_FAULT, IOCPX_F_COUNT, IOCPX_FAULTS_BUILT,
@@ -113,6 +113,16 @@ cdef object oserror(int err, str what=None):
 cdef class Backend:
     """Abstract backend; each platform module subclasses it (and sets sync_send)."""
 
+    def __cinit__(self):
+        iocpx_mutex_init(&self.blocks.mu)
+
+    def __dealloc__(self):
+        cdef int i
+        for i in range(self.blocks.n):
+            free(self.blocks.blocks[i])
+        self.blocks.n = 0
+        iocpx_mutex_destroy(&self.blocks.mu)
+
     cdef int socket_open(self, int family) except -1:
         raise NotImplementedError
     cdef int adopt(self, int fd) except -1:
@@ -187,9 +197,7 @@ cdef class Backend:
         if ev.data == NULL:
             return None
         data = PyBytes_FromStringAndSize(<char*>ev.data, ev.res) if ev.res > 0 else None
-        free(ev.data)
-        ev.data = NULL
-        self.recv_consumed(ev)
+        self._block_done(ev)
         return data
 
     cdef Py_ssize_t recv_copy(self, Event* ev, char* dst) except -1:
@@ -199,10 +207,17 @@ cdef class Backend:
             return 0
         cdef Py_ssize_t n = ev.res if ev.res > 0 else 0
         memcpy(dst, ev.data, n)
-        free(ev.data)
+        self._block_done(ev)
+        return n
+
+    cdef void _block_done(self, Event* ev) noexcept:
+        """The event's heap block is no longer needed: back to the cache, or freed."""
+        if ev.flags & EV_BLOCK:
+            block_put(&self.blocks, ev.data)
+        else:
+            free(ev.data)
         ev.data = NULL
         self.recv_consumed(ev)
-        return n
 
     cdef void recv_consumed(self, Event* ev) noexcept:
         pass
@@ -213,9 +228,7 @@ cdef class Backend:
         buffer back as recv_bytes would."""
         if ev.data == NULL:
             return
-        free(ev.data)
-        ev.data = NULL
-        self.recv_consumed(ev)
+        self._block_done(ev)
 
     cdef object accept_data(self, Event* ev):
         return None

@@ -55,6 +55,9 @@ cdef extern from "<sys/socket.h>" nogil:
     int SOCK_STREAM, SOCK_NONBLOCK, SOCK_CLOEXEC, SOL_SOCKET, SO_ERROR
     int MSG_NOSIGNAL, MSG_DONTWAIT, MSG_WAITALL, MSG_TRUNC
 
+cdef extern from "<sys/uio.h>" nogil:
+    ssize_t readv(int fd, const iovec* iov, int iovcnt)
+
 cdef extern from "<sys/sendfile.h>" nogil:
     ssize_t c_sendfile "sendfile"(int out_fd, int in_fd, long* offset, size_t count)
 

@@ -247,6 +247,7 @@ static inline void iocpx_tls_set(void *e) { iocpx_tls_engine = e; }
     X(ALLOC_POOL,         "alloc.pool")         /* io_uring: a receive pool's ring and tables */ \
     X(ALLOC_POOL_CHUNK,   "alloc.pool_chunk")   /* io_uring: a receive pool's next chunk of buffers */ \
     X(ALLOC_DG_MSG,       "alloc.dg_msg")       /* io_uring: a datagram's msghdr (receive or send) */ \
+    X(ALLOC_RECV_BLOCK,   "alloc.recv_block")   /* epoll, iocp: a heap receive's block (recv_heap) */ \
     X(SYS_SOCKET,         "sys.socket")         /* socket() for connect (ENOBUFS) */ \
     X(SYS_ACCEPT,         "sys.accept4")        /* epoll: accept4 (ENOBUFS) */ \
     X(SYS_EPOLL_CTL,      "sys.epoll_ctl")      /* epoll: interest change (ENOMEM) */ \

@@ -99,6 +99,7 @@ cdef extern from "_sys.h" nogil:
         IOCPX_F_ALLOC_POOL
         IOCPX_F_ALLOC_POOL_CHUNK
         IOCPX_F_ALLOC_DG_MSG
+        IOCPX_F_ALLOC_RECV_BLOCK
         IOCPX_F_SYS_SOCKET
         IOCPX_F_SYS_ACCEPT
         IOCPX_F_SYS_EPOLL_CTL

@@ -33,7 +33,7 @@ cdef enum:
     QUIET_CHECKS = 250      # watcher checks without progress before it sleeps untimed
     FLUSH_EVERY = 64        # submit queued sends at least every this many events
     MERGE_MAX = 64          # receive events merged into one callback, at most
-    MERGE_BYTES = 65536     # ... and bytes (larger bytes objects come from mmap, fresh pages each)
+    MERGE_BYTES = 262144    # ... and bytes (a merged callback stops once it has this many)
 
 cdef enum DispatchEnd:
     D_DONE = 0              # nothing left for this worker; it submitted what the run queued

@@ -10,6 +10,7 @@ cdef int recv_submit(EpollBackend be, IoCtx* io) except -1:
     cdef FdState* st = be._locked_state(io.fd)
     cdef int r
     io.aux.unread = 0           # data events not yet consumed by recv_bytes
+    io.len = 0                  # small messages until a read fills its block
     if st.pending_err:          # reset right after the connect: say so, as io_uring would
         be._ready(io, -st.pending_err, 0)
         st.pending_err = 0
@@ -24,19 +25,64 @@ cdef int recv_submit(EpollBackend be, IoCtx* io) except -1:
     return 0
 
 
-cdef int recv_ready(EpollBackend be, int fd, FdState* st, Event* out) noexcept nogil:
-    """(Leader, mu held) one read into a heap block: 1 event, or 0 (nothing
-    there yet, or out of memory: EPOLLIN stays and it is tried again)."""
+cdef enum:
+    READ_BLOCKS = 4         # blocks one readiness reads into at most (readv: 256 KiB)
+
+
+cdef int recv_ready(EpollBackend be, int fd, FdState* st, Event* out, int room) noexcept nogil:
+    """(Leader, mu held) one read of what the socket has: data events (one
+    per block it filled, at most room; they reach the application as one
+    callback), or an EOF/error event, or 0 (nothing there yet, or out of
+    memory: EPOLLIN stays and it is tried again).
+
+    Per connection, by what its last read saw: a recv() into one cache
+    block while messages are small; once a read fills its block (a large
+    message is arriving), one readv() into up to READ_BLOCKS blocks, so a
+    large message costs one system call per 256 KiB and leaves in as few
+    sends (the engine merges the events into one callback), as a 256 KiB
+    read buffer would, without pinning 256 KiB per connection."""
     cdef IoCtx* io = st.recv
-    cdef void* buf = NULL
-    cdef long r
+    cdef iovec iov[READ_BLOCKS]
+    cdef void* blocks[READ_BLOCKS]
+    cdef int nb = 1, i, n = 0
+    cdef uint32_t flags
+    cdef long r, part
     if IOCPX_FAULT(IOCPX_F_SYS_RECV):
         return 0                # readiness that was not (EAGAIN): EPOLLIN stays
-    r = recv_heap(fd, be.sizes[io.group], &buf)
-    if r > 0:
-        io.aux.unread += 1
-        ev_set(out, io, <int>r, EV_MORE, buf)
-        return 1
+    if io.len and be.sizes[io.group] <= READ_MIN:
+        nb = READ_BLOCKS
+        if nb > room:
+            nb = room
+        if nb > MAX_UNREAD - io.aux.unread:
+            nb = MAX_UNREAD - io.aux.unread
+    if nb == 1:
+        flags = EV_MORE
+        r = recv_heap(&be.blocks, fd, be.sizes[io.group], &blocks[0], &flags)
+        if r > 0:
+            io.len = r >= READ_MIN
+            io.aux.unread += 1
+            ev_set(out, io, <int>r, flags, blocks[0])
+            return 1
+    else:
+        nb = block_get_n(&be.blocks, blocks, nb)
+        for i in range(nb):
+            iov[i].iov_base = blocks[i]
+            iov[i].iov_len = READ_MIN
+        r = readv(fd, iov, nb) if nb > 0 else -2
+        if r > 0:
+            io.len = r >= READ_MIN
+        while r > 0 and n < nb:     # the blocks it filled, in order
+            part = r if r < READ_MIN else READ_MIN
+            flags = EV_MORE
+            ev_set(out + n, io, <int>part, 0, block_data(&be.blocks, blocks[n], part, &flags))
+            out[n].flags = flags
+            io.aux.unread += 1
+            r -= part
+            n += 1
+        for i in range(n, nb):      # the blocks it did not need
+            block_put(&be.blocks, blocks[i])
+        if n > 0:
+            return n
     if r == -2 or (r < 0 and (errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR)):
         return 0                # out of memory: EPOLLIN stays, we try again
     st.recv = NULL              # EOF or error: the receive ends here

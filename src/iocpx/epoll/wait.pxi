@@ -8,6 +8,7 @@
 cdef int wait_events(EpollBackend be, Event* out, int maxev, long timeout_ms) noexcept nogil:
     cdef epoll_event evs[128]
     cdef int n, k, i, fd, cap
+    cdef long ms
     cdef uint64_t junk
     cdef uint32_t e
     cdef FdState* st
@@ -19,7 +20,14 @@ cdef int wait_events(EpollBackend be, Event* out, int maxev, long timeout_ms) no
     be.in_wait = 1
     iocpx_mutex_unlock(&be.mu)
     cap = maxev if maxev < 128 else 128
-    k = epoll_wait(be.ep, evs, cap, <int>timeout_ms)
+    while True:
+        ms = block_wait_ms(&be.blocks, timeout_ms)
+        k = epoll_wait(be.ep, evs, cap, <int>ms)
+        if k != 0 or ms == timeout_ms:
+            break
+        block_trim(&be.blocks)      # idle for BLOCK_IDLE_MS: the receive blocks go back
+        if timeout_ms > 0:
+            timeout_ms -= ms
     iocpx_mutex_lock(&be.mu)
     be.in_wait = 0
     n = evq_take(&be.ready, out, maxev)
@@ -48,7 +56,7 @@ cdef int wait_events(EpollBackend be, Event* out, int maxev, long timeout_ms) no
             elif st.recv != NULL and st.recv.op == OP_RECVFROM:
                 n += dgram_read(be, fd, st, out + n, maxev - n)
             elif st.recv != NULL and st.recv.aux.unread < MAX_UNREAD:
-                n += recv_ready(be, fd, st, out + n)
+                n += recv_ready(be, fd, st, out + n, maxev - n)
         if n < maxev and e & (EPOLLOUT | EPOLLERR | EPOLLHUP):
             if st.conn != NULL:
                 n += connect_ready(be, st, out + n)

@@ -34,7 +34,8 @@ cdef inline void recv_finish(IocpBackend be, IoCtx* io, int ok, DWORD err, Event
     if not iocpx_claim(&io.aux.claim, CLAIM_READ):
         ev.res = -E_CANCELED            # abort_by_close() closed the socket
         return
-    r = recv_heap(io.fd, be.sizes[io.group] if io.group < be.ngroups else 4096, &ev.data)
+    r = recv_heap(&be.blocks, io.fd, be.sizes[io.group] if io.group < be.ngroups else 4096,
+                  &ev.data, &ev.flags)
     if r > 0:
         ev.res = <int32_t>r
     elif r == 0:

@@ -15,6 +15,7 @@ cdef int wait_events(IocpBackend be, Event* out, int maxev, long timeout_ms) noe
     cdef int n, i
     cdef DWORD ms, nbytes, flags, err
     cdef BOOL okw
+    cdef bint trim
     cdef IoCtx* io
     cdef uint64_t now, deadline = 0
     if maxev > MAX_ENTRIES:
@@ -39,8 +40,13 @@ cdef int wait_events(IocpBackend be, Event* out, int maxev, long timeout_ms) noe
             ms = INFINITE
         if be.pending != NULL and (ms == INFINITE or ms > SCAN_MS):
             ms = SCAN_MS
+        trim = be.blocks.n > BLOCK_KEEP and (ms == INFINITE or ms > BLOCK_IDLE_MS)
+        if trim:                        # idle this long: the receive blocks go back
+            ms = BLOCK_IDLE_MS
         okw = GetQueuedCompletionStatusEx(be.port, entries, maxev, &got, ms, False)
         err = GetLastError() if not okw else 0
+        if trim and not okw and err == WAIT_TIMEOUT:
+            block_trim(&be.blocks)
         iocpx_mutex_lock(&be.mu)
         be.sleeping = 0
         iocpx_mutex_unlock(&be.mu)
