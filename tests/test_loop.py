@@ -267,6 +267,75 @@ def test_add_reader_is_level_triggered_and_replaced(loop):
     b.close()
 
 
+
+def test_add_reader_sees_each_readiness_once(loop):
+    """A reader that drains its socket is not called again for the same data: it runs in
+    the iteration whose wait saw the readiness, as on asyncio's selector loop, so no call
+    finds nothing to read (one byte at a time and bursts, while other callbacks run)."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    seen = {"calls": 0, "empty": 0, "bytes": 0}
+    total = 300
+    sizes = [1 if i % 3 else 700 for i in range(total)]
+
+    def reader():
+        seen["calls"] += 1
+        n = 0
+        try:
+            while True:
+                n += len(a.recv(65536))
+        except BlockingIOError:
+            pass
+        seen["bytes"] += n
+        if n == 0:
+            seen["empty"] += 1
+
+    def busy(k):                        # other callbacks keep the loop iterating
+        if k:
+            loop.call_soon(busy, k - 1)
+
+    def feed(i):
+        if i == total:
+            loop.call_later(0.05, loop.stop)
+            return
+        b.send(b"y" * sizes[i])
+        loop.call_soon(busy, 5)
+        loop.call_later(0.001, feed, i + 1)
+
+    try:
+        loop.add_reader(a.fileno(), reader)
+        loop.call_soon(feed, 0)
+        loop.run_forever()
+        loop.remove_reader(a.fileno())
+    finally:
+        a.close()
+        b.close()
+    assert seen["bytes"] == sum(sizes)
+    assert seen["empty"] == 0, seen
+
+
+def test_keyboard_interrupt_in_reader_leaves_run_forever(loop):
+    a, b = socket.socketpair()
+    ran = []
+
+    def reader():
+        a.recv(1)
+        ran.append(1)
+        raise KeyboardInterrupt
+
+    try:
+        loop.add_reader(a.fileno(), reader)
+        b.send(b"x")
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_forever()
+        assert ran == [1]
+        loop.remove_reader(a.fileno())
+        assert loop.run_until_complete(asyncio.sleep(0, result=3)) == 3
+    finally:
+        a.close()
+        b.close()
+
+
 # ---- flow control, BufferedProtocol ----------------------------------------------------
 
 def test_pause_and_resume_writing(loop):

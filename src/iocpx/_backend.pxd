@@ -26,12 +26,17 @@ cpdef enum OpType:
     OP_SENDTO = 10      # one datagram of io.len bytes at io.buf to io.addr (io.addrlen 0:
                         # the connected peer); res is the bytes sent or -errno
     OP_POLL = 11        # readiness of io.fd for the PL_* events in io.len, once (one-shot);
-                        # res is the PL_* events that happened, or -errno
+                        # res is the PL_* events that happened, or -errno. With POLL_KEEP
+                        # in io.group a backend may keep it armed, level-triggered: each
+                        # readiness it sees is an event with EV_MORE, until a cancel ends it
     OP_READ = 12        # Windows: ReadFile of io.len bytes into io.buf from the HANDLE in
                         # io.aux.handle (a pipe); res is the bytes read, 0 at its end, or -errno
     OP_WRITE = 13       # Windows: WriteFile of io.len bytes at io.buf to the HANDLE; res as above
     OP_WAIT = 14        # Windows: the object (a process) in io.aux.handle is signalled;
                         # res 0, or -ECANCELED
+
+cdef enum:
+    POLL_KEEP = 1       # OP_POLL io.group: the poll may stay armed (see OP_POLL)
 
 # OP_POLL event bits, backend-neutral (the values of Linux's POLLIN/POLLOUT/POLLERR/POLLHUP).
 cdef enum:

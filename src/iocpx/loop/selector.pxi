@@ -5,12 +5,17 @@
 # interface and its SelectorKey; there is no select(): the loop's wait
 # already reports the polls among the other completions.
 #
-# Level-triggered, as asyncio's selectors are: a poll that fired queues its
-# reader/writer callback, and is armed again (if the descriptor is still
-# registered) before the loop next waits; if the descriptor is still ready
-# the new poll completes at once and the callback runs again next iteration.
-# One poll per descriptor at a time, for both directions; a modify that
-# changes the events cancels the armed poll and arms one for the new set.
+# Level-triggered, as asyncio's selectors are. A poll that fired runs its
+# reader/writer callback at once, among the iteration's other I/O callbacks
+# (asyncio's selector loop runs them in the iteration of the select that
+# saw them, too). Where the backend keeps a poll armed (POLL_KEEP: epoll,
+# whose registration stays), that is all: the next wait reports the
+# descriptor again if the callback left it ready. Elsewhere the poll is
+# one-shot, and it is armed again (if the descriptor is still registered)
+# before the loop next waits; if the descriptor is still ready the new poll
+# completes at once. One poll per descriptor at a time, for both
+# directions; a modify that changes the events cancels the armed poll and
+# arms one for the new set.
 
 import selectors as _selectors
 import stat as _stat
@@ -35,6 +40,7 @@ cdef int poll_arm(EngineSelector sel, PollReg reg) except -1:
     cdef Engine eng = sel.loop.eng
     cdef IoCtx* io = io_alloc(OP_POLL, reg, NULL)
     io.fd = reg.fd
+    io.group = POLL_KEEP            # stays armed where the backend can (epoll)
     io.len = ((PL_IN if reg.events & EVENT_READ else 0) |
               (PL_OUT if reg.events & EVENT_WRITE else 0))
     try:
@@ -67,20 +73,25 @@ cdef int poll_cancel(EngineSelector sel, PollReg reg) except -1:
 
 
 cdef void poll_on_done(PollReg reg, Event* ev) except *:
-    """A poll (or a cancel of one) completed (handle_event)."""
+    """A poll (or a cancel of one) completed (handle_event): the reader and
+    writer callbacks it made ready run now. EV_MORE: the poll stays armed
+    (POLL_KEEP), its context lives on until the completion that ends it."""
     cdef EngineSelector sel = reg.sel
     cdef Engine eng = sel.loop.eng if sel is not None and sel.loop is not None else None
     cdef IoCtx* io = ev.io
     cdef int res = ev.res
     cdef bint current = reg.io == io
     cdef uint8_t op = io.op
-    io_free(io)
-    if eng is not None:
-        eng.inflight -= 1
+    cdef bint more = op == OP_POLL and (ev.flags & EV_MORE) != 0
+    if not more:
+        io_free(io)
+        if eng is not None:
+            eng.inflight -= 1
     if op != OP_POLL or not current:
         return                      # a cancel, or a poll replaced since
-    reg.io = NULL
-    reg.armed = 0
+    if not more:
+        reg.io = NULL
+        reg.armed = 0
     if reg.closed or sel.closed:
         return
     key = sel.keys.get(reg.fd)
@@ -91,21 +102,39 @@ cdef void poll_on_done(PollReg reg, Event* ev) except *:
             sel.rearm.append(reg)
             return
         res = PL_IN | PL_OUT | PL_ERR     # let the callbacks meet the error themselves
-    reader, writer = key.data
-    mask = key.events
     loop = sel.loop
-    if res & (PL_IN | PL_ERR | PL_HUP) and mask & EVENT_READ and reader is not None:
-        if reader._cancelled:
-            loop._remove_reader(reg.fd)
-        else:
-            rq_push(loop, reader)
-    if res & (PL_OUT | PL_ERR | PL_HUP) and mask & EVENT_WRITE and writer is not None:
-        if writer._cancelled:
-            loop._remove_writer(reg.fd)
-        else:
-            rq_push(loop, writer)
-    if reg.fd in sel.regs:
+    if res & (PL_IN | PL_ERR | PL_HUP) and key.events & EVENT_READ:
+        reader = key.data[0]
+        if reader is not None:
+            if reader._cancelled:
+                loop._remove_reader(reg.fd)
+            else:
+                poll_run(sel.loop, reader)
+        key = sel.keys.get(reg.fd)  # the reader may have changed what is registered
+    if key is not None and res & (PL_OUT | PL_ERR | PL_HUP) and key.events & EVENT_WRITE:
+        writer = key.data[1]
+        if writer is not None:
+            if writer._cancelled:
+                loop._remove_writer(reg.fd)
+            else:
+                poll_run(sel.loop, writer)
+    if not more and reg.fd in sel.regs and not reg.closed:
         sel.rearm.append(reg)
+
+
+cdef int poll_run(LoopCore loop, object h) except -1:
+    """Run a reader/writer callback now. asyncio's Handle reports what it
+    raises; SystemExit and KeyboardInterrupt leave the loop after this
+    iteration's I/O, as a protocol callback's do."""
+    try:
+        if loop._debug:
+            loop_run_ready_debug(loop, h)
+        else:
+            loop_run_ready(loop, h)
+    except (SystemExit, KeyboardInterrupt) as e:
+        if loop.pending_exc is None:
+            loop.pending_exc = e
+    return 0
 
 
 cdef int selector_rearm(EngineSelector sel) except -1:
