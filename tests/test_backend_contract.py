@@ -240,7 +240,14 @@ def _receive(h, fd, n, tag_prefix="r"):
     return bytes(got), tag, evs
 
 
-def test_recv_data_events_then_eof_ends_the_op(h):
+# how the engine takes a receive's bytes: on_recv's bytes, a copy of merged events into one
+# buffer, or read in place and given back (BufferedProtocol, get_buffer/on_recv_into)
+CONSUME = ["bytes", "copy", "release"]
+
+
+@pytest.mark.parametrize("consume", CONSUME)
+def test_recv_data_events_then_eof_ends_the_op(h, consume):
+    h.t.consume = consume
     ls = h.listener()
     fd, p = h.accept_one(ls)
     p.sendall(b"hello")
@@ -253,7 +260,9 @@ def test_recv_data_events_then_eof_ends_the_op(h):
     assert h.of(tag)[-1] == (tag, op, res, more, data), "events after the final one"
 
 
-def test_recv_a_large_stream_in_order(h):
+@pytest.mark.parametrize("consume", CONSUME)
+def test_recv_a_large_stream_in_order(h, consume):
+    h.t.consume = consume
     ls = h.listener()
     fd, p = h.accept_one(ls)
     blob = os.urandom(1 << 20)

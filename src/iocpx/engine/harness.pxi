@@ -20,10 +20,15 @@ cdef class BackendTester:
     cdef Backend be
     cdef dict targets               # tag -> address of a context not yet completed
     cdef int pending
+    cdef public str consume         # how wait() takes a receive's bytes, as the engine's
+                                    # paths do: "bytes" (recv_bytes: on_recv), "copy"
+                                    # (recv_copy: merged events), "release" (read in
+                                    # place, then recv_release: BufferedProtocol, get_buffer)
 
     def __cinit__(self, backend=None):
         self.be = make_backend(backend)
         self.targets = {}
+        self.consume = "bytes"
 
     @property
     def name(self):
@@ -190,7 +195,14 @@ cdef class BackendTester:
             more = bool(evs[i].flags & EV_MORE)
             data = None
             if io.op == OP_RECV:
-                data = self.be.recv_bytes(&evs[i])
+                if self.consume == "bytes" or evs[i].data == NULL:
+                    data = self.be.recv_bytes(&evs[i])
+                elif self.consume == "copy":
+                    data = PyBytes_FromStringAndSize(NULL, evs[i].res)
+                    self.be.recv_copy(&evs[i], iocpx_bytes_ptr(data))
+                else:
+                    data = PyBytes_FromStringAndSize(<char*>evs[i].data, evs[i].res)
+                    self.be.recv_release(&evs[i])
             elif io.op == OP_RECVFROM:
                 try:
                     if self.be.dgram_view(&evs[i], &dg):
