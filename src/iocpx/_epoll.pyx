@@ -64,6 +64,7 @@ iocpx_faults_attach(faults_table())
 
 cdef enum:
     MAX_UNREAD = 8          # data events of one receive waiting for dispatch
+    READ_BUDGET = 1 << 20   # stream bytes one wait reads, about (epoll/wait.pxi)
     WAKE_TAG = 0xFFFFFFFF   # epoll data of the wake-up eventfd
 
 # Per-descriptor state: the operations armed on it. Accepts queue up through
