@@ -409,10 +409,33 @@ def probe_import(statement):
 
 
 def stale_build():
-    """The .pyx files in src/iocpx newer than their built module (the in-place build is stale)."""
+    """The .pyx files in src/iocpx newer than their built module, counting what each one
+    includes and cimports (Cython's own dependency tree, as setup.py's cythonize sees it)
+    and the C headers: the in-place build is stale."""
     stale = []
     if not os.path.isdir(SRC_PKG):
         return stale
+    names = os.listdir(SRC_PKG)
+    headers = [os.path.join(SRC_PKG, f) for f in names if f.endswith(".h")]
+    try:
+        from Cython.Build.Dependencies import create_dependency_tree
+        tree = create_dependency_tree()
+    except Exception:       # noqa: BLE001 - no Cython here: every .pxd/.pxi counts
+        tree = None
+        deps_all = [os.path.join(root, f) for root, _, files in os.walk(SRC_PKG) for f in files
+                    if f.endswith((".pxd", ".pxi"))]
+    for name in names:
+        if not name.endswith(".pyx"):
+            continue
+        sos = [f for f in names if f.startswith(name[:-4] + ".") and f.endswith(".so")]
+        if not sos:
+            continue
+        pyx = os.path.join(SRC_PKG, name)
+        deps = [pyx] + headers + (list(tree.all_dependencies(pyx)) if tree else deps_all)
+        newest = max(os.path.getmtime(d) for d in deps if os.path.exists(d))
+        if os.path.getmtime(os.path.join(SRC_PKG, sos[0])) < newest:
+            stale.append(name)
+    return stale
     names = os.listdir(SRC_PKG)
     deps = [os.path.join(root, f) for root, _, files in os.walk(SRC_PKG) for f in files
             if f.endswith((".pxd", ".pxi", ".h"))]

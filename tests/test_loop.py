@@ -336,6 +336,40 @@ def test_keyboard_interrupt_in_reader_leaves_run_forever(loop):
         b.close()
 
 
+
+@pytest.mark.skipif(not LINUX, reason="F_SETPIPE_SZ: a pipe larger than 64 KiB (Linux)")
+def test_read_pipe_reads_at_most_64_kib_at_a_time(loop):
+    """The loop's read-pipe transport reads 64 KiB at most per os.read() (asyncio's takes
+    256 KiB: a buffer above glibc's mmap threshold, fresh pages per read); a pipe holding
+    1 MiB still arrives whole and in order."""
+    import fcntl
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
+    blob = os.urandom(1 << 20)
+    assert os.write(w, blob) == len(blob)
+    os.close(w)
+    chunks = []
+
+    class Reader(asyncio.Protocol):
+        def __init__(self):
+            self.done = loop.create_future()
+
+        def data_received(self, data):
+            chunks.append(data)
+
+        def connection_lost(self, exc):
+            self.done.set_result(exc)
+
+    async def main():
+        _, proto = await loop.connect_read_pipe(Reader, os.fdopen(r, "rb", buffering=0))
+        return await asyncio.wait_for(proto.done, 10)
+
+    assert run(loop, main()) is None
+    assert b"".join(chunks) == blob
+    assert max(map(len, chunks)) <= 65536
+    assert len(chunks) >= 16
+
+
 # ---- flow control, BufferedProtocol ----------------------------------------------------
 
 def test_pause_and_resume_writing(loop):

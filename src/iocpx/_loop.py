@@ -72,6 +72,16 @@ else:
     from asyncio import unix_events
     _Base = unix_events._UnixSelectorEventLoop
 
+    class _ReadPipeTransport(unix_events._UnixReadPipeTransport):  # type: ignore[name-defined]
+        """asyncio's Unix read-pipe transport, reading at most 64 KiB at a time
+        where asyncio reads 256 KiB. A pipe holds 64 KiB unless it was enlarged,
+        so reads are no smaller; but a 256 KiB os.read() buffer is above glibc's
+        mmap threshold until something has raised it, and then every read maps,
+        faults in and unmaps fresh pages: 0.9-1.2 ms of CPU per MiB instead of
+        0.35 in bench/loop_os.py's pipe row, on one run or another of the same
+        code (uvloop reads into a buffer of its own)."""
+        max_size = 64 * 1024
+
     def _pidfd_works():
         if not hasattr(os, "pidfd_open"):
             return False
@@ -254,7 +264,7 @@ class EventLoop(LoopCore, _Base):
             super().add_signal_handler(sig, callback, *args)
             signal.set_wakeup_fd(self._csock.fileno(), warn_on_full_buffer=False)
 
-    # ---- pipes and subprocesses on Windows: asyncio's proactor classes ------
+    # ---- pipes and subprocesses: asyncio's proactor classes on Windows, its Unix ones here --
 
     if sys.platform == "win32":
 
@@ -273,6 +283,11 @@ class EventLoop(LoopCore, _Base):
                 self, protocol, args, shell, stdin, stdout, stderr, bufsize,
                 waiter=waiter, extra=extra, **kwargs)
             return await _subprocess_started(transp, waiter)
+
+    else:
+
+        def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+            return _ReadPipeTransport(self, pipe, protocol, waiter, extra)
 
     # ---- closing ----------------------------------------------------------
 
