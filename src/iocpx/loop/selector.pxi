@@ -12,8 +12,8 @@
 # whose registration stays), that is all: the next wait reports the
 # descriptor again if the callback left it ready. Elsewhere the poll is
 # one-shot, and it is armed again (if the descriptor is still registered)
-# before the loop next waits; if the descriptor is still ready the new poll
-# completes at once. One poll per descriptor at a time, for both
+# right after the callbacks ran; if the descriptor is still ready the new
+# poll completes at once. One poll per descriptor at a time, for both
 # directions; a modify that changes the events cancels the armed poll and
 # arms one for the new set.
 
@@ -118,8 +118,11 @@ cdef void poll_on_done(PollReg reg, Event* ev) except *:
                 loop._remove_writer(reg.fd)
             else:
                 poll_run(sel.loop, writer)
-    if not more and reg.fd in sel.regs and not reg.closed:
-        sel.rearm.append(reg)
+    if not more and not reg.closed and reg.io == NULL and reg.events and not sel.closed:
+        try:                        # the callbacks ran: a one-shot poll is armed again now
+            poll_arm(sel, reg)
+        except Exception:           # noqa: BLE001 - tried again before the loop waits
+            sel.rearm.append(reg)
 
 
 cdef int poll_run(LoopCore loop, object h) except -1:
