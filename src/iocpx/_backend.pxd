@@ -245,10 +245,18 @@ cdef inline void block_trim(BlockCache* bc) noexcept nogil:
     for i in range(k):
         free(spare[i])
 
+cdef inline int block_count(BlockCache* bc) noexcept nogil:
+    """The blocks the cache holds now."""
+    cdef int n
+    iocpx_mutex_lock(&bc.mu)
+    n = bc.n
+    iocpx_mutex_unlock(&bc.mu)
+    return n
+
 cdef inline long block_wait_ms(BlockCache* bc, long timeout_ms) noexcept nogil:
     """The timeout a backend's wait sleeps with: at most BLOCK_IDLE_MS while
-    the cache holds more than BLOCK_KEEP blocks (no lock: a hint)."""
-    if bc.n > BLOCK_KEEP and (timeout_ms < 0 or timeout_ms > BLOCK_IDLE_MS):
+    the cache holds more than BLOCK_KEEP blocks."""
+    if (timeout_ms < 0 or timeout_ms > BLOCK_IDLE_MS) and block_count(bc) > BLOCK_KEEP:
         return BLOCK_IDLE_MS
     return timeout_ms
 

@@ -286,7 +286,7 @@ cdef class Engine:
             "rescues": IOCPX_LOAD_I64(&self.n_rescues),     # the watcher adds to it (nogil)
             "internal_errors": self.n_errors,
             "receive_pools": self.be.pools() if hasattr(self.be, "pools") else None,
-            "receive_blocks": self.be.blocks.n if self.be is not None else 0,
+            "receive_blocks": block_count(&self.be.blocks) if self.be is not None else 0,
             "closing": self.state == E_CLOSING,
             "closed_engine": self.state == E_CLOSED,
         }

@@ -40,7 +40,7 @@ cdef int wait_events(IocpBackend be, Event* out, int maxev, long timeout_ms) noe
             ms = INFINITE
         if be.pending != NULL and (ms == INFINITE or ms > SCAN_MS):
             ms = SCAN_MS
-        trim = be.blocks.n > BLOCK_KEEP and (ms == INFINITE or ms > BLOCK_IDLE_MS)
+        trim = (ms == INFINITE or ms > BLOCK_IDLE_MS) and block_count(&be.blocks) > BLOCK_KEEP
         if trim:                        # idle this long: the receive blocks go back
             ms = BLOCK_IDLE_MS
         okw = GetQueuedCompletionStatusEx(be.port, entries, maxev, &got, ms, False)
