@@ -193,18 +193,6 @@ cdef struct BlockCache:
     int n
     void* blocks[BLOCK_CACHE]
 
-cdef inline void* block_get(BlockCache* bc) noexcept nogil:
-    """A READ_MIN block, from the cache or malloc; NULL when out of memory."""
-    cdef void* b = NULL
-    iocpx_mutex_lock(&bc.mu)
-    if bc.n > 0:
-        bc.n -= 1
-        b = bc.blocks[bc.n]
-    iocpx_mutex_unlock(&bc.mu)
-    if b == NULL and not IOCPX_FAULT(IOCPX_F_ALLOC_RECV_BLOCK):
-        b = malloc(READ_MIN)
-    return b
-
 cdef inline int block_get_n(BlockCache* bc, void** out, int n) noexcept nogil:
     """n READ_MIN blocks at out (one lock round); returns how many it got
     (fewer only when out of memory)."""
@@ -221,6 +209,12 @@ cdef inline int block_get_n(BlockCache* bc, void** out, int n) noexcept nogil:
             break
         i += 1
     return i
+
+cdef inline void* block_get(BlockCache* bc) noexcept nogil:
+    """One READ_MIN block, from the cache or malloc; NULL when out of memory."""
+    cdef void* b = NULL
+    block_get_n(bc, &b, 1)
+    return b
 
 cdef inline void block_put(BlockCache* bc, void* b) noexcept nogil:
     """Give a READ_MIN block back: kept if the cache has room, else freed."""

@@ -49,7 +49,9 @@ from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy, i
                          IOCPX_F_SYS_SEND_EAGAIN, IOCPX_F_SYS_SEND_SHORT, IOCPX_F_ALLOC_SENDFILE,
                          IOCPX_F_SYS_SENDFILE, iocpx_set_errno, iocpx_sleep_ms)
 from iocpx._backend cimport (Backend, IoCtx, Event, EventQueue, ev_set, evq_push, evq_take,
-                             evq_free, recv_heap, block_get_n, block_put, block_data, block_trim, block_wait_ms, BLOCK_KEEP, BLOCK_IDLE_MS, oserror, io_target, EV_MORE, POLL_KEEP, OP_SEND, READ_MIN,
+                             evq_free, recv_heap, block_get_n, block_put, block_data,
+                             block_trim, block_wait_ms, oserror, io_target, EV_MORE, POLL_KEEP,
+                             OP_SEND, READ_MIN,
                              OP_RECVFROM, OP_SENDTO, Datagram, DG_TRUNC, faults_table)
 from iocpx._linux cimport (ECANCELED, EWOULDBLOCK, fcntl, F_GETFL, F_SETFL, O_NONBLOCK,
                            c_socket, accept4, connect, recv, send, sendto, recvmmsg, getsockopt,

@@ -71,7 +71,8 @@ from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy,
                          iocpx_mutex_lock, iocpx_mutex_unlock, iocpx_now_ns,
                          iocpx_addr_t, sockaddr as sys_sockaddr)
 from iocpx._backend cimport (Backend, IoCtx, Event, EventQueue, ev_set, evq_push, evq_take,
-                             evq_free, recv_heap, block_trim, block_count, block_wait_ms, BLOCK_KEEP, BLOCK_IDLE_MS, oserror, io_target, OP_NOP, OP_ACCEPT, OP_RECV, OP_SEND,
+                             evq_free, recv_heap, block_trim, block_wait_ms, BLOCK_IDLE_MS,
+                             oserror, io_target, OP_NOP, OP_ACCEPT, OP_RECV, OP_SEND,
                              OP_CONNECT, OP_CANCEL, OP_POST, OP_EXIT, OP_SENDFILE, OP_POLL,
                              OP_READ, OP_WRITE, OP_WAIT,
                              OP_RECVFROM, Datagram, DG_TRUNC)

@@ -44,6 +44,7 @@ cdef int recv_ready(EpollBackend be, int fd, FdState* st, Event* out, int room) 
     cdef IoCtx* io = st.recv
     cdef iovec iov[READ_BLOCKS]
     cdef void* blocks[READ_BLOCKS]
+    cdef void* data
     cdef int nb = 1, i, n = 0
     cdef uint32_t flags
     cdef long r, part
@@ -74,8 +75,8 @@ cdef int recv_ready(EpollBackend be, int fd, FdState* st, Event* out, int room) 
         while r > 0 and n < nb:     # the blocks it filled, in order
             part = r if r < READ_MIN else READ_MIN
             flags = EV_MORE
-            ev_set(out + n, io, <int>part, 0, block_data(&be.blocks, blocks[n], part, &flags))
-            out[n].flags = flags
+            data = block_data(&be.blocks, blocks[n], part, &flags)
+            ev_set(out + n, io, <int>part, flags, data)
             io.aux.unread += 1
             r -= part
             n += 1

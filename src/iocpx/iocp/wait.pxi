@@ -16,6 +16,7 @@ cdef int wait_events(IocpBackend be, Event* out, int maxev, long timeout_ms) noe
     cdef DWORD ms, nbytes, flags, err
     cdef BOOL okw
     cdef bint trim
+    cdef long left
     cdef IoCtx* io
     cdef uint64_t now, deadline = 0
     if maxev > MAX_ENTRIES:
@@ -40,7 +41,8 @@ cdef int wait_events(IocpBackend be, Event* out, int maxev, long timeout_ms) noe
             ms = INFINITE
         if be.pending != NULL and (ms == INFINITE or ms > SCAN_MS):
             ms = SCAN_MS
-        trim = (ms == INFINITE or ms > BLOCK_IDLE_MS) and block_count(&be.blocks) > BLOCK_KEEP
+        left = -1 if ms == INFINITE else <long>ms
+        trim = block_wait_ms(&be.blocks, left) != left
         if trim:                        # idle this long: the receive blocks go back
             ms = BLOCK_IDLE_MS
         okw = GetQueuedCompletionStatusEx(be.port, entries, maxev, &got, ms, False)
