@@ -43,7 +43,10 @@ if [ "${IOCPX_SANITIZE_REUSE:-0}" = 1 ] && [ -f "$work/build.log" ]; then
 else
     rm -rf "$work"
     mkdir -p "$work"
-    cp -r "$here/setup.py" "$here/pyproject.toml" "$here/src" "$here/tests" "$work/"
+    # the tests read the examples, bench, docs and README too (the whole suite runs here)
+    for f in setup.py pyproject.toml README.md CHANGELOG.md src tests examples bench docs tools; do
+        [ -e "$here/$f" ] && cp -r "$here/$f" "$work/"
+    done
     cd "$work"
     IOCPX_DEBUG_BUILD=1 IOCPX_FAULTS=$faults CFLAGS="$cflags" LDFLAGS="${cflags%% *}" \
         "$py" setup.py build_ext --inplace -j2 > build.log 2>&1 || { tail -30 build.log; exit 1; }
