@@ -10,6 +10,9 @@
 #   IOCPX_WIN_ABI=full   instead builds a version-specific wheel for the host
 #                        Python's version (cpXY-cpXY, linked to pythonXY.dll),
 #                        e.g. to compare speed with the abi3 build under Wine.
+#   IOCPX_FAULTS=1       compiles in the failure points (docs/robustness.md) for
+#                        tests/test_faults.py under Wine; never for a release
+#                        (put it in its own IOCPX_DIST).
 #
 # Sources: the sdist given as argument, or one made from this checkout with
 # `python -m build --sdist` (so the Windows wheel is built from exactly what
@@ -34,6 +37,8 @@ LOG_PREFIX=build-windows
 source "$(dirname "${BASH_SOURCE[0]}")/windows/common.sh"
 CC=x86_64-w64-mingw32-gcc
 ABI="${IOCPX_WIN_ABI:-abi3}"
+FAULTS=()
+[ "${IOCPX_FAULTS:-0}" = 1 ] && FAULTS=(-DIOCPX_FAULTS=1)
 DIST="${IOCPX_DIST:-$ROOT/dist}"
 mkdir -p "$BUILD" "$DIST"
 case "$ABI" in abi3|full) ;; *) die "IOCPX_WIN_ABI must be abi3 or full, not '$ABI'";; esac
@@ -95,7 +100,7 @@ OUT="$BUILD/ext-$ABI"
 rm -rf "$OUT"; mkdir -p "$OUT"
 CFLAGS=(-O2 -shared -s -static-libgcc -Wall -Wno-unused-function -Wno-unreachable-code
         -Wno-unused-variable -Wno-unused-but-set-variable -Wno-misleading-indentation
-        -DNDEBUG "${DEFS[@]}" -I"$INC" -I"$SRC/src/iocpx")
+        -DNDEBUG "${DEFS[@]}" "${FAULTS[@]}" -I"$INC" -I"$SRC/src/iocpx")
 for mod in _backend _core _iocp; do
     log "cythonize + compile iocpx.$mod"
     (cd "$SRC/src" && "$PY" -m cython -3 --directive embedsignature=True \

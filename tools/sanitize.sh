@@ -67,11 +67,20 @@ if [ "$mode" = tsan ]; then
     echo "sanitize: ThreadSanitizer reports: $reports (in $work/tsan.log)"
     [ "$reports" -eq 0 ] || { [ $rc -ne 0 ] || rc=66; }
 else
-    LD_PRELOAD="$runtime" ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1" \
-        UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+    # Reports go to files (log_path: sanitizer.asan.PID, sanitizer.ubsan.PID), printed
+    # below: pytest captures a test's stderr (fd 2) and a process that halts on a report
+    # takes the capture with it (UBSan exits with status 1, and nothing would say why).
+    rm -f "$work"/sanitizer.*
+    LD_PRELOAD="$runtime" \
+        ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:log_path=$work/sanitizer.asan" \
+        UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$work/sanitizer.ubsan" \
         PYTHONMALLOC=malloc PYTHONPATH="$work/src" \
         "$py" -m pytest -q -p no:cacheprovider "${@:-tests}"
     rc=$?
+    if compgen -G "$work/sanitizer.*" > /dev/null; then
+        for f in "$work"/sanitizer.*; do echo "=== $f"; cat "$f"; done
+        [ $rc -ne 0 ] || rc=66
+    fi
 fi
 set -e
 if [ $rc -eq 0 ]; then echo "sanitize: clean ($mode reported nothing)"; else echo "sanitize: FAILED (rc=$rc)"; fi

@@ -314,6 +314,7 @@ cdef void io_free(IoCtx* io) noexcept
 cdef void io_set_obj(IoCtx* io, object obj) noexcept
 cdef int64_t io_live() noexcept nogil
 
+cdef str strerror(int err)
 cdef object oserror(int err, str what=*)
 
 # The interface every backend implements. Submit calls run with the GIL held

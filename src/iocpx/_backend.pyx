@@ -102,9 +102,26 @@ cdef void evq_free(EventQueue* q) noexcept nogil:
     q.head = q.len = q.cap = 0
 
 
+cdef object _win_strerror = None     # set by _iocp: Windows' own words for a Winsock code
+
+
+cdef str strerror(int err):
+    """os.strerror(err), except for the Winsock codes that Python's errno uses
+    on Windows (errno.ENOBUFS is 10055 there): the C runtime has no text for
+    them ("Unknown error"), Windows has (FormatMessage, through _iocp)."""
+    if _win_strerror is not None and 10000 <= err < 12000:
+        return _win_strerror(err)
+    return os.strerror(err)
+
+
+def _set_win_strerror(fn):
+    global _win_strerror
+    _win_strerror = fn
+
+
 cdef object oserror(int err, str what=None):
     """The OSError subclass Python picks for errno err (ConnectionResetError...)."""
-    msg = os.strerror(err)
+    msg = strerror(err)
     if what:
         msg = f"{what}: {msg}"
     return OSError(err, msg)

@@ -69,14 +69,30 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 
 from iocpx._sys cimport (iocpx_mutex_t, iocpx_mutex_init, iocpx_mutex_destroy,
                          iocpx_mutex_lock, iocpx_mutex_unlock, iocpx_now_ns,
-                         iocpx_addr_t, sockaddr as sys_sockaddr)
+                         iocpx_addr_t, sockaddr as sys_sockaddr, IOCPX_FAULT, iocpx_faults_attach,
+                         IOCPX_F_SYS_SOCKET, IOCPX_F_SYS_RECV, IOCPX_F_SYS_SENDTO,
+                         IOCPX_F_SYS_WSARECV, IOCPX_F_SYS_WSASEND, IOCPX_F_SYS_ACCEPTEX,
+                         IOCPX_F_SYS_CONNECTEX, IOCPX_F_SYS_TRANSMITFILE, IOCPX_F_SYS_WSARECVFROM)
 from iocpx._backend cimport (Backend, IoCtx, Event, EventQueue, ev_set, evq_push, evq_take,
                              evq_free, recv_heap, block_trim, block_wait_ms, BLOCK_IDLE_MS,
                              oserror, io_target, OP_NOP, OP_ACCEPT, OP_RECV, OP_SEND,
                              OP_CONNECT, OP_CANCEL, OP_POST, OP_EXIT, OP_SENDFILE, OP_POLL,
                              OP_READ, OP_WRITE, OP_WAIT,
-                             OP_RECVFROM, Datagram, DG_TRUNC)
+                             OP_RECVFROM, Datagram, DG_TRUNC, faults_table)
 from iocpx._winsock cimport *
+
+# failure points (IOCPX_FAULTS=1 builds): this module's calls use _backend's table
+iocpx_faults_attach(faults_table())
+
+
+cdef inline bint fails_now(int point, int* err) noexcept nogil:
+    """A failure point in front of a Winsock call (IOCPX_FAULTS=1 builds; 0
+    elsewhere): when this call is to fail, it is not made and *err is
+    WSAENOBUFS, as if it had failed at once (no completion packet follows)."""
+    if IOCPX_FAULT(point):
+        err[0] = WSAENOBUFS
+        return True
+    return False
 
 cdef enum:
     KEY_IO = 1              # a socket's own operations
@@ -102,6 +118,16 @@ def live_backends():
 
 include "iocp/errors.pxi"
 include "iocp/extensions.pxi"
+
+
+def _winsock_message(code):
+    """Windows' words for a Winsock code (errno.ENOBUFS is 10055 here: the C
+    runtime's strerror has none)."""
+    return win_message(<DWORD>code)
+
+
+from iocpx import _backend as _backend_mod     # noqa: E402 - after the helpers it is handed
+_backend_mod._set_win_strerror(_winsock_message)
 
 
 # ---------------------------------------------------------------------------
@@ -199,10 +225,15 @@ cdef class IocpBackend(Backend):
         """A stream socket joined to the port; non-blocking unless told not to
         (an AcceptEx socket: accept_finish sets the mode once it is connected,
         after SO_UPDATE_ACCEPT_CONTEXT, so setting it here too costs a call)."""
-        cdef SOCKET s = WSASocketW(family, SOCK_STREAM, IPPROTO_TCP if family != AF_UNIX else 0,
-                                   NULL, 0, WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT)
+        cdef int err = 0
+        cdef SOCKET s = INVALID_SOCKET
+        if not fails_now(IOCPX_F_SYS_SOCKET, &err):
+            s = WSASocketW(family, SOCK_STREAM, IPPROTO_TCP if family != AF_UNIX else 0,
+                           NULL, 0, WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT)
+            if s == INVALID_SOCKET:
+                err = WSAGetLastError()
         if s == INVALID_SOCKET:
-            raise win_error(WSAGetLastError(), "WSASocketW")
+            raise win_error(err, "WSASocketW")
         try:
             self._associate(s, nonblock)
         except BaseException:

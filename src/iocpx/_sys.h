@@ -248,17 +248,23 @@ static inline void iocpx_tls_set(void *e) { iocpx_tls_engine = e; }
     X(ALLOC_POOL_CHUNK,   "alloc.pool_chunk")   /* io_uring: a receive pool's next chunk of buffers */ \
     X(ALLOC_DG_MSG,       "alloc.dg_msg")       /* io_uring: a datagram's msghdr (receive or send) */ \
     X(ALLOC_RECV_BLOCK,   "alloc.recv_block")   /* epoll, iocp: a heap receive's block (recv_heap) */ \
-    X(SYS_SOCKET,         "sys.socket")         /* socket() for connect (ENOBUFS) */ \
+    X(SYS_SOCKET,         "sys.socket")         /* socket() for connect; iocp: WSASocketW, AcceptEx's too (ENOBUFS) */ \
     X(SYS_ACCEPT,         "sys.accept4")        /* epoll: accept4 (ENOBUFS) */ \
     X(SYS_EPOLL_CTL,      "sys.epoll_ctl")      /* epoll: interest change (ENOMEM) */ \
-    X(SYS_RECV,           "sys.recv")           /* epoll: recv (EAGAIN: readiness that was not) */ \
+    X(SYS_RECV,           "sys.recv")           /* epoll, iocp: recv on readiness (EAGAIN: readiness that was not) */ \
     X(SYS_SEND_SHORT,     "sys.send.short")     /* send now: half of it goes (a short write) */ \
     X(SYS_SEND_EAGAIN,    "sys.send.eagain")    /* send now: nothing fits (EAGAIN) */ \
     X(SYS_SENDFILE,       "sys.sendfile")       /* epoll: sendfile(2) (EAGAIN) */ \
-    X(SYS_SENDTO,         "sys.sendto")         /* epoll: a datagram's sendto (ENOBUFS) */ \
+    X(SYS_SENDTO,         "sys.sendto")         /* epoll: a datagram's sendto; iocp: WSASendTo (ENOBUFS) */ \
     X(SYS_URING_SUBMIT,   "sys.io_uring_enter.submit") /* io_uring: submit-only enter (EAGAIN) */ \
     X(SYS_URING_WAIT,     "sys.io_uring_enter.wait")   /* io_uring: the leader's waiting enter (EINTR) */ \
-    X(SYS_URING_SQ_FULL,  "sys.io_uring.sq_full")      /* io_uring: no free SQE slot at first try */
+    X(SYS_URING_SQ_FULL,  "sys.io_uring.sq_full")      /* io_uring: no free SQE slot at first try */ \
+    X(SYS_WSARECV,        "sys.wsarecv")        /* iocp: the zero-byte WSARecv (WSAENOBUFS) */ \
+    X(SYS_WSASEND,        "sys.wsasend")        /* iocp: WSASend (WSAENOBUFS) */ \
+    X(SYS_ACCEPTEX,       "sys.acceptex")       /* iocp: AcceptEx (WSAENOBUFS) */ \
+    X(SYS_CONNECTEX,      "sys.connectex")      /* iocp: ConnectEx (WSAENOBUFS) */ \
+    X(SYS_TRANSMITFILE,   "sys.transmitfile")   /* iocp: TransmitFile (WSAENOBUFS) */ \
+    X(SYS_WSARECVFROM,    "sys.wsarecvfrom")    /* iocp: a datagram's WSARecvFrom (WSAENOBUFS) */
 
 #define IOCPX_FAULT_ENUM(id, name) IOCPX_F_##id,
 enum { IOCPX_FAULT_POINTS(IOCPX_FAULT_ENUM) IOCPX_F_COUNT };

@@ -111,6 +111,12 @@ cdef extern from "_sys.h" nogil:
         IOCPX_F_SYS_URING_SUBMIT
         IOCPX_F_SYS_URING_WAIT
         IOCPX_F_SYS_URING_SQ_FULL
+        IOCPX_F_SYS_WSARECV
+        IOCPX_F_SYS_WSASEND
+        IOCPX_F_SYS_ACCEPTEX
+        IOCPX_F_SYS_CONNECTEX
+        IOCPX_F_SYS_TRANSMITFILE
+        IOCPX_F_SYS_WSARECVFROM
         IOCPX_F_COUNT
         IOCPX_FAULTS_BUILT
     ctypedef struct iocpx_faults_t:

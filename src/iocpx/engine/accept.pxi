@@ -103,14 +103,14 @@ cdef void listener_on_accept(Listener lst, Event* ev) except *:
             if now - lst.last_warn > 1.0:
                 lst.last_warn = now
                 log.warning("iocpx: accept on %s failed (%s); retrying in %d ms",
-                            lst.address, os.strerror(err), BACKOFF_MS)
+                            lst.address, strerror(err), BACKOFF_MS)
             listener_io_done(lst, io)
             internal_timer(eng, BACKOFF_MS / 1000.0, listener_retry, lst)
         else:
             # the client went away before it was accepted (ECONNABORTED,
             # ERROR_NETNAME_DELETED...): re-post at once, as CPython's proactor does not
             eng.n_accept_errors += 1
-            log.debug("iocpx: accept on %s failed: %s", lst.address, os.strerror(err))
+            log.debug("iocpx: accept on %s failed: %s", lst.address, strerror(err))
             listener_rearm(lst, io)
         return
     eng.n_accepted += 1

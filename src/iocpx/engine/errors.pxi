@@ -47,7 +47,7 @@ cdef object peer_error(Backend be, int err, str what):
         return ConnectionResetError(_errno.ECONNRESET,
                                     f"{what}: connection reset by peer ({name})")
     if err == _errno.EBADF or err == _E_NOTSOCK:
-        return OSError(err, f"{what}: {os.strerror(err)} (the descriptor was closed outside "
+        return OSError(err, f"{what}: {strerror(err)} (the descriptor was closed outside "
                             f"iocpx? once adopted or listened on, a socket belongs to the engine)")
     return be.error(err, what)
 

@@ -102,7 +102,7 @@ cdef void workers_run(Engine eng, bint home) noexcept nogil:
             if n < 0:
                 iocpx_mutex_unlock(&eng.mu)
                 with gil:
-                    log.error("iocpx: waiting for completions failed: %s", os.strerror(-n))
+                    log.error("iocpx: waiting for completions failed: %s", strerror(-n))
                     time.sleep(0.01)
                 iocpx_mutex_lock(&eng.mu)
             if eng.exiting:

@@ -54,12 +54,13 @@ cdef int accept_submit(IocpBackend be, IoCtx* io) except -1:
     if st.rcvlen:
         accept_list(be, st)
     cdef DWORD got = 0
-    cdef BOOL ok
+    cdef BOOL ok = False
     cdef int err = 0
-    ok = pAcceptEx(st.listen, st.sock, accept_buf(st), st.rcvlen, ADDR_SLOT, ADDR_SLOT,
-                   &got, <OVERLAPPED*>&io.ovl)
-    if not ok:
-        err = WSAGetLastError()
+    if not fails_now(IOCPX_F_SYS_ACCEPTEX, &err):
+        ok = pAcceptEx(st.listen, st.sock, accept_buf(st), st.rcvlen, ADDR_SLOT, ADDR_SLOT,
+                       &got, <OVERLAPPED*>&io.ovl)
+        if not ok:
+            err = WSAGetLastError()
     return be._submitted(io, ok, got, err)
 
 

@@ -24,10 +24,12 @@ cdef int connect_submit(IocpBackend be, IoCtx* io) except -1:
             return 0
         err = 0
     memset(&io.ovl, 0, sizeof(OVERLAPPED))
-    cdef BOOL ok = pConnectEx(<SOCKET>io.fd, <sockaddr*>&io.addr, <int>io.addrlen, NULL, 0,
-                              &sent, <OVERLAPPED*>&io.ovl)
-    if not ok:
-        err = WSAGetLastError()
+    cdef BOOL ok = False
+    if not fails_now(IOCPX_F_SYS_CONNECTEX, &err):
+        ok = pConnectEx(<SOCKET>io.fd, <sockaddr*>&io.addr, <int>io.addrlen, NULL, 0,
+                        &sent, <OVERLAPPED*>&io.ovl)
+        if not ok:
+            err = WSAGetLastError()
     return be._submitted(io, ok, 0, err)
 
 

@@ -68,10 +68,12 @@ cdef int dgram_submit_recv_iocp(IocpBackend be, IoCtx* io) except -1:
     memset(&io.ovl, 0, sizeof(OVERLAPPED))
     # no byte count out-parameter (NULL): the completion brings it; a pointer to this
     # frame could be written after the call returned
-    r = WSARecvFrom(<SOCKET>io.fd, &wb, 1, NULL, &st.flags, <sockaddr*>&io.addr, &st.fromlen,
-                    <OVERLAPPED*>&io.ovl, NULL)
-    if r != 0:
-        err = WSAGetLastError()
+    r = SOCKET_ERROR
+    if not fails_now(IOCPX_F_SYS_WSARECVFROM, &err):
+        r = WSARecvFrom(<SOCKET>io.fd, &wb, 1, NULL, &st.flags, <sockaddr*>&io.addr, &st.fromlen,
+                        <OVERLAPPED*>&io.ovl, NULL)
+        if r != 0:
+            err = WSAGetLastError()
     return dgram_submitted(be, io, r == 0, err)
 
 
@@ -123,9 +125,11 @@ cdef int dgram_submit_send_iocp(IocpBackend be, IoCtx* io) except -1:
     wb.len = <ULONG>io.len
     wb.buf = io.buf             # points into io.obj, kept alive by the context
     memset(&io.ovl, 0, sizeof(OVERLAPPED))
-    r = WSASendTo(<SOCKET>io.fd, &wb, 1, NULL, 0,
-                  <sockaddr*>&io.addr if io.addrlen else NULL, <int>io.addrlen,
-                  <OVERLAPPED*>&io.ovl, NULL)
-    if r != 0:
-        err = WSAGetLastError()
+    r = SOCKET_ERROR
+    if not fails_now(IOCPX_F_SYS_SENDTO, &err):
+        r = WSASendTo(<SOCKET>io.fd, &wb, 1, NULL, 0,
+                      <sockaddr*>&io.addr if io.addrlen else NULL, <int>io.addrlen,
+                      <OVERLAPPED*>&io.ovl, NULL)
+        if r != 0:
+            err = WSAGetLastError()
     return dgram_submitted(be, io, r == 0, err)

@@ -14,25 +14,30 @@ cdef int recv_submit(IocpBackend be, IoCtx* io) except -1:
     be._check_open()
     cdef WSABUF wb
     cdef DWORD flags = 0, got = 0
-    cdef int err = 0
+    cdef int r = SOCKET_ERROR, err = 0
     wb.len = 0
     wb.buf = NULL
     memset(&io.ovl, 0, sizeof(OVERLAPPED))
     io.aux.claim = 0
-    cdef int r = WSARecv(<SOCKET>io.fd, &wb, 1, &got, &flags, <OVERLAPPED*>&io.ovl, NULL)
-    if r != 0:
-        err = WSAGetLastError()
+    if not fails_now(IOCPX_F_SYS_WSARECV, &err):
+        r = WSARecv(<SOCKET>io.fd, &wb, 1, &got, &flags, <OVERLAPPED*>&io.ovl, NULL)
+        if r != 0:
+            err = WSAGetLastError()
     return be._submitted(io, r == 0, got, err)
 
 
 cdef inline void recv_finish(IocpBackend be, IoCtx* io, int ok, DWORD err, Event* ev) noexcept nogil:
     """The zero-byte receive completed: read what is there (the leader)."""
     cdef long r
+    cdef int fault = 0
     if not ok:
         ev.res = win_errno(err)
         return
     if not iocpx_claim(&io.aux.claim, CLAIM_READ):
         ev.res = -E_CANCELED            # abort_by_close() closed the socket
+        return
+    if fails_now(IOCPX_F_SYS_RECV, &fault):     # readiness that was not: re-armed
+        ev.res = -E_NOBUFS
         return
     r = recv_heap(&be.blocks, io.fd, be.sizes[io.group] if io.group < be.ngroups else 4096,
                   &ev.data, &ev.flags)

@@ -13,7 +13,9 @@ cdef int sendfile_submit(IocpBackend be, IoCtx* io, int file_fd, int64_t offset,
     (<OVERLAPPED*>&io.ovl).OffsetHigh = <DWORD>(offset >> 32)
     if nbytes > 0x7FFFFFFE:
         nbytes = 0x7FFFFFFE
-    cdef BOOL ok = pTransmitFile(<SOCKET>io.fd, fh, nbytes, 0, <OVERLAPPED*>&io.ovl, NULL, 0)
-    if not ok:
-        err = WSAGetLastError()
+    cdef BOOL ok = False
+    if not fails_now(IOCPX_F_SYS_TRANSMITFILE, &err):
+        ok = pTransmitFile(<SOCKET>io.fd, fh, nbytes, 0, <OVERLAPPED*>&io.ovl, NULL, 0)
+        if not ok:
+            err = WSAGetLastError()
     return be._submitted(io, ok, 0, err)

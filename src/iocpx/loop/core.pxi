@@ -254,7 +254,7 @@ cdef int loop_run_once(LoopCore loop) except -1:
             loop.wake_pending = 0
         if n < 0:
             if n != -_errno.EINTR:
-                _aio_logger.error("iocpx: waiting for completions failed: %s", os.strerror(-n))
+                _aio_logger.error("iocpx: waiting for completions failed: %s", strerror(-n))
             n = 0
         if n > 0:
             # the I/O of this iteration runs after what was ready: keep its
